@@ -1,0 +1,79 @@
+# Every ops task of minidoor. `make run` and `make test` set up everything they need.
+.DEFAULT_GOAL := all
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+sources := gateway auth_worker user_store shared services tests
+STAMP := $(VENV)/.installed-stamp
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "minidoor needs Python 3.11 or newer"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+.PHONY: install
+install: $(STAMP)
+
+.PHONY: lock
+lock: install  ## re-resolve requirements.lock from pyproject.toml
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+.PHONY: run
+run: install  ## the whole stack in the foreground (embedded Postgres/Redis/WeChat sandbox unless configured)
+	$(PY) -m services run
+
+.PHONY: test
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: testcov
+testcov: install
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+
+.PHONY: format
+format: install
+	$(VENV)/bin/ruff format $(sources)
+	$(VENV)/bin/ruff check --fix $(sources)
+
+.PHONY: lint
+lint: install
+	$(VENV)/bin/ruff check $(sources)
+	$(VENV)/bin/ruff format --check $(sources)
+
+.PHONY: mypy
+mypy: install
+	$(VENV)/bin/mypy $(sources)
+
+.PHONY: all
+all: lint mypy test
+
+# Admin tasks. They talk to DATABASE_URL, or to the embedded Postgres under STATE_DIR (default .run/).
+.PHONY: create-org
+create-org: install  ## make create-org NAME=acme
+	$(PY) -m services admin create-org --name "$(NAME)"
+
+.PHONY: create-app
+create-app: install  ## make create-app ORG=acme NAME=shop
+	$(PY) -m services admin create-app --org "$(ORG)" --name "$(NAME)"
+
+.PHONY: attach-provider
+attach-provider: install  ## make attach-provider APP=shop APPID=wx... SECRET=...
+	$(PY) -m services admin attach-provider --app "$(APP)" --appid "$(APPID)" --secret "$(SECRET)"
+
+.PHONY: list
+list: install  ## organizations, applications and providers as JSON
+	$(PY) -m services admin list
+
+.PHONY: clean
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: clean-state
+clean-state:  ## forget the embedded databases and demo data
+	rm -rf .run

@@ -1,0 +1,1 @@
+"""Gateway: the stateless public HTTP API."""

@@ -1,0 +1,1 @@
+"""How the services run together: the local runner, embedded infrastructure, the WeChat sandbox, admin CLI."""

@@ -1,0 +1,1 @@
+"""What crosses a process boundary: messages, config, Redis key names, errors and logging setup."""

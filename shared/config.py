@@ -1,0 +1,116 @@
+"""Each process's configuration: a frozen msgspec Struct read from the environment once, in ``__main__``.
+
+Field ``foo_bar`` is read from the variable ``FOO_BAR``. Values are coerced (``"8000"`` -> 8000) and checked
+against their constraints, so a bad value stops the process at start with the variable's name in the message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+
+from shared.errors import MinidoorError
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, so configs and tracebacks can be logged safely."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+LogLevel = Annotated[str, msgspec.Meta(pattern="^(?i)(debug|info|warning|error)$")]
+LogFormat = Annotated[str, msgspec.Meta(pattern="^(json|console|auto)$")]
+
+
+class _Common(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+    #: Prefix of every Redis key; tests and tenants sharing one Redis set their own.
+    key_prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9:_.-]+$")] = "minidoor"
+    #: Shared secret that the gateway and the workers present to the user store.
+    internal_token: Annotated[Secret, msgspec.Meta(min_length=16)]
+
+
+class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: Port = 8000
+    redis_url: str
+    user_store_url: str
+    #: How long a login may take end to end before the client gets a 504.
+    login_timeout: Seconds = 10.0
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    #: How long a client_id lookup is cached (unknown ids for a fifth of it).
+    client_cache_ttl: Seconds = 30.0
+    #: Approximate cap on the job stream's length (XADD MAXLEN ~).
+    stream_max_len: Annotated[int, msgspec.Meta(ge=100)] = 100_000
+    shutdown_grace: Seconds = 10.0
+
+
+class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
+    redis_url: str
+    user_store_url: str
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    #: Consumer name in the group; unique per process. Empty: hostname-pid.
+    worker_name: str = ""
+    worker_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 64
+    #: Timeout of one jscode2session call; retries stay inside the job's deadline.
+    wechat_timeout: Seconds = 3.0
+    wechat_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    shutdown_grace: Seconds = 10.0
+
+
+class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
+    user_store_host: str = "127.0.0.1"
+    user_store_port: Port = 8001
+    database_url: Secret
+    #: The ``iss`` claim of every token; never taken from a request's Host header.
+    issuer: str = "http://127.0.0.1:8000"
+    pg_pool_min: Annotated[int, msgspec.Meta(ge=1)] = 2
+    pg_pool_max: Annotated[int, msgspec.Meta(ge=1)] = 10
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    shutdown_grace: Seconds = 10.0
+
+
+class ConfigError(MinidoorError):
+    """The environment does not describe a runnable process."""
+
+
+C = TypeVar("C", bound=msgspec.Struct)
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError
+
+
+def load_config(config_type: type[C], environ: Mapping[str, str] | None = None) -> C:
+    """Read ``config_type`` from ``environ`` (default ``os.environ``); raise ``ConfigError`` naming the variable."""
+    env = os.environ if environ is None else environ
+    try:
+        return msgspec.convert(dict(env), config_type, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}".replace("$.", "")) from None
+
+
+class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    """The WeChat sandbox: a stand-in for api.weixin.qq.com on this machine."""
+
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+    wechat_sandbox_host: str = "127.0.0.1"
+    wechat_sandbox_port: Port = 8002
+    #: Apps known at start, ``appid:secret`` pairs separated by commas; more via ``POST /sandbox/apps``.
+    sandbox_apps: str = ""
+    #: Lifetime of a login code; WeChat's is 5 minutes.
+    sandbox_code_ttl: Seconds = 300.0
+    #: jscode2session calls one user may make per minute before 45011.
+    sandbox_user_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 100

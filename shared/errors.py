@@ -1,0 +1,123 @@
+"""Errors that carry their own wire form.
+
+Every error a client may see is a ``MinidoorError``: an HTTP status, an OAuth ``error`` code and a human
+``description``. Views and workers raise them; one middleware per app renders them.
+
+    MinidoorError
+    ├── BadRequest           400 invalid_request
+    │   ├── InvalidGrant     400 invalid_grant
+    │   └── PayloadTooLarge  413 invalid_request
+    ├── UnsupportedMediaType 415 invalid_request
+    ├── Unauthorized         401 invalid_client (plus WWW-Authenticate)
+    ├── Forbidden            403 access_denied
+    ├── NotFound             404 not_found
+    ├── Conflict             409 conflict
+    ├── RateLimited          429 temporarily_unavailable (plus Retry-After)
+    ├── UpstreamError        502 server_error
+    ├── Unavailable          503 temporarily_unavailable (plus Retry-After)
+    └── DeadlineExceeded     504 temporarily_unavailable
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MinidoorError(Exception):
+    status: ClassVar[int] = 500
+    error: ClassVar[str] = "server_error"
+
+    def __init__(self, description: str, *, error: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        if error is not None:
+            self.error = error  # type: ignore[misc]
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.error!r}, {self.description!r})"
+
+
+class BadRequest(MinidoorError):
+    status = 400
+    error = "invalid_request"
+
+
+class InvalidGrant(BadRequest):
+    error = "invalid_grant"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+
+
+class UnsupportedMediaType(MinidoorError):
+    status = 415
+    error = "invalid_request"
+
+
+class Unauthorized(MinidoorError):
+    status = 401
+    error = "invalid_client"
+
+
+class Forbidden(MinidoorError):
+    status = 403
+    error = "access_denied"
+
+
+class NotFound(MinidoorError):
+    status = 404
+    error = "not_found"
+
+
+class Conflict(MinidoorError):
+    status = 409
+    error = "conflict"
+
+
+class RateLimited(MinidoorError):
+    status = 429
+    error = "temporarily_unavailable"
+
+
+class UpstreamError(MinidoorError):
+    status = 502
+    error = "server_error"
+
+
+class Unavailable(MinidoorError):
+    status = 503
+    error = "temporarily_unavailable"
+
+
+class DeadlineExceeded(MinidoorError):
+    status = 504
+    error = "temporarily_unavailable"
+
+
+_BY_STATUS: dict[int, type[MinidoorError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        RateLimited,
+        UpstreamError,
+        Unavailable,
+        DeadlineExceeded,
+    )
+}
+
+
+def error_from_wire(status: int, error: str, description: str, retry_after: int | None = None) -> MinidoorError:
+    """Rebuild an error that crossed a process boundary (a worker reply, a user-store response)."""
+    cls = InvalidGrant if error == "invalid_grant" else _BY_STATUS.get(status, MinidoorError)
+    exc = cls(description, error=error, retry_after=retry_after)
+    if cls is MinidoorError:
+        exc.status = status  # type: ignore[misc]
+    return exc

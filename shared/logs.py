@@ -1,0 +1,54 @@
+"""structlog set-up shared by every process: JSON lines in production, readable lines on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_SHARED_PROCESSORS: list[structlog.types.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", service: str = "") -> None:
+    """Configure structlog and route stdlib loggers (aiohttp, asyncpg) through the same renderer.
+
+    Called once, from a process's ``__main__``; ``service`` is bound to every line.
+    """
+    processors = list(_SHARED_PROCESSORS)
+    if service:
+        # A processor, not a context variable: per-request clear_contextvars() must not erase it.
+        processors.insert(0, lambda _logger, _name, event: {"service": service, **event})
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    exc_processor: list[structlog.types.Processor] = [structlog.processors.dict_tracebacks] if as_json else []
+    numeric_level = logging.getLevelName(level.upper())
+
+    structlog.configure(
+        processors=[*processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=processors,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *exc_processor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # One canonical line per request comes from our middleware; aiohttp's access log would double it.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,108 @@
+"""Client of the user store's internal API, used by the gateway and the auth workers.
+
+Endpoints (all JSON, all behind ``Authorization: Bearer <INTERNAL_TOKEN>``; errors are ``ErrorBody`` with the
+status of the matching ``MinidoorError``):
+
+- ``GET  /internal/applications/{client_id}`` -> ``ApplicationInfo`` (401 invalid_client when unknown)
+- ``GET  /internal/applications/{client_id}/wechat-miniprogram`` -> ``MiniProgramProvider``
+  (401 invalid_client when unknown or without a WeChat mini-program provider)
+- ``POST /internal/logins/wechat-miniprogram`` ``WechatLogin`` -> ``LoginResult``
+  (400 invalid_grant when sign-up is disabled for a new user, 401 invalid_client for an unknown client)
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+
+from shared.config import Secret
+from shared.errors import MinidoorError, Unavailable, error_from_wire
+from shared.messages import ApplicationInfo, ErrorBody, LoginResult, MiniProgramProvider, WechatLogin
+
+T = TypeVar("T")
+
+_error_decoder = msgspec.json.Decoder(ErrorBody)
+_app_decoder = msgspec.json.Decoder(ApplicationInfo)
+_provider_decoder = msgspec.json.Decoder(MiniProgramProvider)
+_login_decoder = msgspec.json.Decoder(LoginResult)
+_encoder = msgspec.json.Encoder()
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+class UserStoreClient:
+    """Thin typed wrapper; the caller owns ``session`` (one per process, closed by the app's lifecycle)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: Secret, timeout: float = 5.0) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def get_application(self, client_id: str, *, request_id: str = "") -> ApplicationInfo:
+        path = f"/internal/applications/{_quote(client_id)}"
+        return await self._call("GET", path, _app_decoder, request_id=request_id)
+
+    async def get_miniprogram_provider(self, client_id: str, *, request_id: str = "") -> MiniProgramProvider:
+        path = f"/internal/applications/{_quote(client_id)}/wechat-miniprogram"
+        return await self._call("GET", path, _provider_decoder, request_id=request_id)
+
+    async def login_wechat(
+        self, login: WechatLogin, *, request_id: str = "", timeout: float | None = None
+    ) -> LoginResult:
+        return await self._call(
+            "POST",
+            "/internal/logins/wechat-miniprogram",
+            _login_decoder,
+            body=login,
+            request_id=request_id,
+            timeout=timeout,
+        )
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        decoder: msgspec.json.Decoder[T],
+        *,
+        body: Any = None,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> T:
+        headers = dict(self._headers)
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        data = None
+        if body is not None:
+            data = _encoder.encode(body)
+            headers["Content-Type"] = "application/json"
+        client_timeout = self._timeout if timeout is None else aiohttp.ClientTimeout(total=max(timeout, 0.001))
+        try:
+            async with self._session.request(
+                method, self._base + path, data=data, headers=headers, timeout=client_timeout
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"the user store did not answer ({type(exc).__name__})", retry_after=1) from exc
+        if status == 200:
+            return decoder.decode(raw)
+        try:
+            err = _error_decoder.decode(raw)
+        except msgspec.DecodeError:
+            raise Unavailable(f"the user store answered HTTP {status}", retry_after=1) from None
+        exc2: MinidoorError = error_from_wire(
+            status,
+            err.error,
+            err.error_description,
+            int(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
+        raise exc2
+
+
+def _quote(part: str) -> str:
+    return quote(part, safe="")

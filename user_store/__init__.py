@@ -1,0 +1,1 @@
+"""User store: the only owner of PostgreSQL (users, applications, providers, tokens, signing keys)."""
