@@ -1,0 +1,87 @@
+"""Real infrastructure for tests: the PostgreSQL and Redis given by ``DATABASE_URL`` / ``REDIS_URL``, or embedded
+ones started once per session. Each test gets its own database and key prefix and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from services.embedded import EmbeddedPostgres, EmbeddedRedis, with_database
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server tests may create databases on."""
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    yield server.server_url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis server; tests touch only keys under their own prefix."""
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False)
+    yield server.url
+    server.stop()
+
+
+async def create_database(server_url: str) -> str:
+    name = f"minidoor_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    name = url.rsplit("/", 1)[1].split("?", 1)[0]
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_url(pg_server_url: str) -> AsyncIterator[str]:
+    """A fresh, empty (unmigrated) database of its own, dropped after the test."""
+    url = await create_database(pg_server_url)
+    yield url
+    await drop_database(pg_server_url, url)
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"test-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on the test Redis; every key under the test's prefix is deleted afterwards."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await delete_prefix(client, key_prefix)
+    await client.aclose()
+
+
+async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
+    async for key in client.scan_iter(match=f"{prefix}:*", count=500):
+        await client.delete(key)
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
