@@ -26,7 +26,7 @@ class Secret(str):
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
-LogLevel = Annotated[str, msgspec.Meta(pattern="^(?i)(debug|info|warning|error)$")]
+LogLevel = Annotated[str, msgspec.Meta(pattern="(?i)^(debug|info|warning|error)$")]
 LogFormat = Annotated[str, msgspec.Meta(pattern="^(json|console|auto)$")]
 
 

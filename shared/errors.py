@@ -20,18 +20,20 @@ Every error a client may see is a ``MinidoorError``: an HTTP status, an OAuth ``
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 
 class MinidoorError(Exception):
-    status: ClassVar[int] = 500
-    error: ClassVar[str] = "server_error"
+    status: int = 500
+    error: str = "server_error"
 
-    def __init__(self, description: str, *, error: str | None = None, retry_after: int | None = None) -> None:
+    def __init__(
+        self, description: str, *, error: str | None = None, status: int | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(description)
         self.description = description
         if error is not None:
-            self.error = error  # type: ignore[misc]
+            self.error = error
+        if status is not None:
+            self.status = status
         self.retry_after = retry_after
 
     def __repr__(self) -> str:
@@ -117,7 +119,4 @@ _BY_STATUS: dict[int, type[MinidoorError]] = {
 def error_from_wire(status: int, error: str, description: str, retry_after: int | None = None) -> MinidoorError:
     """Rebuild an error that crossed a process boundary (a worker reply, a user-store response)."""
     cls = InvalidGrant if error == "invalid_grant" else _BY_STATUS.get(status, MinidoorError)
-    exc = cls(description, error=error, retry_after=retry_after)
-    if cls is MinidoorError:
-        exc.status = status  # type: ignore[misc]
-    return exc
+    return cls(description, error=error, status=status if cls is MinidoorError else None, retry_after=retry_after)

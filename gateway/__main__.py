@@ -1,0 +1,35 @@
+"""``python -m gateway``: run the public HTTP API until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+
+from gateway.app import create_app
+from shared.config import ConfigError, GatewayConfig, load_config
+from shared.logs import configure_logging
+from shared.runtime import new_event_loop
+
+
+def main() -> int:
+    try:
+        config = load_config(GatewayConfig)
+    except ConfigError as exc:
+        print(f"gateway: {exc.description}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format, service="gateway")
+    web.run_app(
+        create_app(config),
+        host=config.gateway_host,
+        port=config.gateway_port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=config.shutdown_grace,
+        loop=new_event_loop(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

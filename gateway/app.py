@@ -1,0 +1,60 @@
+"""The gateway's application factory: routes, middlewares and the resources its lifecycle owns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway import keys
+from gateway.applications import ApplicationCache
+from gateway.jobs import JobPublisher
+from gateway.middleware import error_middleware, request_context
+from gateway.replies import ReplyWaiter
+from gateway.routes import setup_routes
+from gateway.views import PUBLISHER
+from shared.config import GatewayConfig
+from shared.keys import Keys
+from shared.user_store_client import UserStoreClient
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[request_context, error_middleware], client_max_size=config.max_body_bytes)
+    app[keys.CONFIG] = config
+    app[keys.REDIS_KEYS] = Keys(config.key_prefix)
+    setup_routes(app)
+    app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(_user_store)
+    app.cleanup_ctx.append(_replies)
+    return app
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    # No connect at start: the gateway must come up (and answer 503) while Redis is away.
+    client = aioredis.Redis.from_url(
+        app[keys.CONFIG].redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+    )
+    app[keys.REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def _user_store(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+    app[keys.HTTP_SESSION] = session
+    client = UserStoreClient(session, config.user_store_url, config.internal_token)
+    app[keys.APPLICATIONS] = ApplicationCache(client, config.client_cache_ttl)
+    yield
+    await session.close()
+
+
+async def _replies(app: web.Application) -> AsyncIterator[None]:
+    waiter = ReplyWaiter(app[keys.REDIS], app[keys.REDIS_KEYS])
+    app[keys.REPLIES] = waiter
+    app[PUBLISHER] = JobPublisher(app[keys.REDIS], app[keys.REDIS_KEYS], waiter, app[keys.CONFIG].stream_max_len)
+    waiter.start()
+    yield
+    await waiter.stop()

@@ -1,0 +1,38 @@
+"""A short-lived cache of client_id lookups, so a login costs no user-store round trip in the common case."""
+
+from __future__ import annotations
+
+import time
+
+from shared.errors import MinidoorError, Unauthorized
+from shared.messages import ApplicationInfo
+from shared.user_store_client import UserStoreClient
+
+_MAX_ENTRIES = 10_000
+
+
+class ApplicationCache:
+    def __init__(self, client: UserStoreClient, ttl: float) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, ApplicationInfo | MinidoorError]] = {}
+
+    async def get(self, client_id: str, *, request_id: str = "") -> ApplicationInfo:
+        """The application for ``client_id``; raises ``Unauthorized`` (cached briefly) when there is none."""
+        now = time.monotonic()
+        hit = self._entries.get(client_id)
+        if hit is not None and hit[0] > now:
+            value = hit[1]
+        else:
+            try:
+                value = await self._client.get_application(client_id, request_id=request_id)
+                expires = now + self._ttl
+            except Unauthorized as exc:
+                # Unknown ids expire sooner: an application created a moment ago should work almost at once.
+                value, expires = exc, now + self._ttl / 5
+            if len(self._entries) >= _MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[client_id] = (expires, value)
+        if isinstance(value, MinidoorError):
+            raise Unauthorized(value.description)
+        return value

@@ -1,0 +1,19 @@
+"""Typed keys for the gateway's app state."""
+
+from __future__ import annotations
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway.applications import ApplicationCache
+from gateway.replies import ReplyWaiter
+from shared.config import GatewayConfig
+from shared.keys import Keys
+
+CONFIG = web.AppKey("config", GatewayConfig)
+REDIS_KEYS = web.AppKey("redis_keys", Keys)
+REDIS = web.AppKey("redis", aioredis.Redis)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+APPLICATIONS = web.AppKey("applications", ApplicationCache)
+REPLIES = web.AppKey("replies", ReplyWaiter)

@@ -1,0 +1,404 @@
+"""A stand-in for api.weixin.qq.com: ``jscode2session`` on WeChat's wire, plus ``/sandbox/*`` controls for tests.
+
+The auth worker knows only a base URL, so it cannot tell this server from WeChat. Tests drive it through
+``POST /sandbox/login`` (the part of ``wx.login()`` that mints a code), queue failures with ``/sandbox/faults``
+and read ``/sandbox/codes/{code}`` and ``/sandbox/stats`` to prove that no code was exchanged twice.
+
+All state lives in one ``SandboxState`` per app. Its methods never await, so every check-then-set on a code is
+atomic on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from shared.config import ConfigError, SandboxConfig
+
+log = structlog.get_logger("wechat_sandbox")
+
+#: WeChat's per-user quota window for jscode2session.
+RATE_WINDOW = 60.0
+
+ERRMSG: dict[int, str] = {
+    -1: "system error",
+    40002: "invalid grant_type",
+    40013: "invalid appid",
+    40029: "invalid code",
+    40125: "invalid appsecret",
+    40163: "code been used",
+    40226: "code blocked",
+    41002: "appid missing",
+    41004: "appsecret missing",
+    41008: "missing code",
+    45011: "api minute-quota reach limit mustslower retry next minute",
+    47001: "data format error",
+}
+
+
+class WeChatError(Exception):
+    """A WeChat-style ``{errcode, errmsg}`` answer; ``status`` is 200 on the WeChat wire, 4xx on the controls."""
+
+    def __init__(self, errcode: int, errmsg: str | None = None, *, status: int = 200) -> None:
+        self.errcode = errcode
+        self.errmsg = errmsg if errmsg is not None else ERRMSG.get(errcode, "system error")
+        self.status = status
+        super().__init__(errcode, self.errmsg)
+
+
+# Control bodies reject unknown fields so that a typo in a test ("status" for "http_status") fails loudly.
+class LoginRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    appid: str
+    openid: str | None = None
+    unionid: str | None = None
+
+
+class AppRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    appid: Annotated[str, msgspec.Meta(min_length=1)]
+    secret: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class FaultRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    errcode: int | None = None
+    errmsg: str | None = None
+    http_status: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None
+    latency_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What one faulted call does: wait ``latency_ms``, then answer ``http_status`` or ``errcode`` if set.
+
+    A latency-only fault lets the call proceed normally afterwards (and so consume the code), like a reply that
+    reaches a client after it has given up.
+    """
+
+    latency_ms: int = 0
+    errcode: int | None = None
+    errmsg: str | None = None
+    http_status: int | None = None
+
+    @classmethod
+    def from_request(cls, req: FaultRequest) -> Fault:
+        if req.http_status is not None and (req.errcode is not None or req.errmsg is not None):
+            raise WeChatError(47001, "data format error: http_status excludes errcode/errmsg", status=400)
+        errcode = req.errcode
+        if req.http_status is None and errcode is None and (req.errmsg is not None or req.latency_ms == 0):
+            errcode = -1
+        return cls(latency_ms=req.latency_ms, errcode=errcode, errmsg=req.errmsg, http_status=req.http_status)
+
+
+@dataclass(slots=True)
+class IssuedCode:
+    code: str
+    appid: str
+    openid: str
+    unionid: str | None
+    issued_at: float
+    presented: int = 0
+    exchanged: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "appid": self.appid,
+            "openid": self.openid,
+            "unionid": self.unionid,
+            "presented": self.presented,
+            "exchanged": self.exchanged,
+        }
+
+
+@dataclass(slots=True)
+class _QueuedFault:
+    fault: Fault
+    remaining: int
+
+
+def new_openid() -> str:
+    """28 characters starting with "o", like WeChat's."""
+    return "o" + secrets.token_urlsafe(20)
+
+
+def new_code() -> str:
+    """32 URL-safe characters, like a ``wx.login()`` code."""
+    return secrets.token_urlsafe(24)
+
+
+def new_rid() -> str:
+    return "-".join(secrets.token_hex(4) for _ in range(3))
+
+
+def parse_apps(spec: str) -> dict[str, str]:
+    """``"appid:secret,appid2:secret2"`` -> ``{appid: secret}``; raise ``ConfigError`` on a malformed entry."""
+    apps: dict[str, str] = {}
+    for entry in spec.split(","):
+        if not entry.strip():
+            continue
+        appid, sep, secret = entry.strip().partition(":")
+        if not sep or not appid or not secret:
+            raise ConfigError("invalid configuration: SANDBOX_APPS entries must look like appid:secret")
+        apps[appid] = secret
+    return apps
+
+
+class SandboxState:
+    """Apps, issued codes, per-user quotas, queued faults and counters of one sandbox."""
+
+    def __init__(self, config: SandboxConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.code_ttl = config.sandbox_code_ttl
+        self.user_rate_limit = config.sandbox_user_rate_limit
+        self.apps = parse_apps(config.sandbox_apps)
+        self._clock = clock
+        # Insertion order is issue order, so the oldest codes and the least recently active users sit in front.
+        self._codes: dict[str, IssuedCode] = {}
+        self._calls: OrderedDict[str, deque[float]] = OrderedDict()
+        self._faults: deque[_QueuedFault] = deque()
+        self.jscode2session_calls = 0
+        self.codes_issued = 0
+        self.codes_exchanged = 0
+        self.codes_presented_more_than_once = 0
+        self.faults_served = 0
+
+    def register_app(self, appid: str, secret: str) -> None:
+        self.apps[appid] = secret
+
+    def issue_code(self, appid: str, openid: str | None = None, unionid: str | None = None) -> IssuedCode:
+        if appid not in self.apps:
+            raise WeChatError(40013, status=400)
+        now = self._clock()
+        self._purge_codes(now)
+        issued = IssuedCode(code=new_code(), appid=appid, openid=openid or new_openid(), unionid=unionid, issued_at=now)
+        self._codes[issued.code] = issued
+        self.codes_issued += 1
+        return issued
+
+    def get_code(self, code: str) -> IssuedCode | None:
+        return self._codes.get(code)
+
+    def begin_call(self, js_code: str) -> Fault | None:
+        """Count a jscode2session call and the code it carries; return the fault it must suffer, if any."""
+        self.jscode2session_calls += 1
+        issued = self._codes.get(js_code)
+        if issued is not None:
+            issued.presented += 1
+            if issued.presented == 2:
+                self.codes_presented_more_than_once += 1
+        if not self._faults:
+            return None
+        head = self._faults[0]
+        head.remaining -= 1
+        if head.remaining == 0:
+            self._faults.popleft()
+        self.faults_served += 1
+        return head.fault
+
+    def exchange(self, *, appid: str, secret: str, js_code: str, grant_type: str) -> dict[str, str]:
+        """jscode2session's checks, in WeChat's order; the code is spent only when the answer is a success."""
+        if not appid:
+            raise WeChatError(41002)
+        if not secret:
+            raise WeChatError(41004)
+        if not js_code:
+            raise WeChatError(41008)
+        if grant_type != "authorization_code":
+            raise WeChatError(40002)
+        if appid not in self.apps:
+            raise WeChatError(40013)
+        if not secrets.compare_digest(secret.encode(), self.apps[appid].encode()):
+            raise WeChatError(40125)
+        now = self._clock()
+        issued = self._codes.get(js_code)
+        if issued is None or issued.appid != appid or now - issued.issued_at > self.code_ttl:
+            raise WeChatError(40029)
+        if issued.exchanged:
+            raise WeChatError(40163)
+        self._take_quota(issued.openid, now)
+        issued.exchanged = 1
+        self.codes_exchanged += 1
+        body = {"openid": issued.openid, "session_key": base64.b64encode(secrets.token_bytes(16)).decode()}
+        if issued.unionid:
+            body["unionid"] = issued.unionid
+        return body
+
+    def queue_fault(self, fault: Fault, count: int) -> int:
+        self._faults.append(_QueuedFault(fault, count))
+        return self.pending_faults
+
+    def clear_faults(self) -> int:
+        self._faults.clear()
+        return 0
+
+    @property
+    def pending_faults(self) -> int:
+        return sum(entry.remaining for entry in self._faults)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "jscode2session_calls": self.jscode2session_calls,
+            "codes_issued": self.codes_issued,
+            "codes_exchanged": self.codes_exchanged,
+            "codes_presented_more_than_once": self.codes_presented_more_than_once,
+            "faults_served": self.faults_served,
+        }
+
+    def _take_quota(self, openid: str, now: float) -> None:
+        """Admit one call for ``openid`` or raise 45011; refused calls do not use up the quota."""
+        horizon = now - RATE_WINDOW
+        window = self._calls.setdefault(openid, deque())
+        while window and window[0] <= horizon:
+            window.popleft()
+        if len(window) >= self.user_rate_limit:
+            raise WeChatError(45011)
+        window.append(now)
+        self._calls.move_to_end(openid)
+        while self._calls:
+            oldest = next(iter(self._calls.values()))
+            if oldest and oldest[-1] > horizon:
+                break
+            self._calls.popitem(last=False)
+
+    def _purge_codes(self, now: float) -> None:
+        horizon = now - 2 * self.code_ttl
+        while self._codes:
+            oldest = next(iter(self._codes.values()))
+            if oldest.issued_at >= horizon:
+                break
+            del self._codes[oldest.code]
+
+
+SANDBOX = web.AppKey("wechat_sandbox", SandboxState)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_T = TypeVar("_T")
+
+
+def _errcode_json(exc: WeChatError, *, rid: bool) -> web.Response:
+    errmsg = f"{exc.errmsg}, rid: {new_rid()}" if rid else exc.errmsg
+    return web.json_response({"errcode": exc.errcode, "errmsg": errmsg}, status=exc.status)
+
+
+async def _decode_body(request: web.Request, type_: type[_T]) -> _T:
+    try:
+        return msgspec.json.decode(await request.read(), type=type_)
+    except msgspec.DecodeError as exc:
+        raise WeChatError(47001, f"data format error: {exc}", status=400) from None
+
+
+@web.middleware
+async def _canonical_line(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """One log line per request; a WeChat-style JSON error instead of any traceback."""
+    structlog.contextvars.clear_contextvars()
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except WeChatError as exc:
+        structlog.contextvars.bind_contextvars(errcode=exc.errcode)
+        response = _errcode_json(exc, rid=False)
+    except web.HTTPException as exc:
+        _log_request(request, exc.status, started)
+        raise
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        response = _errcode_json(WeChatError(-1, status=500), rid=True)
+    _log_request(request, response.status, started)
+    return response
+
+
+def _log_request(request: web.Request, status: int, started: float) -> None:
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    log.info("request", method=request.method, path=request.path, status=status, duration_ms=duration_ms)
+
+
+async def _jscode2session(request: web.Request) -> web.StreamResponse:
+    state = request.app[SANDBOX]
+    query = request.query
+    appid = query.get("appid", "")
+    structlog.contextvars.bind_contextvars(appid=appid)
+    fault = state.begin_call(query.get("js_code", ""))
+    if fault is not None:
+        structlog.contextvars.bind_contextvars(fault=True)
+        if fault.latency_ms:
+            await asyncio.sleep(fault.latency_ms / 1000)
+        if fault.http_status is not None:
+            text = f"<html><body><h1>{fault.http_status}</h1>sandbox fault</body></html>"
+            return web.Response(status=fault.http_status, text=text, content_type="text/html")
+        if fault.errcode is not None:
+            structlog.contextvars.bind_contextvars(errcode=fault.errcode)
+            return _errcode_json(WeChatError(fault.errcode, fault.errmsg), rid=True)
+    try:
+        body = state.exchange(
+            appid=appid,
+            secret=query.get("secret", ""),
+            js_code=query.get("js_code", ""),
+            grant_type=query.get("grant_type", ""),
+        )
+    except WeChatError as exc:
+        structlog.contextvars.bind_contextvars(errcode=exc.errcode)
+        return _errcode_json(exc, rid=True)
+    structlog.contextvars.bind_contextvars(errcode=0)
+    return web.json_response(body)
+
+
+async def _login(request: web.Request) -> web.StreamResponse:
+    req = await _decode_body(request, LoginRequest)
+    structlog.contextvars.bind_contextvars(appid=req.appid)
+    issued = request.app[SANDBOX].issue_code(req.appid, req.openid, req.unionid)
+    return web.json_response({"code": issued.code, "openid": issued.openid})
+
+
+async def _register_app(request: web.Request) -> web.StreamResponse:
+    req = await _decode_body(request, AppRequest)
+    request.app[SANDBOX].register_app(req.appid, req.secret)
+    return web.json_response({"appid": req.appid})
+
+
+async def _queue_fault(request: web.Request) -> web.StreamResponse:
+    req = await _decode_body(request, FaultRequest)
+    queued = request.app[SANDBOX].queue_fault(Fault.from_request(req), req.count)
+    return web.json_response({"queued": queued})
+
+
+async def _clear_faults(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"queued": request.app[SANDBOX].clear_faults()})
+
+
+async def _get_code(request: web.Request) -> web.StreamResponse:
+    issued = request.app[SANDBOX].get_code(request.match_info["code"])
+    if issued is None:
+        raise WeChatError(40029, status=404)
+    return web.json_response(issued.to_dict())
+
+
+async def _stats(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[SANDBOX].stats())
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(config: SandboxConfig) -> web.Application:
+    """The sandbox app; raises ``ConfigError`` if ``SANDBOX_APPS`` is malformed. Does no I/O."""
+    app = web.Application(middlewares=[_canonical_line])
+    app[SANDBOX] = SandboxState(config)
+    app.router.add_get("/sns/jscode2session", _jscode2session)
+    app.router.add_post("/sandbox/login", _login)
+    app.router.add_post("/sandbox/apps", _register_app)
+    app.router.add_post("/sandbox/faults", _queue_fault)
+    app.router.add_delete("/sandbox/faults", _clear_faults)
+    app.router.add_get("/sandbox/codes/{code}", _get_code)
+    app.router.add_get("/sandbox/stats", _stats)
+    app.router.add_get("/healthz", _healthz)
+    return app
