@@ -17,6 +17,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
+from services.processes import child_setup
+
 log = structlog.get_logger()
 
 # Unix socket paths are limited to ~107 bytes; deep checkouts fall back to a short path under /tmp.
@@ -30,10 +32,10 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI); /tmp is fine for us.
             warnings.simplefilter("ignore")
-            import pgserver  # heavy import, only where the embedded default is used
+            from pgserver import postgres_server  # heavy import, only where the embedded default is used
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        self._server = postgres_server.get_server(data_dir, cleanup_mode="stop")
         self.server_url: str = self._server.get_uri()
 
     def database_url(self, database: str) -> str:
@@ -75,7 +77,7 @@ class EmbeddedRedis:
             "--appendonly", "yes" if persistent else "no",
             "--daemonize", "no",
         ]  # fmt: skip
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=child_setup)
         self.url = f"unix://{self.socket_path}"
         self._wait_ready()
 

@@ -36,7 +36,11 @@ class _Common(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     #: Prefix of every Redis key; tests and tenants sharing one Redis set their own.
     key_prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9:_.-]+$")] = "minidoor"
     #: Shared secret that the gateway and the workers present to the user store.
-    internal_token: Annotated[Secret, msgspec.Meta(min_length=16)]
+    internal_token: Secret
+
+    def __post_init__(self) -> None:
+        if len(self.internal_token) < 16:
+            raise ValueError("INTERNAL_TOKEN must be at least 16 characters")
 
 
 class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
@@ -114,3 +118,25 @@ class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     sandbox_code_ttl: Seconds = 300.0
     #: jscode2session calls one user may make per minute before 45011.
     sandbox_user_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+
+class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    """``make run``: the whole stack on one machine. Empty URLs mean "start an embedded one"."""
+
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+    state_dir: str = ".run"
+    database_url: str = ""
+    redis_url: str = ""
+    wechat_api_base: str = ""
+    key_prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9:_.-]+$")] = "minidoor"
+    internal_token: str = ""
+    issuer: str = ""
+    gateway_port: Port = 8000
+    user_store_port: Port = 8001
+    wechat_sandbox_port: Port = 8002
+    auth_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
+    login_timeout: Seconds = 10.0
+    #: How long each process may take to become ready.
+    start_timeout: Seconds = 60.0
+    shutdown_grace: Seconds = 10.0

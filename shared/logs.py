@@ -52,3 +52,5 @@ def configure_logging(level: str = "info", fmt: str = "auto", service: str = "")
     root.setLevel(numeric_level)
     # One canonical line per request comes from our middleware; aiohttp's access log would double it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pgserver narrates every pg_ctl call at INFO; its failures still come through.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.embedded import EmbeddedPostgres, EmbeddedRedis, with_database
+from tests.stack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +86,39 @@ async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def _stack_fixture(name: str, **env: str):  # type: ignore[no-untyped-def]
+    """A module-scoped running stack on the test PostgreSQL/Redis, with its own database and key prefix."""
+
+    @pytest.fixture(scope="module", name=name)
+    def _fixture(
+        pg_server_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Stack]:
+        import asyncio
+
+        import redis as sync_redis
+
+        database_url = asyncio.run(create_database(pg_server_url))
+        prefix = f"test-{secrets.token_hex(6)}"
+        stack = Stack(
+            tmp_path_factory.mktemp(name),
+            {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "KEY_PREFIX": prefix, **env},
+        )
+        try:
+            yield stack.start()
+        finally:
+            if stack.process is not None:
+                stack.stop()
+            asyncio.run(drop_database(pg_server_url, database_url))
+            client = sync_redis.Redis.from_url(redis_url)
+            for key in client.scan_iter(match=f"{prefix}:*", count=500):
+                client.delete(key)
+            client.close()
+
+    return _fixture
+
+
+stack = _stack_fixture("stack")
+#: No auth worker at all, and a short deadline: what a client sees when nothing consumes the queue.
+stack_without_workers = _stack_fixture("stack_without_workers", AUTH_WORKERS="0", LOGIN_TIMEOUT="1.5")

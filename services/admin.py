@@ -1,0 +1,106 @@
+"""``python -m services admin ...``: manage organizations, applications and WeChat mini-program providers.
+
+It talks to ``DATABASE_URL``, or to the embedded PostgreSQL under ``STATE_DIR`` (started for the command if the
+stack is not running). Output is JSON on stdout; errors are one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from services.embedded import EmbeddedPostgres
+from shared.errors import MinidoorError
+from user_store import admin
+from user_store.migrate import apply_migrations
+
+Command = Callable[[asyncpg.Connection, argparse.Namespace], Awaitable[Any]]
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("admin", help="manage organizations, applications and providers")
+    cmds = parser.add_subparsers(dest="admin_command", required=True)
+
+    p = cmds.add_parser("create-org", help="create an organization")
+    p.add_argument("--name", required=True)
+    p.add_argument("--display-name", default="")
+    p.set_defaults(admin_fn=_create_org)
+
+    p = cmds.add_parser("create-app", help="create an application; prints clientId and clientSecret once")
+    p.add_argument("--org", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--no-sign-up", action="store_true", help="log in existing users only")
+    p.add_argument("--expire-in-hours", type=float, default=168.0)
+    p.set_defaults(admin_fn=_create_app)
+
+    p = cmds.add_parser("attach-provider", help="attach a WeChat mini-program provider (appid, secret)")
+    p.add_argument("--app", required=True)
+    p.add_argument("--appid", required=True)
+    p.add_argument("--secret", required=True)
+    p.add_argument("--name", default=None, help="provider name (default wechat-mp-<appid>)")
+    p.set_defaults(admin_fn=_attach_provider)
+
+    p = cmds.add_parser("rotate-secret", help="issue a new client secret for an application")
+    p.add_argument("--app", required=True)
+    p.set_defaults(admin_fn=_rotate_secret)
+
+    p = cmds.add_parser("list", help="organizations, applications and providers")
+    p.set_defaults(admin_fn=_list)
+
+
+async def _create_org(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    return await admin.create_organization(conn, args.name, display_name=args.display_name)
+
+
+async def _create_app(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    return await admin.create_application(
+        conn, args.org, args.name, enable_sign_up=not args.no_sign_up, expire_in_hours=args.expire_in_hours
+    )
+
+
+async def _attach_provider(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    return await admin.attach_miniprogram_provider(conn, args.app, args.appid, args.secret, name=args.name)
+
+
+async def _rotate_secret(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    return {"application": args.app, "clientSecret": await admin.rotate_client_secret(conn, args.app)}
+
+
+async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    return await admin.list_all(conn)
+
+
+def run(args: argparse.Namespace) -> int:
+    database_url = os.environ.get("DATABASE_URL", "")
+    pg: EmbeddedPostgres | None = None
+    if not database_url:
+        pg = EmbeddedPostgres(Path(os.environ.get("STATE_DIR", ".run")).resolve() / "postgres")
+        database_url = pg.database_url("minidoor")
+    try:
+        result = asyncio.run(_run(database_url, args.admin_fn, args))
+    except MinidoorError as exc:
+        print(f"error: {exc.description}", file=sys.stderr)
+        return 1
+    finally:
+        if pg is not None:
+            pg.stop()  # stops the server only if this command started it
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
+    return 0
+
+
+async def _run(database_url: str, fn: Command, args: argparse.Namespace) -> Any:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(conn)
+        async with conn.transaction():
+            return await fn(conn, args)
+    finally:
+        await conn.close()

@@ -1,0 +1,114 @@
+"""The demo organization, application and WeChat mini-program provider that ``make run`` seeds once, and the
+``demo.json`` + console banner that tell a newcomer how to log in with them."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from shared.errors import Conflict, NotFound
+from user_store import admin, queries
+from user_store.migrate import apply_migrations
+
+ORGANIZATION = "demo"
+APPLICATION = "demo-app"
+
+
+class Demo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What ``STATE_DIR/demo.json`` holds."""
+
+    gateway: str
+    sandbox: str
+    organization: str
+    application: str
+    client_id: str
+    client_secret: str
+    wechat_app_id: str
+    #: Not in demo.json's documented keys, but the runner needs it to teach the sandbox the app's secret.
+    wechat_app_secret: str
+
+    @property
+    def sandbox_apps(self) -> str:
+        return f"{self.wechat_app_id}:{self.wechat_app_secret}"
+
+
+async def seed_demo(database_url: str, state_dir: Path, gateway: str, sandbox: str) -> Demo:
+    """Migrate, create the demo data if missing, and (re)write ``demo.json``. Safe to run on every start."""
+    demo_file = state_dir / "demo.json"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(conn)
+        async with conn.transaction():
+            try:
+                app = msgspec.to_builtins(await admin.get_application(conn, APPLICATION))
+            except NotFound:
+                app = await _create(conn)
+            client_secret = app.get("clientSecret") or _saved_secret(demo_file, app["clientId"])
+            if not client_secret:
+                # The secret is stored hashed; without the old demo.json the only way to show one is a new one.
+                client_secret = await admin.rotate_client_secret(conn, APPLICATION)
+            provider = await queries.miniprogram_provider(conn, app["clientId"])
+    finally:
+        await conn.close()
+    assert provider is not None and provider["appid"], "the demo application lost its mini-program provider"
+    demo = Demo(
+        gateway=gateway,
+        sandbox=sandbox,
+        organization=ORGANIZATION,
+        application=APPLICATION,
+        client_id=app["clientId"],
+        client_secret=client_secret,
+        wechat_app_id=provider["appid"],
+        wechat_app_secret=provider["app_secret"],
+    )
+    demo_file.write_bytes(msgspec.json.format(msgspec.json.encode(demo), indent=2) + b"\n")
+    demo_file.chmod(0o600)
+    return demo
+
+
+async def _create(conn: asyncpg.Connection) -> dict[str, str]:
+    try:
+        await admin.create_organization(conn, ORGANIZATION, display_name="Demo organization")
+    except Conflict:
+        pass  # made by hand or by an earlier seed: reuse it
+    app = msgspec.to_builtins(await admin.create_application(conn, ORGANIZATION, APPLICATION))
+    appid = "wx" + secrets.token_hex(8)
+    await admin.attach_miniprogram_provider(conn, APPLICATION, appid, secrets.token_hex(16))
+    return dict(app)
+
+
+def _saved_secret(demo_file: Path, client_id: str) -> str:
+    try:
+        saved = json.loads(demo_file.read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(saved.get("clientSecret", "")) if saved.get("clientId") == client_id else ""
+
+
+def print_banner(demo: Demo, seconds: float) -> None:
+    login = (
+        f"curl -s -X POST {demo.sandbox}/sandbox/login -H 'Content-Type: application/json' "
+        f"-d '{{\"appid\": \"{demo.wechat_app_id}\", \"openid\": \"demo-user-1\"}}'"
+    )
+    token = (
+        f"curl -s -X POST {demo.gateway}/api/login/oauth/access_token "
+        f"-d tag=wechat_miniprogram -d client_id={demo.client_id} -d code=CODE_FROM_ABOVE"
+    )
+    both = (
+        f"CODE=$({login} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"code\"])') && "
+        f"curl -s -X POST {demo.gateway}/api/login/oauth/access_token "
+        f"-d tag=wechat_miniprogram -d client_id={demo.client_id} -d code=$CODE"
+    )
+    print(
+        f"\nminidoor is ready in {seconds:.1f}s: gateway {demo.gateway}, WeChat sandbox {demo.sandbox}\n"
+        f"Demo data: demo.json in the state directory (client_id {demo.client_id}).\n\n"
+        f"1) Get a wx.login() code from the sandbox:\n   {login}\n"
+        f"2) Log in with it:\n   {token}\n"
+        f"Or both at once:\n   {both}\n\n"
+        "Ctrl-C stops everything.\n",
+        flush=True,
+    )
