@@ -92,7 +92,7 @@ def _saved_secret(demo_file: Path, client_id: str) -> str:
 def print_banner(demo: Demo, seconds: float) -> None:
     login = (
         f"curl -s -X POST {demo.sandbox}/sandbox/login -H 'Content-Type: application/json' "
-        f"-d '{{\"appid\": \"{demo.wechat_app_id}\", \"openid\": \"demo-user-1\"}}'"
+        f'-d \'{{"appid": "{demo.wechat_app_id}", "openid": "demo-user-1"}}\''
     )
     token = (
         f"curl -s -X POST {demo.gateway}/api/login/oauth/access_token "

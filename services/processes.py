@@ -33,9 +33,7 @@ class Child:
     def __init__(self, name: str, args: Sequence[str], env: Mapping[str, str], ready_url: str = "") -> None:
         self.name = name
         self.ready_url = ready_url
-        self.process = subprocess.Popen(
-            list(args), env=dict(env), stdin=subprocess.DEVNULL, preexec_fn=child_setup
-        )
+        self.process = subprocess.Popen(list(args), env=dict(env), stdin=subprocess.DEVNULL, preexec_fn=child_setup)
 
     @property
     def pid(self) -> int:

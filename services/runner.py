@@ -122,7 +122,8 @@ class Runner:
         timeout = cfg.start_timeout
         if not cfg.wechat_api_base:
             env = {**base, "WECHAT_SANDBOX_PORT": str(cfg.wechat_sandbox_port), "SANDBOX_APPS": demo.sandbox_apps}
-            sandbox = Child("wechat-sandbox", [python, "-m", "services.wechat_sandbox"], env, self._sandbox_url() + "/healthz")
+            sandbox_args = [python, "-m", "services.wechat_sandbox"]
+            sandbox = Child("wechat-sandbox", sandbox_args, env, self._sandbox_url() + "/healthz")
             self._sandbox.append(sandbox)
             sandbox.wait_ready(timeout)
         store_env = {
@@ -131,7 +132,9 @@ class Runner:
             "USER_STORE_PORT": str(cfg.user_store_port),
             "ISSUER": cfg.issuer or self._gateway_url(),
         }
-        store = Child("user-store", [python, "-m", "user_store"], store_env, f"http://{HOST}:{cfg.user_store_port}/readyz")
+        store = Child(
+            "user-store", [python, "-m", "user_store"], store_env, f"http://{HOST}:{cfg.user_store_port}/readyz"
+        )
         self._user_store.append(store)
         store.wait_ready(timeout)
         for i in range(cfg.auth_workers):

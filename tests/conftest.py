@@ -88,13 +88,11 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def _stack_fixture(name: str, **env: str):  # type: ignore[no-untyped-def]
+def _stack_fixture(name: str, **env: str):
     """A module-scoped running stack on the test PostgreSQL/Redis, with its own database and key prefix."""
 
     @pytest.fixture(scope="module", name=name)
-    def _fixture(
-        pg_server_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-    ) -> Iterator[Stack]:
+    def _fixture(pg_server_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         import asyncio
 
         import redis as sync_redis

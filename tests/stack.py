@@ -62,7 +62,7 @@ class Stack:
     def start(self, timeout: float = 90.0) -> Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         demo_file = self.state_dir / "demo.json"
-        demo_file.unlink(missing_ok=True)
+        started = time.time()
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "services", "run"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -71,7 +71,8 @@ class Stack:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the stack exited with {self.process.returncode}:\n{self.log_tail()}")
-            if demo_file.exists() and _ready(self.gateway + "/readyz"):
+            # demo.json is rewritten on every start, after the seed; a restart must not rely on the old one.
+            if demo_file.exists() and demo_file.stat().st_mtime >= started - 1 and _ready(self.gateway + "/readyz"):
                 self.demo = json.loads(demo_file.read_text())
                 return self
             if time.monotonic() > deadline:
@@ -81,7 +82,7 @@ class Stack:
 
     def descendants(self) -> list[psutil.Process]:
         assert self.process is not None
-        return psutil.Process(self.process.pid).children(recursive=True)
+        return list(psutil.Process(self.process.pid).children(recursive=True))
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM the runner and wait; returns its exit code."""

@@ -167,9 +167,7 @@ class TestBadRequests:
 
     async def test_malformed_json(self, session, stack):
         """A JSON content type with a broken body is 400 invalid_request saying so."""
-        body, _ = await post_token(
-            session, stack, 400, data=b'{"tag": ', headers={"Content-Type": "application/json"}
-        )
+        body, _ = await post_token(session, stack, 400, data=b'{"tag": ', headers={"Content-Type": "application/json"})
         assert body["error"] == "invalid_request"
         assert "JSON" in body["error_description"]
 

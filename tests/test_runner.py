@@ -1,0 +1,78 @@
+"""``make run`` on a fresh machine: embedded PostgreSQL, Redis and WeChat sandbox, a printed demo, a clean stop,
+and data that survives a restart."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.stack import Stack
+
+
+def _post(url: str, data: bytes, content_type: str) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    with urllib.request.urlopen(req, timeout=15) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def demo_login(stack: Stack, openid: str) -> dict[str, Any]:
+    """What the banner's curl pair does: a code from the sandbox, then the token endpoint."""
+    appid = stack.demo["wechatAppId"]
+    wx = _post(
+        stack.sandbox + "/sandbox/login", json.dumps({"appid": appid, "openid": openid}).encode(), "application/json"
+    )
+    form = f"tag=wechat_miniprogram&client_id={stack.demo['clientId']}&code={wx['code']}".encode()
+    return _post(stack.token_url, form, "application/x-www-form-urlencoded")
+
+
+def _sub(token: str) -> str:
+    import jwt
+
+    return str(jwt.decode(token, options={"verify_signature": False})["sub"])
+
+
+@pytest.fixture
+def embedded_stack(tmp_path: Path) -> Stack:
+    """A stack given no DATABASE_URL/REDIS_URL/WECHAT_API_BASE: everything embedded under its state dir."""
+    return Stack(tmp_path / "state", {"AUTH_WORKERS": "1"})
+
+
+class TestEmbeddedRun:
+    def test_fresh_start_login_stop_restart(self, embedded_stack: Stack) -> None:
+        """The printed demo logs in; SIGTERM exits 0 with no process left; a restart keeps users and the demo."""
+        stack = embedded_stack.start()
+        demo = dict(stack.demo)
+        assert set(demo) >= {"gateway", "sandbox", "organization", "application", "clientId", "clientSecret",
+                             "wechatAppId"}  # fmt: skip
+        first = demo_login(stack, "o-runner")
+        assert first["token_type"] == "Bearer"
+        assert "curl -s -X POST" in stack.log_tail(20_000)
+
+        children = stack.descendants()
+        assert len(children) >= 4  # sandbox, user store, a worker, the gateway (plus redis-server)
+        assert stack.stop() == 0
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, [p.pid for p in alive]
+
+        stack.start()
+        assert stack.demo["clientId"] == demo["clientId"]
+        assert stack.demo["clientSecret"] == demo["clientSecret"]
+        again = demo_login(stack, "o-runner")
+        assert _sub(again["access_token"]) == _sub(first["access_token"])
+        assert stack.stop() == 0
+
+    def test_port_taken_is_a_clear_error(self, embedded_stack: Stack) -> None:
+        """A taken port stops the start with a message naming the variable to change, and exit code 1."""
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", embedded_stack.gateway_port))
+            sock.listen()
+            with pytest.raises(RuntimeError, match="exited with 1"):
+                embedded_stack.start()
+        assert "set GATEWAY_PORT to a free port" in embedded_stack.log_tail()
