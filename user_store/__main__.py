@@ -1,0 +1,40 @@
+"""``python -m user_store``: read the config from the environment and serve until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from aiohttp import web
+
+from shared.config import ConfigError, UserStoreConfig, load_config
+from shared.logs import configure_logging
+from user_store.app import create_app
+
+
+def main() -> None:
+    try:
+        config = load_config(UserStoreConfig)
+    except ConfigError as exc:
+        print(exc.description, file=sys.stderr)
+        sys.exit(2)
+    configure_logging(config.log_level, config.log_format, service="user-store")
+    loop: asyncio.AbstractEventLoop | None = None
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        pass
+    web.run_app(
+        create_app(config),
+        host=config.user_store_host,
+        port=config.user_store_port,
+        print=None,
+        shutdown_timeout=config.shutdown_grace,
+        loop=loop,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The asyncpg pool: created with bounded retries, JSON codecs set once, connection failures made retryable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeAlias
+
+import asyncpg
+import msgspec
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+
+from shared.config import UserStoreConfig
+from shared.errors import Unavailable
+
+log = structlog.get_logger()
+
+#: A plain connection or one borrowed from a pool; query helpers accept either.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+
+#: Errors that mean "the database is not reachable right now", as opposed to a bug or bad data.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+#: Errors worth one more try by the caller: the transaction lost a race it could not see coming.
+_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: msgspec.json.encode(value).decode(),
+        decoder=msgspec.json.decode,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(config: UserStoreConfig, *, tries: int = 10, delay: float = 1.0) -> Pool:
+    """Connect to ``config.database_url``, retrying ``tries`` times ``delay`` seconds apart, then raise."""
+    for attempt in range(1, tries + 1):
+        try:
+            return await asyncpg.create_pool(
+                str(config.database_url),
+                min_size=min(config.pg_pool_min, config.pg_pool_max),
+                max_size=config.pg_pool_max,
+                init=_init_connection,
+            )
+        except CONNECTION_ERRORS as exc:
+            remaining = tries - attempt
+            if remaining == 0:
+                raise
+            log.warning("postgres_connect_retry", error=f"{type(exc).__name__}: {exc}", remaining=remaining)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@asynccontextmanager
+async def transaction(pool: Pool) -> AsyncIterator[Conn]:
+    """A pooled connection inside one transaction; an unreachable database becomes ``Unavailable``."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+    except _RETRYABLE_ERRORS as exc:
+        raise Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1) from exc

@@ -1,0 +1,19 @@
+"""URL table of the user store."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from user_store import views
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", views.healthz, name="healthz")
+    app.router.add_get("/readyz", views.readyz, name="readyz")
+    app.router.add_get("/internal/applications/{client_id}", views.get_application, name="application")
+    app.router.add_get(
+        "/internal/applications/{client_id}/wechat-miniprogram",
+        views.get_miniprogram_provider,
+        name="miniprogram_provider",
+    )
+    app.router.add_post("/internal/logins/wechat-miniprogram", views.post_wechat_login, name="wechat_login")

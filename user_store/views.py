@@ -1,0 +1,100 @@
+"""HTTP handlers of the internal API: decode at the edge, call a use case, encode a Struct."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from shared.errors import BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType
+from shared.messages import ApplicationInfo, MiniProgramProvider, WechatLogin
+from user_store import queries
+from user_store.db import transaction
+from user_store.keys import CONFIG, PG_POOL, SIGNER
+from user_store.logins import login_wechat
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_login_decoder = msgspec.json.Decoder(WechatLogin)
+_READY_TIMEOUT = 1.0
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(body=_encoder.encode(value), content_type="application/json")
+
+
+async def _read_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("the body must be application/json")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"the body exceeds {limit} bytes") from None
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when PostgreSQL answers ``SELECT 1`` within a second."""
+    try:
+        async with asyncio.timeout(_READY_TIMEOUT), request.app[PG_POOL].acquire() as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:  # whatever stops SELECT 1 (timeout, lost server, closing pool) means "not ready"
+        raise Unavailable(f"the database is not ready ({type(exc).__name__})", retry_after=1) from None
+    return _json({"status": "ok"})
+
+
+async def get_application(request: web.Request) -> web.Response:
+    client_id = request.match_info["client_id"]
+    structlog.contextvars.bind_contextvars(client_id=client_id)
+    async with transaction(request.app[PG_POOL]) as conn:
+        row = await queries.application_info(conn, client_id)
+    if row is None:
+        raise Unauthorized("client_id is invalid")
+    return _json(
+        ApplicationInfo(
+            client_id=row["client_id"],
+            name=row["name"],
+            organization=row["organization"],
+            enable_sign_up=row["enable_sign_up"],
+            miniprogram_appid=row["miniprogram_appid"],
+        )
+    )
+
+
+async def get_miniprogram_provider(request: web.Request) -> web.Response:
+    client_id = request.match_info["client_id"]
+    structlog.contextvars.bind_contextvars(client_id=client_id)
+    async with transaction(request.app[PG_POOL]) as conn:
+        row = await queries.miniprogram_provider(conn, client_id)
+    if row is None:
+        raise Unauthorized("client_id is invalid")
+    if row["provider"] is None:
+        raise Unauthorized("the application does not support wechat mini program")
+    return _json(
+        MiniProgramProvider(
+            client_id=row["client_id"], provider=row["provider"], appid=row["appid"], secret=row["app_secret"]
+        )
+    )
+
+
+async def post_wechat_login(request: web.Request) -> web.Response:
+    login = await _read_body(request, _login_decoder)
+    structlog.contextvars.bind_contextvars(client_id=login.client_id)
+    result = await login_wechat(request.app[PG_POOL], request.app[SIGNER], login)
+    return _json(result)
