@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from aiohttp import web
 
 from shared.config import ConfigError, UserStoreConfig, load_config
 from shared.logs import configure_logging
+from shared.runtime import new_event_loop
 from user_store.app import create_app
 
 
@@ -19,20 +19,13 @@ def main() -> None:
         print(exc.description, file=sys.stderr)
         sys.exit(2)
     configure_logging(config.log_level, config.log_format, service="user-store")
-    loop: asyncio.AbstractEventLoop | None = None
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        pass
     web.run_app(
         create_app(config),
         host=config.user_store_host,
         port=config.user_store_port,
         print=None,
         shutdown_timeout=config.shutdown_grace,
-        loop=loop,
+        loop=new_event_loop(),
     )
 
 
