@@ -31,6 +31,14 @@ run: install  ## the whole stack in the foreground (embedded Postgres/Redis/WeCh
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: chaos
+chaos: install  ## only the fault tests (also part of `make test`); prints their figures
+	$(PY) -m pytest tests/test_faults.py -s $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: install  ## introspections/s over HTTP and local verifications/s per core, each beside its baseline (~1 min)
+	$(PY) -m services.bench $(BENCH_ARGS)
+
 .PHONY: testcov
 testcov: install
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
@@ -68,6 +76,18 @@ attach-provider: install  ## make attach-provider APP=shop APPID=wx... SECRET=..
 .PHONY: list
 list: install  ## organizations, applications and providers as JSON
 	$(PY) -m services admin list
+
+.PHONY: rotate-keys
+rotate-keys: install  ## new signing key, in the JWKS now, signing after ACTIVATE_IN seconds (default 90)
+	$(PY) -m services admin rotate-keys $(if $(ACTIVATE_IN),--activate-in "$(ACTIVATE_IN)")
+
+.PHONY: retire-key
+retire-key: install  ## make retire-key KID=key-... (its tokens stop verifying at once)
+	$(PY) -m services admin retire-key --kid "$(KID)"
+
+.PHONY: list-keys
+list-keys: install  ## signing keys and their status as JSON
+	$(PY) -m services admin list-keys
 
 .PHONY: clean
 clean:

@@ -1,12 +1,25 @@
-"""One code-exchange job: application → WeChat → user store → a reply for the waiting gateway."""
+"""One code-exchange job: application → exchange record → WeChat → user store → an answer for the gateway.
+
+Every path goes through the code's exchange record (``exchange.py``), so a code is presented to WeChat at most
+once however many jobs carry it (double taps, retries after a crash, replays).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
-from auth_worker.wechat import WechatClient
-from shared.errors import MinidoorError, Unavailable
+import msgspec
+import redis.asyncio as aioredis
+
+from auth_worker.exchange import Claim, ExchangeRecords, State
+from auth_worker.metrics import WorkerMetrics
+from auth_worker.wechat import CodeUnspent, WechatClient
+from shared.errors import InvalidGrant, MinidoorError, Unavailable
+from shared.keys import Keys
 from shared.messages import (
     CodeExchangeJob,
     LoginFailed,
@@ -15,50 +28,141 @@ from shared.messages import (
     MiniProgramProvider,
     Reply,
     WechatLogin,
+    WechatSession,
 )
 from shared.user_store_client import UserStoreClient
 
+T = TypeVar("T")
+
 # Time kept back from WeChat's share of a job's deadline for the user store's part of the work.
 _USER_STORE_RESERVE = 1.0
+# Time kept back from the whole job for writing the answer.
+_DELIVERY_RESERVE = 0.1
 _PROVIDER_TTL = 30.0
+REPLAYED = "the code was already used (40163: code been used); call wx.login() again"
+INTERRUPTED = "the login was interrupted after WeChat may have used the code; call wx.login() again"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the worker writes back: ``reply`` None means the job ran out of time and is dropped unanswered."""
+
+    reply: Reply | None
+    #: How the code was settled (a label of ``minidoor_worker_code_exchanges``).
+    path: str
+    #: The exchange record when ``reply`` is the code's final answer (the gateway marks it delivered).
+    record: str = ""
 
 
 class JobHandler:
-    def __init__(self, user_store: UserStoreClient, wechat: WechatClient) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        user_store: UserStoreClient,
+        wechat: WechatClient,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.records = ExchangeRecords(redis)
+        self._keys = keys
         self._user_store = user_store
         self._wechat = wechat
+        self._metrics = metrics
         self._providers: dict[str, tuple[float, MiniProgramProvider]] = {}
 
-    async def handle(self, job: CodeExchangeJob) -> Reply:
-        """Never raises for a failed login: every outcome is a reply the client can act on."""
+    async def handle(self, job: CodeExchangeJob, published_ms: int) -> Answer:
+        """Never raises for a failed login: every outcome is an answer the client can act on."""
         try:
-            provider = await self._provider(job)
-            remaining = job.deadline - time.time()
-            session = await self._wechat.jscode2session(
-                provider.appid,
-                provider.secret,
-                job.code,
-                deadline=job.deadline - min(_USER_STORE_RESERVE, remaining / 4),
-            )
-            login = WechatLogin(
-                client_id=job.client_id,
-                appid=provider.appid,
-                openid=session.openid,
-                unionid=session.unionid,
-                session_key=session.session_key,
-                username=job.username,
-                avatar=job.avatar,
-            )
-            result = await self._login(login, job)
+            provider = await _retry_unavailable(job, lambda: self._provider(job))
+            key = self._keys.code_exchange(provider.appid, job.code)
+            answer = await self._settle(job, published_ms, provider, key)
         except MinidoorError as exc:
-            return LoginFailed(
-                job_id=job.job_id,
-                status=exc.status,
-                error=exc.error,
-                error_description=exc.description,
-                retry_after=exc.retry_after,
+            answer = Answer(_failed(job, exc), "none")
+        self._metrics.exchanges.labels(answer.path).inc()
+        return answer
+
+    async def _settle(self, job: CodeExchangeJob, published_ms: int, provider: MiniProgramProvider, key: str) -> Answer:
+        pause = 0.02
+        while True:
+            claim = await _redis(
+                job,
+                lambda: self.records.claim(
+                    key, job_id=job.job_id, published_ms=published_ms, now=time.time(), deadline=job.deadline
+                ),
             )
-        return LoginSucceeded(job_id=job.job_id, token=result.token)
+            match claim.state:
+                case State.REPLAYED:
+                    return Answer(_failed(job, InvalidGrant(REPLAYED)), "replayed")
+                case State.ANSWER:
+                    assert claim.reply is not None
+                    path = "redelivered" if claim.reply.job_id == job.job_id else "shared"
+                    return Answer(_retag(claim.reply, job), path, key)
+                case State.OWNER:
+                    return await self._own(job, provider, key, claim)
+            # Another job owns the code (a double tap): wait for its answer, or for it to give the code back.
+            if time.time() + pause > job.deadline - _DELIVERY_RESERVE:
+                return Answer(None, "waited")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    async def _own(self, job: CodeExchangeJob, provider: MiniProgramProvider, key: str, claim: Claim) -> Answer:
+        session = claim.session
+        path = "session_reused"
+        if session is None:
+            if claim.interrupted:
+                return await self._final(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
+            path = "exchanged"
+            try:
+                self._wechat.check_breaker()
+                if not await _redis(job, lambda: self.records.mark_calling(key, job.job_id)):
+                    return Answer(None, "lost")  # our client gave up and another job took the code over
+                remaining = job.deadline - time.time()
+                result = await self._wechat.jscode2session(
+                    provider.appid,
+                    provider.secret,
+                    job.code,
+                    deadline=job.deadline - min(_USER_STORE_RESERVE, remaining / 4),
+                )
+            except MinidoorError as exc:
+                if isinstance(exc, CodeUnspent):
+                    await self._release(key, job)
+                    return Answer(_failed(job, exc), "released")
+                return await self._final(job, key, exc, path)
+            session = WechatSession(openid=result.openid, session_key=result.session_key, unionid=result.unionid)
+            try:
+                await _redis(job, lambda: self.records.store_session(key, session))
+            except Unavailable:
+                pass  # the login goes on; only a crash from here on would lose the session
+        login = WechatLogin(
+            client_id=job.client_id,
+            appid=provider.appid,
+            openid=session.openid,
+            unionid=session.unionid,
+            session_key=session.session_key,
+            username=job.username,
+            avatar=job.avatar,
+        )
+        try:
+            login_result = await self._login(login, job)
+        except Unavailable as exc:
+            await self._release(key, job)  # keeps the session: a retry with this code needs no WeChat call
+            return Answer(_failed(job, exc), "released")
+        except MinidoorError as exc:
+            return await self._final(job, key, exc, path)
+        reply = LoginSucceeded(job_id=job.job_id, token=login_result.token)
+        stored = await _redis(job, lambda: self.records.finish(key, reply))
+        return Answer(_retag(stored, job), path, key)
+
+    async def _final(self, job: CodeExchangeJob, key: str, exc: MinidoorError, path: str) -> Answer:
+        reply = _failed(job, exc)
+        stored = await _redis(job, lambda: self.records.finish(key, reply))
+        return Answer(_retag(stored, job), path, key)
+
+    async def _release(self, key: str, job: CodeExchangeJob) -> None:
+        try:
+            await _redis(job, lambda: self.records.release(key, job.job_id))
+        except Unavailable:
+            pass  # the record frees itself once this job's deadline has passed
 
     async def _provider(self, job: CodeExchangeJob) -> MiniProgramProvider:
         now = time.monotonic()
@@ -72,14 +176,49 @@ class JobHandler:
         return provider
 
     async def _login(self, login: WechatLogin, job: CodeExchangeJob) -> LoginResult:
-        """The upsert is idempotent, so an unreachable user store is retried while the deadline allows."""
-        backoff = 0.1
-        while True:
-            remaining = job.deadline - time.time()
-            try:
-                return await self._user_store.login_wechat(login, request_id=job.request_id, timeout=remaining)
-            except Unavailable:
-                if job.deadline - time.time() < backoff + 0.1:
-                    raise
-            await asyncio.sleep(backoff)
-            backoff *= 2
+        """The upsert is idempotent (one transaction), so an unavailable user store is retried within the deadline."""
+        return await _retry_unavailable(
+            job,
+            lambda: self._user_store.login_wechat(
+                login, request_id=job.request_id, timeout=job.deadline - _DELIVERY_RESERVE - time.time()
+            ),
+        )
+
+
+async def _retry_unavailable(job: CodeExchangeJob, call: Callable[[], Awaitable[T]]) -> T:
+    backoff = 0.1
+    while True:
+        try:
+            return await call()
+        except Unavailable:
+            if job.deadline - _DELIVERY_RESERVE - time.time() < backoff + 0.1:
+                raise
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 1.0)
+
+
+async def _redis(job: CodeExchangeJob, call: Callable[[], Awaitable[T]]) -> T:
+    """Redis calls of the exchange protocol, retried while the job has time (a Redis restart takes a moment)."""
+    backoff = 0.05
+    while True:
+        try:
+            return await call()
+        except (aioredis.RedisError, OSError) as exc:
+            if job.deadline - time.time() < backoff + 0.05:
+                raise Unavailable(f"the login queue is unreachable ({type(exc).__name__})", retry_after=1) from exc
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 0.5)
+
+
+def _failed(job: CodeExchangeJob, exc: MinidoorError) -> LoginFailed:
+    return LoginFailed(
+        job_id=job.job_id,
+        status=exc.status,
+        error=exc.error,
+        error_description=exc.description,
+        retry_after=exc.retry_after,
+    )
+
+
+def _retag(reply: Reply, job: CodeExchangeJob) -> Reply:
+    return reply if reply.job_id == job.job_id else msgspec.structs.replace(reply, job_id=job.job_id)

@@ -1,23 +1,27 @@
 """WeChat's jscode2session, with WeChat's errors translated to ours where they arise.
 
-The exchange is not idempotent (a code works once), so only failures that surely did not consume the code are
-retried blindly: -1 "system busy" and HTTP 5xx. A timeout or broken connection is retried too, because the job
-would fail otherwise, but a 40163 "code been used" after such an attempt is reported as WeChat's fault, not the
-client's.
+The exchange is not idempotent (a code works once), so a code is presented again only after a failure that surely
+did not consume it: -1 "system busy", HTTP 5xx, a connection refused before anything was sent. A timeout or a
+connection broken after sending is *not* retried: WeChat may have used the code, and asking again could only turn
+a lost answer into 40163. The client gets a 503 telling it to call wx.login() again.
+
+Failures that leave the code unused are raised as ``CodeUnspent`` errors, so the caller can release the code for a
+retry with the same code. A circuit breaker (``breaker.py``) fails calls fast while WeChat keeps failing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import aiohttp
 import msgspec
 import structlog
 
+from auth_worker.breaker import CircuitBreaker
+from auth_worker.metrics import WorkerMetrics
 from shared.errors import Forbidden, InvalidGrant, MinidoorError, RateLimited, Unavailable, UpstreamError
-
-log = structlog.get_logger()
 
 # WeChat errors that mean the application's WeChat credentials (the provider) are wrong, not the user's code.
 _CONFIG_ERRORS = {40002, 40013, 40125, 41002, 41004, 41008, 40243, 40164, 61004}
@@ -36,50 +40,118 @@ class Session(msgspec.Struct, frozen=True):
 _session_decoder = msgspec.json.Decoder(Session)
 
 
+class CodeUnspent:
+    """Mixin: WeChat surely did not use the code, so the same code may be presented again later."""
+
+
+class WechatUnavailable(CodeUnspent, Unavailable):
+    """WeChat is busy, failing or unreachable (or the breaker is open), and the code was not used."""
+
+
+class WechatRateLimited(CodeUnspent, RateLimited):
+    pass
+
+
+class WechatConfigError(CodeUnspent, UpstreamError):
+    pass
+
+
 class _Retryable(Exception):
-    def __init__(self, reason: str, ambiguous: bool) -> None:
+    def __init__(self, reason: str, outcome: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        #: True when WeChat may have consumed the code (timeout, broken connection).
-        self.ambiguous = ambiguous
+        self.outcome = outcome
+
+
+class _Ambiguous(Exception):
+    """The request may have reached WeChat, but no answer came back."""
+
+    def __init__(self, reason: str, outcome: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.outcome = outcome
 
 
 class WechatClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, *, timeout: float, max_attempts: int) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        timeout: float,
+        max_attempts: int,
+        breaker: CircuitBreaker | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self._session = session
         self._url = base_url.rstrip("/") + "/sns/jscode2session"
         self._timeout = timeout
         self._max_attempts = max_attempts
+        self.breaker = breaker or CircuitBreaker(5, 5.0)
+        self._metrics = metrics or WorkerMetrics()
+
+    def check_breaker(self) -> None:
+        """Raise ``WechatUnavailable`` while the breaker is open (before anything is recorded about the code)."""
+        wait = self.breaker.retry_in()
+        if wait > 0:
+            self._metrics.wechat_calls.labels("circuit_open").inc()
+            raise WechatUnavailable(
+                f"WeChat is failing; not calling it for {wait:.1f}s; try again with the same code",
+                retry_after=max(1, math.ceil(wait)),
+            )
 
     async def jscode2session(self, appid: str, secret: str, code: str, *, deadline: float) -> Session:
-        """Exchange ``code``; retries transient failures with backoff while time remains before ``deadline``."""
+        """Exchange ``code``; retries failures that did not use it, with backoff, while time remains."""
         params = {"appid": appid, "secret": secret, "js_code": code, "grant_type": "authorization_code"}
         backoff = 0.05
-        ambiguous = False
-        last_reason = ""
+        last_reason = "out of time"
         for attempt in range(1, self._max_attempts + 1):
-            remaining = deadline - time.time()
-            if remaining <= 0.05:
+            if deadline - time.time() <= 0.05:
                 break
+            if attempt > 1:
+                self.check_breaker()
+            structlog.contextvars.bind_contextvars(wechat_attempts=attempt)
             try:
-                result = await self._call_once(params, min(self._timeout, remaining))
+                result = await self._call_once(params, min(self._timeout, deadline - time.time()))
             except _Retryable as exc:
-                ambiguous = ambiguous or exc.ambiguous
                 last_reason = exc.reason
-                log.warning("wechat_retry", attempt=attempt, reason=exc.reason)
+                structlog.contextvars.bind_contextvars(wechat_error=exc.reason)
                 if attempt < self._max_attempts:
                     await asyncio.sleep(min(backoff, max(0.0, deadline - time.time() - 0.05)))
                     backoff *= 4
                 continue
-            if result.errcode == 40163 and ambiguous:
+            except _Ambiguous as exc:
+                structlog.contextvars.bind_contextvars(wechat_error=exc.reason)
                 raise Unavailable(
-                    "WeChat did not answer in time and the code can no longer be used; call wx.login() again",
+                    f"WeChat did not answer ({exc.reason}) and may have used the code; call wx.login() again",
                     retry_after=1,
-                )
+                ) from None
             return _checked(result)
-        raise Unavailable(f"WeChat is not answering ({last_reason or 'out of time'}); try again", retry_after=1)
+        raise WechatUnavailable(f"WeChat is not answering ({last_reason}); try again", retry_after=1)
 
     async def _call_once(self, params: dict[str, str], timeout: float) -> Session:
+        start = time.perf_counter()
+        try:
+            result = await self._request(params, timeout)
+        except (_Retryable, _Ambiguous) as exc:
+            self._record(exc.outcome, start, wechat_up=False)
+            raise
+        except UpstreamError:
+            self._record("bad_answer", start, wechat_up=True)
+            raise
+        self._record("ok" if result.errcode == 0 else "errcode", start, wechat_up=True)
+        return result
+
+    def _record(self, outcome: str, start: float, *, wechat_up: bool) -> None:
+        if wechat_up:
+            self.breaker.succeeded()
+        else:
+            self.breaker.failed()
+        self._metrics.wechat_calls.labels(outcome).inc()
+        self._metrics.wechat_seconds.observe(time.perf_counter() - start)
+        self._metrics.wechat_circuit_open.set(1 if self.breaker.is_open else 0)
+
+    async def _request(self, params: dict[str, str], timeout: float) -> Session:
         try:
             async with self._session.get(
                 self._url, params=params, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -87,13 +159,13 @@ class WechatClient:
                 body = await resp.read()
                 status = resp.status
         except TimeoutError:
-            raise _Retryable("timeout", ambiguous=True) from None
-        except aiohttp.ClientConnectionError as exc:
-            # Refused before sending cannot have used the code; anything later might have.
-            sent = not isinstance(exc, aiohttp.ClientConnectorError)
-            raise _Retryable(f"connection: {type(exc).__name__}", ambiguous=sent) from None
+            raise _Ambiguous("timeout", "timeout") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise _Retryable(f"connection: {type(exc).__name__}", "connection") from None
+        except aiohttp.ClientError as exc:
+            raise _Ambiguous(f"connection: {type(exc).__name__}", "connection") from None
         if status >= 500:
-            raise _Retryable(f"HTTP {status}", ambiguous=False)
+            raise _Retryable(f"HTTP {status}", "http_5xx")
         if status != 200:
             raise UpstreamError(f"WeChat answered HTTP {status}")
         try:
@@ -101,7 +173,7 @@ class WechatClient:
         except msgspec.DecodeError:
             raise UpstreamError("WeChat answered with something that is not its JSON") from None
         if result.errcode == -1:
-            raise _Retryable("errcode -1 (system busy)", ambiguous=False)
+            raise _Retryable("errcode -1 (system busy)", "busy")
         return result
 
 
@@ -113,6 +185,7 @@ def _checked(result: Session) -> Session:
         if not result.session_key:
             raise UpstreamError("WeChat answered without a session_key")
         return result
+    structlog.contextvars.bind_contextvars(wechat_errcode=code)
     detail = f"WeChat {code}: {msg}"
     if code == 40029:
         raise InvalidGrant(f"the code is invalid or expired ({detail}); call wx.login() again")
@@ -121,7 +194,7 @@ def _checked(result: Session) -> Session:
     if code == 40226:
         raise Forbidden(f"WeChat blocked this user's login as high-risk ({detail})")
     if code == 45011:
-        raise RateLimited(f"this user logs in too often ({detail}); wait a minute", retry_after=60)
+        raise WechatRateLimited(f"this user logs in too often ({detail}); wait a minute", retry_after=60)
     if code in _CONFIG_ERRORS:
-        raise UpstreamError(f"WeChat refused the application's mini-program credentials ({detail})")
+        raise WechatConfigError(f"WeChat refused the application's mini-program credentials ({detail})")
     raise UpstreamError(f"WeChat refused the login ({detail})")

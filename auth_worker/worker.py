@@ -3,6 +3,10 @@
 Lifecycle as in arq: ``run()`` (sync, always closes), ``async_run(burst=...)`` for tests, ``close()``. On SIGTERM
 it stops reading, lets in-flight jobs finish for ``shutdown_grace`` seconds, then cancels the rest; their
 messages stay pending in the group for another worker to claim.
+
+Crash recovery: while a worker holds a job it touches the job's pending entry (XCLAIM to itself) three times per
+``claim_idle``; an entry left untouched that long belongs to a dead or stuck worker, and the next worker to look
+takes it over (XAUTOCLAIM). A job whose deadline has passed is acknowledged and dropped with a log line.
 """
 
 from __future__ import annotations
@@ -12,18 +16,24 @@ import os
 import signal
 import socket
 import time
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import msgspec
 import redis.asyncio as aioredis
 import structlog
+from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from auth_worker.jobs import JobHandler
+from auth_worker.breaker import CircuitBreaker
+from auth_worker.jobs import Answer, JobHandler
+from auth_worker.metrics import WorkerMetrics
+from auth_worker.status import start_status_server
 from auth_worker.wechat import WechatClient
 from shared.config import WorkerConfig
 from shared.keys import Keys
-from shared.messages import STREAM_FIELD, LoginSucceeded, encoder, job_decoder
+from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, LoginSucceeded, job_decoder
 from shared.runtime import new_event_loop
 from shared.user_store_client import UserStoreClient
 
@@ -40,19 +50,29 @@ class Worker:
         self.config = config
         self.name = config.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.keys = Keys(config.key_prefix)
+        self.metrics = WorkerMetrics()
         self._redis = redis
         self._owns_redis = redis is None
         self._session: aiohttp.ClientSession | None = None
         self._handler: JobHandler | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._status: web.AppRunner | None = None
+        self._tasks: dict[asyncio.Task[None], bytes] = {}
         self._slots = asyncio.Semaphore(config.worker_concurrency)
         self._stopping = asyncio.Event()
+        self._claim_idle_ms = int(config.claim_idle * 1000)
+        #: monotonic times of the consumer loop's last turn and last successful read, for /healthz and /readyz.
+        self.last_turn = time.monotonic()
+        self.last_read = 0.0
         self.jobs_done = 0
 
     @property
     def redis(self) -> aioredis.Redis:
         assert self._redis is not None, "the worker is not started"
         return self._redis
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; always closes its connections."""
@@ -76,15 +96,15 @@ class Worker:
     async def async_run(self, *, burst: bool = False) -> None:
         """Consume jobs until stopped; with ``burst`` return as soon as the stream has nothing for us."""
         await self._start()
-        heartbeat = asyncio.create_task(self._heartbeat())
+        housekeeping = asyncio.create_task(self._housekeeping())
         log.info("worker_started", worker=self.name, stream=self.keys.job_stream, burst=burst)
         try:
             await self._consume(burst)
             await self._drain()
         finally:
-            heartbeat.cancel()
+            housekeeping.cancel()
             try:
-                await heartbeat
+                await housekeeping
             except asyncio.CancelledError:
                 pass
 
@@ -92,6 +112,9 @@ class Worker:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._status is not None:
+            await self._status.cleanup()
+            self._status = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -105,20 +128,30 @@ class Worker:
                 self._redis = None
 
     async def _start(self) -> None:
+        cfg = self.config
         if self._redis is None:
+            # One quick reconnect for a connection that went stale; longer outages are retried by our own loops.
             self._redis = aioredis.Redis.from_url(
-                self.config.redis_url, socket_timeout=10, socket_connect_timeout=2, health_check_interval=30
+                cfg.redis_url,
+                socket_timeout=10,
+                socket_connect_timeout=2,
+                health_check_interval=30,
+                retry=Retry(NoBackoff(), 1),
             )
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
-        user_store = UserStoreClient(self._session, self.config.user_store_url, self.config.internal_token)
+        user_store = UserStoreClient(self._session, cfg.user_store_url, cfg.internal_token)
         wechat = WechatClient(
             self._session,
-            self.config.wechat_api_base,
-            timeout=self.config.wechat_timeout,
-            max_attempts=self.config.wechat_max_attempts,
+            cfg.wechat_api_base,
+            timeout=cfg.wechat_timeout,
+            max_attempts=cfg.wechat_max_attempts,
+            breaker=CircuitBreaker(cfg.wechat_breaker_failures, cfg.wechat_breaker_reset),
+            metrics=self.metrics,
         )
-        self._handler = JobHandler(user_store, wechat)
+        self._handler = JobHandler(self.redis, self.keys, user_store, wechat, self.metrics)
+        if cfg.worker_http_port and self._status is None:
+            self._status = await start_status_server(self, cfg.worker_http_host, cfg.worker_http_port)
 
     async def _ensure_group(self) -> None:
         try:
@@ -130,42 +163,84 @@ class Worker:
     async def _consume(self, burst: bool) -> None:
         backoff = 0.1
         group_ready = False
+        next_reclaim = 0.0
         while not self._stopping.is_set():
+            self.last_turn = time.monotonic()
             try:
                 if not group_ready:
                     await self._ensure_group()
                     group_ready = True
                 await self._slots.acquire()
                 self._slots.release()
-                free = self._free_slots()
+                reclaimed = 0
+                if time.monotonic() >= next_reclaim:
+                    reclaimed = await self._reclaim()
+                    next_reclaim = time.monotonic() + self.config.claim_idle / 2
+                if self._free_slots() <= 0:
+                    continue
                 response = await self.redis.xreadgroup(
                     self.keys.worker_group,
                     self.name,
                     {self.keys.job_stream: ">"},
-                    count=min(free, 100),
-                    block=50 if burst else 1000,
+                    count=min(self._free_slots(), 100),
+                    block=50 if burst else min(1000, self._claim_idle_ms // 2),
                 )
+                self.last_read = time.monotonic()
                 backoff = 0.1
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("stream_read_failed", error=str(exc), retry_in=backoff)
                 group_ready = False
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 1.0)
                 continue
             entries = cast(list[tuple[bytes, _Entries]], response)[0][1] if response else []
             for msg_id, fields in entries:
-                await self._slots.acquire()
-                task = asyncio.create_task(self._process(msg_id, fields))
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
-            if burst and not entries and not self._tasks:
+                await self._spawn(msg_id, fields, reclaimed=False)
+            if burst and not entries and not reclaimed and not self._tasks:
                 return
 
+    async def _reclaim(self) -> int:
+        """Take over jobs whose worker stopped touching them; returns how many."""
+        taken = 0
+        cursor: bytes | str = "0-0"
+        for _ in range(10):
+            free = self._free_slots()
+            if free <= 0:
+                break
+            response = await self.redis.xautoclaim(
+                self.keys.job_stream,
+                self.keys.worker_group,
+                self.name,
+                min_idle_time=self._claim_idle_ms,
+                start_id=cursor,
+                count=free,
+            )
+            cursor = response[0]
+            held = set(self._tasks.values())
+            for msg_id, fields in response[1]:
+                # Redis < 7 leaves a hole for an entry deleted while pending; we never delete before acking.
+                if msg_id is None or not fields or msg_id in held:
+                    continue
+                taken += 1
+                self.metrics.reclaimed.inc()
+                await self._spawn(msg_id, fields, reclaimed=True)
+            if cursor in (b"0-0", "0-0"):
+                break
+        return taken
+
+    async def _spawn(self, msg_id: bytes, fields: dict[bytes, bytes], *, reclaimed: bool) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._process(msg_id, fields, reclaimed))
+        self._tasks[task] = msg_id
+        self.metrics.in_flight.set(len(self._tasks))
+        task.add_done_callback(self._task_done)
+
     def _free_slots(self) -> int:
-        return max(1, self.config.worker_concurrency - len(self._tasks))
+        return self.config.worker_concurrency - len(self._tasks)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
+        self.metrics.in_flight.set(len(self._tasks))
         self._slots.release()
 
     async def _drain(self) -> None:
@@ -175,54 +250,112 @@ class Worker:
         if pending:
             log.warning("worker_abandoned_jobs", count=len(pending))
 
-    async def _process(self, msg_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _process(self, msg_id: bytes, fields: dict[bytes, bytes], reclaimed: bool) -> None:
         assert self._handler is not None
         start = time.perf_counter()
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(msg_id=msg_id.decode(), worker=self.name)
+        structlog.contextvars.bind_contextvars(msg_id=msg_id.decode(), worker=self.name, reclaimed=reclaimed)
         try:
             job = job_decoder.decode(fields.get(STREAM_FIELD, b""))
         except msgspec.DecodeError as exc:
-            log.error("job_undecodable", error=str(exc))
+            self._finish("undecodable", start, error=str(exc))
             await self._ack(msg_id)
             return
         structlog.contextvars.bind_contextvars(request_id=job.request_id, job_id=job.job_id, client_id=job.client_id)
         if time.time() > job.deadline:
-            log.warning("job_expired", late_by_ms=round((time.time() - job.deadline) * 1000))
+            self._expired(job, start)
             await self._ack(msg_id)
             return
-        reply = await self._handler.handle(job)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(job.reply_to, {STREAM_FIELD: encoder.encode(reply)}, maxlen=_REPLY_STREAM_MAX_LEN, approximate=True)
-        pipe.pexpire(job.reply_to, _REPLY_STREAM_TTL_MS)
-        # Acknowledge only after the reply is written: the pipeline runs in order on one connection.
-        pipe.xack(self.keys.job_stream, self.keys.worker_group, msg_id)
-        pipe.xdel(self.keys.job_stream, msg_id)
         try:
-            await pipe.execute()
-        except (aioredis.RedisError, OSError) as exc:
-            log.error("reply_failed", error=str(exc))  # not acknowledged: the job stays pending for a retry
+            answer = await self._handler.handle(job, int(msg_id.split(b"-", 1)[0]))
+        except Exception:
+            log.exception("job_crashed")
+            error = LoginFailed(
+                job_id=job.job_id, status=500, error="server_error", error_description="internal error in the worker"
+            )
+            answer = Answer(error, "none")
+        if answer.reply is None:
+            self._expired(job, start, exchange=answer.path)
+            await self._ack(msg_id)
+            return
+        if not await self._deliver(job, msg_id, answer):
+            # Left pending: another worker drops it once its deadline has passed.
+            self._finish("undelivered", start, exchange=answer.path)
             return
         self.jobs_done += 1
-        fields_out: dict[str, object] = {"outcome": "token"}
-        if not isinstance(reply, LoginSucceeded):
-            fields_out = {"outcome": reply.error, "status": reply.status, "error_description": reply.error_description}
-        log.info("job", duration_ms=round((time.perf_counter() - start) * 1000, 2), **fields_out)
+        reply = answer.reply
+        if isinstance(reply, LoginSucceeded):
+            self._finish("token", start, exchange=answer.path)
+        else:
+            self._finish(
+                reply.error,
+                start,
+                exchange=answer.path,
+                status=reply.status,
+                error_description=reply.error_description,
+            )
+
+    def _finish(self, outcome: str, start: float, **fields: object) -> None:
+        """The job's one canonical log line, and its metrics."""
+        seconds = time.perf_counter() - start
+        self.metrics.jobs.labels(outcome).inc()
+        self.metrics.job_seconds.observe(seconds)
+        emit = log.info if outcome in ("token", "invalid_grant") else log.warning
+        emit("job", outcome=outcome, duration_ms=round(seconds * 1000, 2), **fields)
+
+    def _expired(self, job: CodeExchangeJob, start: float, **fields: object) -> None:
+        late_by_ms = round((time.time() - job.deadline) * 1000)
+        self._finish("expired", start, dropped=True, late_by_ms=late_by_ms, **fields)
+
+    async def _deliver(self, job: CodeExchangeJob, msg_id: bytes, answer: Answer) -> bool:
+        """Write the answer and acknowledge the job, retrying until its deadline (Redis may be restarting)."""
+        assert self._handler is not None and answer.reply is not None
+        reply = answer.reply
+        if answer.record:
+            reply = msgspec.structs.replace(reply, record=answer.record)
+        backoff = 0.05
+        while True:
+            try:
+                await self._handler.records.deliver(
+                    reply,
+                    reply_stream=job.reply_to,
+                    job_stream=self.keys.job_stream,
+                    group=self.keys.worker_group,
+                    msg_id=msg_id,
+                    reply_cap=_REPLY_STREAM_MAX_LEN,
+                    reply_ttl_ms=_REPLY_STREAM_TTL_MS,
+                )
+                return True
+            except (aioredis.RedisError, OSError) as exc:
+                if time.time() + backoff > job.deadline:
+                    structlog.contextvars.bind_contextvars(delivery_error=str(exc))
+                    return False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 0.5)
 
     async def _ack(self, msg_id: bytes) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=True)
             pipe.xack(self.keys.job_stream, self.keys.worker_group, msg_id)
             pipe.xdel(self.keys.job_stream, msg_id)
             await pipe.execute()
         except (aioredis.RedisError, OSError) as exc:
             log.error("ack_failed", error=str(exc))
 
-    async def _heartbeat(self) -> None:
+    async def _housekeeping(self) -> None:
+        """Touch the jobs we hold so nobody reclaims them, and refresh the heartbeat key."""
         key = self.keys.worker_heartbeat(self.name)
+        next_heartbeat = 0.0
         while True:
             try:
-                await self.redis.set(key, str(time.time()), ex=int(_HEARTBEAT_EVERY * 3))
+                held: list[Any] = list(self._tasks.values())
+                if held:
+                    await self.redis.xclaim(
+                        self.keys.job_stream, self.keys.worker_group, self.name, 0, held, justid=True
+                    )
+                if time.monotonic() >= next_heartbeat:
+                    await self.redis.set(key, str(time.time()), ex=int(_HEARTBEAT_EVERY * 3))
+                    next_heartbeat = time.monotonic() + _HEARTBEAT_EVERY
             except (aioredis.RedisError, OSError):
                 pass  # the consumer loop reports Redis trouble
-            await asyncio.sleep(_HEARTBEAT_EVERY)
+            await asyncio.sleep(self.config.claim_idle / 3)

@@ -7,11 +7,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway import keys
 from gateway.applications import ApplicationCache
 from gateway.jobs import JobPublisher
+from gateway.metrics import METRICS, GatewayMetrics, metrics_middleware
 from gateway.middleware import error_middleware, request_context
+from gateway.oauth import verifier_ctx
 from gateway.replies import ReplyWaiter
 from gateway.routes import setup_routes
 from gateway.views import PUBLISHER
@@ -21,20 +25,29 @@ from shared.user_store_client import UserStoreClient
 
 
 def create_app(config: GatewayConfig) -> web.Application:
-    app = web.Application(middlewares=[request_context, error_middleware], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[request_context, metrics_middleware, error_middleware], client_max_size=config.max_body_bytes
+    )
     app[keys.CONFIG] = config
+    app[METRICS] = GatewayMetrics()
     app[keys.REDIS_KEYS] = Keys(config.key_prefix)
     setup_routes(app)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_user_store)
     app.cleanup_ctx.append(_replies)
+    app.cleanup_ctx.append(verifier_ctx)
     return app
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    # No connect at start: the gateway must come up (and answer 503) while Redis is away.
+    # No connect at start: the gateway must come up (and answer 503) while Redis is away. One immediate retry
+    # replaces a connection that went stale (Redis restarted); a Redis that is away gets a 503 at once.
     client = aioredis.Redis.from_url(
-        app[keys.CONFIG].redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        app[keys.CONFIG].redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
     )
     app[keys.REDIS] = client
     yield
@@ -46,6 +59,7 @@ async def _user_store(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
     app[keys.HTTP_SESSION] = session
     client = UserStoreClient(session, config.user_store_url, config.internal_token)
+    app[keys.USER_STORE] = client
     app[keys.APPLICATIONS] = ApplicationCache(client, config.client_cache_ttl)
     yield
     await session.close()
@@ -54,7 +68,9 @@ async def _user_store(app: web.Application) -> AsyncIterator[None]:
 async def _replies(app: web.Application) -> AsyncIterator[None]:
     waiter = ReplyWaiter(app[keys.REDIS], app[keys.REDIS_KEYS])
     app[keys.REPLIES] = waiter
-    app[PUBLISHER] = JobPublisher(app[keys.REDIS], app[keys.REDIS_KEYS], waiter, app[keys.CONFIG].stream_max_len)
+    app[PUBLISHER] = JobPublisher(
+        app[keys.REDIS], app[keys.REDIS_KEYS], waiter, app[keys.CONFIG].stream_max_len, app[METRICS]
+    )
     waiter.start()
     yield
     await waiter.stop()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
-from shared.errors import MinidoorError, Unauthorized
+from shared.errors import MinidoorError, Unauthorized, Unavailable
 from shared.messages import ApplicationInfo
 from shared.user_store_client import UserStoreClient
 
 _MAX_ENTRIES = 10_000
+#: How long past its TTL a known application is still served when the user store cannot be asked.
+_STALE_GRACE = 600.0
 
 
 class ApplicationCache:
@@ -30,6 +32,11 @@ class ApplicationCache:
             except Unauthorized as exc:
                 # Unknown ids expire sooner: an application created a moment ago should work almost at once.
                 value, expires = exc, now + self._ttl / 5
+            except Unavailable:
+                # While the user store restarts, a known application stays known: logins keep flowing.
+                if hit is not None and isinstance(hit[1], ApplicationInfo) and now - hit[0] < _STALE_GRACE:
+                    return hit[1]
+                raise
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries.clear()
             self._entries[client_id] = (expires, value)

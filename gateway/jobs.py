@@ -1,4 +1,14 @@
-"""Publishing a code-exchange job and waiting for its reply, under one deadline."""
+"""Publishing a code-exchange job and waiting for its reply, under one deadline.
+
+Load shedding: a job is published only if the queue can still serve it in time. The stream is bounded
+(``STREAM_MAX_LEN``), and when the oldest job no worker has picked up yet has waited more than half a login's
+deadline, the workers are not keeping up: new logins get 503 + ``Retry-After`` at once, instead of joining a
+queue that would answer them with a 504 after the whole deadline. Both checks and the XADD are one Lua script.
+
+Exactly-once: a final answer names its code's exchange record (``auth_worker/exchange.py``); the gateway marks the
+record delivered just before handing the answer to its client, so a later replay of the code gets invalid_grant,
+while an answer nobody received (its client had given up) stays available to a retry with the same code.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +17,77 @@ import time
 import uuid
 
 import redis.asyncio as aioredis
+import structlog
 
+from gateway.metrics import GatewayMetrics
 from gateway.replies import ReplyWaiter
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, CodeExchangeJob, Reply, encoder
 
-# Add only while the stream is shorter than the cap: a full queue is refused, never silently trimmed.
-_BOUNDED_XADD = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+log = structlog.get_logger()
+
+#: Share of a login's deadline the oldest waiting job may have waited before new logins are shed.
+MAX_QUEUE_WAIT_SHARE = 0.5
+
+# KEYS[1] job stream. ARGV: cap, worker group, max wait (ms), field, payload.
+# Returns {'ok', id}, {'full'} or {'slow', waited_ms}.
+_PUBLISH = """
+local len = redis.call('XLEN', KEYS[1])
+if len >= tonumber(ARGV[1]) then return {'full'} end
+if len > 0 then
+    local after = '0-0'
+    local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+    if type(groups) == 'table' and not groups.err then
+        for _, g in ipairs(groups) do
+            local name, last
+            for i = 1, #g, 2 do
+                if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+            end
+            if name == ARGV[2] then after = last end
+        end
+    end
+    -- The first entry after the group's last delivered id is the oldest job no worker has taken yet.
+    local ahead = redis.call('XRANGE', KEYS[1], after, '+', 'COUNT', 2)
+    local oldest = ahead[1]
+    if oldest and oldest[1] == after then oldest = ahead[2] end
+    if oldest then
+        local t = redis.call('TIME')
+        local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local waited = now_ms - tonumber(string.match(oldest[1], '^(%d+)'))
+        if waited > tonumber(ARGV[3]) then return {'slow', waited} end
+    end
+end
+return {'ok', redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[5])}
 """
+
+# KEYS[1] exchange record: the first hand-over of its final answer, in Redis time (ms), like stream ids.
+_MARK_DELIVERED = """
+if redis.call('HEXISTS', KEYS[1], 'reply') == 0 or redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'delivered', t[1] .. string.format('%03d', math.floor(t[2] / 1000)))
+return 1
+"""
+#: Marking is best effort: a login that got its answer is not failed because Redis went away a moment later.
+_MARK_TIMEOUT = 0.5
 
 
 class JobPublisher:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, replies: ReplyWaiter, max_len: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        replies: ReplyWaiter,
+        max_len: int,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._replies = replies
         self._max_len = max_len
-        self._xadd = redis.register_script(_BOUNDED_XADD)
+        self._metrics = metrics or GatewayMetrics()
+        self._publish = redis.register_script(_PUBLISH)
+        self._mark_delivered = redis.register_script(_MARK_DELIVERED)
 
     async def exchange(
         self, *, request_id: str, client_id: str, code: str, username: str, avatar: str, timeout: float
@@ -44,16 +105,9 @@ class JobPublisher:
         )
         fut = self._replies.expect(job.job_id)
         try:
+            await self._publish_job(job, timeout)
             try:
-                added = await self._xadd(
-                    keys=[self._keys.job_stream], args=[self._max_len, STREAM_FIELD, encoder.encode(job)]
-                )
-            except (aioredis.RedisError, OSError) as exc:
-                raise Unavailable(f"the login queue is unreachable ({type(exc).__name__})", retry_after=1) from exc
-            if added is None:
-                raise Unavailable("too many logins are waiting; try again in a moment", retry_after=1)
-            try:
-                return await asyncio.wait_for(fut, timeout)
+                reply = await asyncio.wait_for(fut, timeout)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no auth worker answered within {timeout:g}s; call wx.login() for a new code and try again",
@@ -61,3 +115,35 @@ class JobPublisher:
                 ) from None
         finally:
             self._replies.forget(job.job_id)
+        if reply.record:
+            await self._delivered(reply.record)
+        return reply
+
+    async def _delivered(self, record: str) -> None:
+        try:
+            async with asyncio.timeout(_MARK_TIMEOUT):
+                await self._mark_delivered(keys=[record])
+        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            # Unmarked, a replay of this code within the record's TTL gets this same answer, never a new token.
+            log.warning("delivery_unmarked", error=f"{type(exc).__name__}: {exc}")
+
+    async def _publish_job(self, job: CodeExchangeJob, timeout: float) -> None:
+        max_wait_ms = int(timeout * MAX_QUEUE_WAIT_SHARE * 1000)
+        try:
+            result = await self._publish(
+                keys=[self._keys.job_stream],
+                args=[self._max_len, self._keys.worker_group, max_wait_ms, STREAM_FIELD, encoder.encode(job)],
+            )
+        except (aioredis.RedisError, OSError) as exc:
+            self._metrics.shed.labels("redis_unreachable").inc()
+            raise Unavailable(f"the login queue is unreachable ({type(exc).__name__})", retry_after=1) from exc
+        match result[0]:
+            case b"full":
+                self._metrics.shed.labels("queue_full").inc()
+                raise Unavailable("too many logins are waiting; try again in a moment", retry_after=1)
+            case b"slow":
+                self._metrics.shed.labels("queue_slow").inc()
+                retry_after = min(30, max(1, round(int(result[1]) / 1000)))
+                raise Unavailable(
+                    "logins are queueing longer than they can wait; try again in a moment", retry_after=retry_after
+                )

@@ -10,6 +10,8 @@ from gateway.applications import ApplicationCache
 from gateway.replies import ReplyWaiter
 from shared.config import GatewayConfig
 from shared.keys import Keys
+from shared.user_store_client import UserStoreClient
+from shared.verifier import Verifier
 
 CONFIG = web.AppKey("config", GatewayConfig)
 REDIS_KEYS = web.AppKey("redis_keys", Keys)
@@ -17,3 +19,6 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 APPLICATIONS = web.AppKey("applications", ApplicationCache)
 REPLIES = web.AppKey("replies", ReplyWaiter)
+USER_STORE = web.AppKey("user_store", UserStoreClient)
+#: Checks bearer access tokens locally; see ``shared.verifier``.
+VERIFIER = web.AppKey("verifier", Verifier)

@@ -45,7 +45,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     start = time.perf_counter()
     resp = await handler(request)
     resp.headers[REQUEST_ID_HEADER] = request_id
-    if request.path not in ("/healthz", "/readyz"):
+    if request.path not in ("/healthz", "/readyz", "/metrics"):
         log.info("request", status=resp.status, duration_ms=round((time.perf_counter() - start) * 1000, 2))
     return resp
 

@@ -74,7 +74,7 @@ class ReplyWaiter:
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("reply_read_failed", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)
                 continue
             for _stream, entries in batches:
                 ids = [entry_id for entry_id, _ in entries]

@@ -23,6 +23,7 @@ from services.demo import Demo, print_banner, seed_demo
 from services.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.processes import Child, die_with_parent, stop_in_order
 from shared.config import RunnerConfig
+from user_store.keycrypto import ensure_master_key_file
 
 log = structlog.get_logger()
 
@@ -80,6 +81,14 @@ class Runner:
     def _sandbox_url(self) -> str:
         return self.config.wechat_api_base or f"http://{HOST}:{self.config.wechat_sandbox_port}"
 
+    def _master_key_env(self) -> dict[str, str]:
+        """The user store's master key: the one given, else ``STATE_DIR/master.key``, generated once (mode 0600)."""
+        if self.config.master_key or self.config.master_key_file:
+            return {}
+        path = self.state_dir / "master.key"
+        ensure_master_key_file(path)
+        return {"MASTER_KEY_FILE": str(path)}
+
     def _check_ports(self) -> None:
         ports = {"GATEWAY_PORT": self.config.gateway_port, "USER_STORE_PORT": self.config.user_store_port}
         if not self.config.wechat_api_base:
@@ -131,6 +140,7 @@ class Runner:
             "DATABASE_URL": database_url,
             "USER_STORE_PORT": str(cfg.user_store_port),
             "ISSUER": cfg.issuer or self._gateway_url(),
+            **self._master_key_env(),
         }
         store = Child(
             "user-store", [python, "-m", "user_store"], store_env, f"http://{HOST}:{cfg.user_store_port}/readyz"
@@ -139,8 +149,10 @@ class Runner:
         store.wait_ready(timeout)
         for i in range(cfg.auth_workers):
             env = {**base, "WECHAT_API_BASE": self._sandbox_url(), "WORKER_NAME": f"worker-{i + 1}-{os.getpid()}"}
+            env["WORKER_HTTP_PORT"] = str(cfg.worker_http_port + i if cfg.worker_http_port else 0)
             self._workers.append(Child(f"auth-worker-{i + 1}", [python, "-m", "auth_worker"], env))
         gateway_env = {**base, "GATEWAY_PORT": str(cfg.gateway_port), "LOGIN_TIMEOUT": str(cfg.login_timeout)}
+        gateway_env["ISSUER"] = store_env["ISSUER"]
         gateway = Child("gateway", [python, "-m", "gateway"], gateway_env, self._gateway_url() + "/readyz")
         self._gateway.append(gateway)
         gateway.wait_ready(timeout)

@@ -56,6 +56,8 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     #: Approximate cap on the job stream's length (XADD MAXLEN ~).
     stream_max_len: Annotated[int, msgspec.Meta(ge=100)] = 100_000
     shutdown_grace: Seconds = 10.0
+    #: The ``iss`` the gateway's token verifier expects: the user store's ``ISSUER``.
+    issuer: str = "http://127.0.0.1:8000"
 
 
 class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
@@ -68,6 +70,15 @@ class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     #: Timeout of one jscode2session call; retries stay inside the job's deadline.
     wechat_timeout: Seconds = 3.0
     wechat_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    #: Consecutive failed WeChat calls that open the circuit breaker, and how long it then fails fast.
+    wechat_breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    wechat_breaker_reset: Seconds = 5.0
+    #: A job left untouched this long by its worker (dead or stuck) is claimed by another (XAUTOCLAIM); well
+    #: inside LOGIN_TIMEOUT, so a crashed worker's clients still get their answer in time.
+    claim_idle: Seconds = 2.5
+    #: ``/healthz``, ``/readyz`` and ``/metrics`` of this worker; 0 = no HTTP port.
+    worker_http_host: str = "127.0.0.1"
+    worker_http_port: Port = 0
     shutdown_grace: Seconds = 10.0
 
 
@@ -81,6 +92,14 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     pg_pool_max: Annotated[int, msgspec.Meta(ge=1)] = 10
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     shutdown_grace: Seconds = 10.0
+    #: Where revocations are broadcast to every verifier (denylist + pub/sub); empty: rows are only marked.
+    redis_url: str = ""
+    #: Encrypts the signing keys at rest (at least 32 characters), given directly or as a file holding it.
+    #: Neither: keys stay in clear, and the store refuses to start if the database holds encrypted ones.
+    master_key: Secret = Secret("")
+    master_key_file: str = ""
+    #: How often the store re-reads ``signing_keys``, so a rotation or retirement applies without a restart.
+    key_reload_interval: Seconds = 2.0
 
 
 class ConfigError(MinidoorError):
@@ -132,10 +151,15 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     key_prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9:_.-]+$")] = "minidoor"
     internal_token: str = ""
     issuer: str = ""
+    #: Passed through to the user store; with neither, one is generated once into ``STATE_DIR/master.key``.
+    master_key: str = ""
+    master_key_file: str = ""
     gateway_port: Port = 8000
     user_store_port: Port = 8001
     wechat_sandbox_port: Port = 8002
     auth_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
+    #: When set, auth worker N serves /healthz and /metrics on this port + N - 1.
+    worker_http_port: Port = 0
     login_timeout: Seconds = 10.0
     #: How long each process may take to become ready.
     start_timeout: Seconds = 60.0

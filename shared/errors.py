@@ -9,6 +9,7 @@ Every error a client may see is a ``MinidoorError``: an HTTP status, an OAuth ``
     │   └── PayloadTooLarge  413 invalid_request
     ├── UnsupportedMediaType 415 invalid_request
     ├── Unauthorized         401 invalid_client (plus WWW-Authenticate)
+    │   └── InvalidToken     401 invalid_token (a bearer token that is not live)
     ├── Forbidden            403 access_denied
     ├── NotFound             404 not_found
     ├── Conflict             409 conflict
@@ -61,6 +62,12 @@ class UnsupportedMediaType(MinidoorError):
 class Unauthorized(MinidoorError):
     status = 401
     error = "invalid_client"
+
+
+class InvalidToken(Unauthorized):
+    """RFC 6750 ``invalid_token``: expired, revoked, forged or malformed; raised by ``shared.verifier``."""
+
+    error = "invalid_token"
 
 
 class Forbidden(MinidoorError):

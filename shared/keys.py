@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 
 class Keys:
     def __init__(self, prefix: str) -> None:
@@ -9,6 +11,11 @@ class Keys:
         #: The code-exchange jobs the gateway publishes and the auth workers consume.
         self.job_stream = f"{prefix}:stream:code-exchange"
         self.worker_group = "auth-workers"
+        #: Sorted set of revoked token ids (jti), scored by the last ``exp`` of the row's tokens; pruned as they
+        #: expire. Every verifier reloads it when it (re)subscribes to ``token_events``.
+        self.revoked_tokens = f"{prefix}:tokens:revoked"
+        #: Pub/sub channel of ``shared.messages.TokenEvent``: revocations and signing-key changes.
+        self.token_events = f"{prefix}:tokens:events"
 
     def reply_stream(self, gateway_id: str) -> str:
         """Each gateway process reads its replies from a stream of its own."""
@@ -16,3 +23,9 @@ class Keys:
 
     def worker_heartbeat(self, worker_name: str) -> str:
         return f"{self.prefix}:worker:{worker_name}:alive"
+
+    def code_exchange(self, appid: str, code: str) -> str:
+        """The exactly-once record of one wx.login() code (``auth_worker/exchange.py``); the code itself is hashed,
+        so no usable code ever appears in a key name."""
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        return f"{self.prefix}:exchange:{appid}:{digest}"

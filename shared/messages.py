@@ -40,6 +40,8 @@ class TokenResponse(msgspec.Struct, frozen=True, kw_only=True):
 class LoginSucceeded(msgspec.Struct, frozen=True, kw_only=True, tag="login_succeeded.v1"):
     job_id: str
     token: TokenResponse
+    #: The code's exchange record when this is the code's final answer: the gateway marks it delivered.
+    record: str = ""
 
 
 class LoginFailed(msgspec.Struct, frozen=True, kw_only=True, tag="login_failed.v1"):
@@ -48,6 +50,8 @@ class LoginFailed(msgspec.Struct, frozen=True, kw_only=True, tag="login_failed.v
     error: str
     error_description: str
     retry_after: int | None = None
+    #: As ``LoginSucceeded.record``; empty when the code may still be used (the failure did not spend it).
+    record: str = ""
 
 
 Job = CodeExchangeJob
@@ -59,6 +63,19 @@ STREAM_FIELD = b"m"
 job_decoder = msgspec.msgpack.Decoder(Job)
 reply_decoder = msgspec.msgpack.Decoder(Reply)
 encoder = msgspec.msgpack.Encoder()
+
+# --- Redis: the exactly-once record of one code exchange (auth workers only) ------------------------------------
+
+
+class WechatSession(msgspec.Struct, frozen=True, kw_only=True, tag="wechat_session.v1"):
+    """A jscode2session result, kept in the code's exchange record so that a retried job reuses it."""
+
+    openid: str
+    session_key: str
+    unionid: str = ""
+
+
+session_decoder = msgspec.msgpack.Decoder(WechatSession)
 
 # --- The user store's internal HTTP API (JSON) --------------------------------------------------------------------
 
@@ -107,3 +124,91 @@ class LoginResult(msgspec.Struct, frozen=True, kw_only=True):
     user_name: str
     created: bool
     token: TokenResponse
+
+
+# --- Token validation: the user store's OAuth endpoints and the verifiers' pub/sub --------------------------------
+
+
+class TokenRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """An RFC 7662 introspection or RFC 7009 revocation with the caller's client credentials
+    (``POST /internal/tokens/introspect``, ``POST /internal/tokens/revoke``)."""
+
+    client_id: str
+    client_secret: str
+    token: str
+    token_type_hint: str = ""
+
+
+class Introspection(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """RFC 7662's answer: ``{"active": false}`` alone, or the live token's claims."""
+
+    active: bool
+    scope: str | None = None
+    client_id: str | None = None
+    username: str | None = None
+    token_type: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    nbf: int | None = None
+    sub: str | None = None
+    aud: list[str] | None = None
+    iss: str | None = None
+    jti: str | None = None
+
+
+class Jwk(msgspec.Struct, frozen=True, kw_only=True):
+    """One RSA public key of ``/.well-known/jwks``; ``x5c`` holds its self-signed certificate (base64 DER)."""
+
+    kty: str
+    kid: str
+    alg: str
+    use: str
+    n: str
+    e: str
+    x5c: list[str]
+
+
+class JwkSet(msgspec.Struct, frozen=True, kw_only=True):
+    keys: list[Jwk]
+
+
+class OpenIdConfiguration(msgspec.Struct, frozen=True, kw_only=True):
+    """``/.well-known/openid-configuration``; every URL is built from the configured ``ISSUER``."""
+
+    issuer: str
+    token_endpoint: str
+    userinfo_endpoint: str
+    jwks_uri: str
+    introspection_endpoint: str
+    revocation_endpoint: str
+    end_session_endpoint: str
+    response_types_supported: list[str]
+    subject_types_supported: list[str]
+    id_token_signing_alg_values_supported: list[str]
+    token_endpoint_auth_methods_supported: list[str]
+    introspection_endpoint_auth_methods_supported: list[str]
+    revocation_endpoint_auth_methods_supported: list[str]
+    scopes_supported: list[str]
+    claims_supported: list[str]
+
+
+class RevokedToken(msgspec.Struct, frozen=True, kw_only=True):
+    #: The token row's id: the ``jti`` of both its access and its refresh token.
+    jti: str
+    #: Unix time after which none of the row's tokens verifies anyway, so the denylist may forget it.
+    exp: int
+
+
+class TokensRevoked(msgspec.Struct, frozen=True, kw_only=True, tag="tokens_revoked.v1"):
+    tokens: list[RevokedToken]
+
+
+class SigningKeysChanged(msgspec.Struct, frozen=True, kw_only=True, tag="signing_keys_changed.v1"):
+    """A user store saw a rotation or retirement; verifiers re-read the JWKS now rather than at expiry."""
+
+    kids: list[str]
+
+
+#: Published on ``Keys.token_events`` (msgpack), read by every ``shared.verifier.Verifier``.
+TokenEvent = TokensRevoked | SigningKeysChanged
+token_event_decoder = msgspec.msgpack.Decoder(TokenEvent)

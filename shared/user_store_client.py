@@ -8,6 +8,11 @@ status of the matching ``MinidoorError``):
   (401 invalid_client when unknown or without a WeChat mini-program provider)
 - ``POST /internal/logins/wechat-miniprogram`` ``WechatLogin`` -> ``LoginResult``
   (400 invalid_grant when sign-up is disabled for a new user, 401 invalid_client for an unknown client)
+- ``POST /internal/tokens/introspect`` ``TokenRequest`` -> ``Introspection`` (RFC 7662; 400 invalid_request without
+  client credentials, 401 invalid_client when they are wrong)
+- ``POST /internal/tokens/revoke`` ``TokenRequest`` -> ``{}`` (RFC 7009; same client errors, plus 400
+  unauthorized_client for another application's token)
+- ``GET  /internal/keys/jwks`` -> ``JwkSet``; ``GET /internal/openid-configuration`` -> ``OpenIdConfiguration``
 """
 
 from __future__ import annotations
@@ -20,7 +25,17 @@ import msgspec
 
 from shared.config import Secret
 from shared.errors import MinidoorError, Unavailable, error_from_wire
-from shared.messages import ApplicationInfo, ErrorBody, LoginResult, MiniProgramProvider, WechatLogin
+from shared.messages import (
+    ApplicationInfo,
+    ErrorBody,
+    Introspection,
+    JwkSet,
+    LoginResult,
+    MiniProgramProvider,
+    OpenIdConfiguration,
+    TokenRequest,
+    WechatLogin,
+)
 
 T = TypeVar("T")
 
@@ -28,6 +43,10 @@ _error_decoder = msgspec.json.Decoder(ErrorBody)
 _app_decoder = msgspec.json.Decoder(ApplicationInfo)
 _provider_decoder = msgspec.json.Decoder(MiniProgramProvider)
 _login_decoder = msgspec.json.Decoder(LoginResult)
+_introspection_decoder = msgspec.json.Decoder(Introspection)
+_jwks_decoder = msgspec.json.Decoder(JwkSet)
+_discovery_decoder = msgspec.json.Decoder(OpenIdConfiguration)
+_any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -61,6 +80,20 @@ class UserStoreClient:
             request_id=request_id,
             timeout=timeout,
         )
+
+    async def introspect(self, request: TokenRequest, *, request_id: str = "") -> Introspection:
+        path = "/internal/tokens/introspect"
+        return await self._call("POST", path, _introspection_decoder, body=request, request_id=request_id)
+
+    async def revoke(self, request: TokenRequest, *, request_id: str = "") -> None:
+        await self._call("POST", "/internal/tokens/revoke", _any_decoder, body=request, request_id=request_id)
+
+    async def get_jwks(self, *, request_id: str = "") -> JwkSet:
+        return await self._call("GET", "/internal/keys/jwks", _jwks_decoder, request_id=request_id)
+
+    async def get_openid_configuration(self, *, request_id: str = "") -> OpenIdConfiguration:
+        path = "/internal/openid-configuration"
+        return await self._call("GET", path, _discovery_decoder, request_id=request_id)
 
     async def _call(
         self,

@@ -19,14 +19,18 @@ def main() -> None:
         print(exc.description, file=sys.stderr)
         sys.exit(2)
     configure_logging(config.log_level, config.log_format, service="user-store")
-    web.run_app(
-        create_app(config),
-        host=config.user_store_host,
-        port=config.user_store_port,
-        print=None,
-        shutdown_timeout=config.shutdown_grace,
-        loop=new_event_loop(),
-    )
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.user_store_host,
+            port=config.user_store_port,
+            print=None,
+            shutdown_timeout=config.shutdown_grace,
+            loop=new_event_loop(),
+        )
+    except ConfigError as exc:  # found while starting, e.g. a missing or wrong master key
+        print(f"user-store: {exc.description}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

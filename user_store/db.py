@@ -74,3 +74,19 @@ async def transaction(pool: Pool) -> AsyncIterator[Conn]:
             yield conn
     except _RETRYABLE_ERRORS as exc:
         raise Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1) from exc
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        # A server lost mid-transaction: asyncpg then fails the rollback or commit on the dead connection with these.
+        raise Unavailable(f"the database connection was lost ({type(exc).__name__})", retry_after=1) from exc
+
+
+@asynccontextmanager
+async def connection(pool: Pool) -> AsyncIterator[Conn]:
+    """A pooled connection without a transaction (each statement commits alone): for reads that need no common
+    snapshot, such as a token check, it saves BEGIN and COMMIT. Errors are translated as ``transaction`` does."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except _RETRYABLE_ERRORS as exc:
+        raise Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1) from exc
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        raise Unavailable(f"the database connection was lost ({type(exc).__name__})", retry_after=1) from exc

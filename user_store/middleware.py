@@ -23,7 +23,7 @@ _encoder = msgspec.json.Encoder()
 #: A caller's request id is echoed only if it looks like one; anything else is replaced, never logged raw.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Probed every few seconds by orchestrators: logged at debug so they do not drown the real traffic.
-_QUIET_PATHS = frozenset({"/healthz", "/readyz"})
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def error_response(status: int, error: str, description: str, retry_after: int | None = None) -> web.Response:

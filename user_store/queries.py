@@ -245,22 +245,3 @@ async def insert_token(
             expires_at,
             refresh_expires_at,
         )
-
-
-# --- signing keys ------------------------------------------------------------------------------------------------
-
-
-async def active_signing_keys(conn: Conn) -> list[asyncpg.Record]:
-    """Non-retired keys, newest first."""
-    with translate("signing key"):
-        return await conn.fetch(
-            "SELECT kid, private_key_pem, created_at FROM signing_keys WHERE retired_at IS NULL "
-            "ORDER BY created_at DESC, kid"
-        )
-
-
-async def insert_signing_key(conn: Conn, kid: str, algorithm: str, pem: str) -> None:
-    with translate("signing key"):
-        await conn.execute(
-            "INSERT INTO signing_keys (kid, algorithm, private_key_pem) VALUES ($1, $2, $3)", kid, algorithm, pem
-        )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from user_store import views
+from user_store import oauth, views
+from user_store.metrics import metrics_view
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", views.healthz, name="healthz")
     app.router.add_get("/readyz", views.readyz, name="readyz")
+    app.router.add_get("/metrics", metrics_view, name="metrics")
     app.router.add_get("/internal/applications/{client_id}", views.get_application, name="application")
     app.router.add_get(
         "/internal/applications/{client_id}/wechat-miniprogram",
@@ -17,3 +19,7 @@ def setup_routes(app: web.Application) -> None:
         name="miniprogram_provider",
     )
     app.router.add_post("/internal/logins/wechat-miniprogram", views.post_wechat_login, name="wechat_login")
+    app.router.add_post("/internal/tokens/introspect", oauth.introspect, name="introspect")
+    app.router.add_post("/internal/tokens/revoke", oauth.revoke, name="revoke")
+    app.router.add_get("/internal/keys/jwks", oauth.jwks, name="jwks")
+    app.router.add_get("/internal/openid-configuration", oauth.discovery, name="discovery")

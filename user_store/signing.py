@@ -1,36 +1,27 @@
 """RS256 signing keys and token minting.
 
-Keys are parsed from PEM once, at start, and kept as ``cryptography`` key objects: PyJWT re-parsing a PEM on every
-signature costs ~27 ms, signing with a loaded key well under 1 ms.
+Keys are parsed from PEM once, when loaded, and kept as ``cryptography`` key objects: PyJWT re-parsing a PEM on
+every signature costs ~27 ms, signing with a loaded key well under 1 ms. Loading, encryption at rest and rotation
+live in ``user_store.keyring``; a running store swaps a ``Signer``'s keys in place with ``Signer.update``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import hashlib
-import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import jwt
-import structlog
-from cryptography.hazmat.primitives import serialization
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
-from shared.messages import TokenResponse
-from user_store import queries
-from user_store.db import Conn
-
-log = structlog.get_logger()
+from shared.messages import Jwk, JwkSet, TokenResponse
 
 ALGORITHM = "RS256"
-KEY_BITS = 2048
 SCOPE = "profile"
-#: Arbitrary but fixed: user stores starting together serialise key creation on this transaction lock.
-_KEY_LOCK = 0x6D642D6B657973  # "md-keys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +29,24 @@ class SigningKey:
     kid: str
     private_key: rsa.RSAPrivateKey
     created_at: datetime
+    #: DER of the key's self-signed certificate, the JWKS ``x5c``.
+    certificate_der: bytes = b""
+    public_key: rsa.RSAPublicKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public_key", self.private_key.public_key())
+
+    def jwk(self) -> Jwk:
+        numbers = self.public_key.public_numbers()
+        return Jwk(
+            kty="RSA",
+            kid=self.kid,
+            alg=ALGORITHM,
+            use="sig",
+            n=_b64url_uint(numbers.n),
+            e=_b64url_uint(numbers.e),
+            x5c=[base64.b64encode(self.certificate_der).decode()] if self.certificate_der else [],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,26 +74,45 @@ class MintedTokens:
 
 
 class Signer:
-    """Mints JWTs with the newest key; ``keys`` holds every non-retired key, newest first."""
+    """Mints JWTs with ``current``; ``keys`` are every key that still verifies (current, pending, superseded), newest
+    first. Handlers share one Signer; the key reloader replaces its keys with ``update`` (one synchronous step, so a
+    handler never sees half a change)."""
 
-    def __init__(self, issuer: str, keys: Sequence[SigningKey]) -> None:
+    def __init__(self, issuer: str, keys: Sequence[SigningKey], current: SigningKey | None = None) -> None:
+        self.issuer = issuer
+        self.update(keys, current)
+
+    def update(self, keys: Sequence[SigningKey], current: SigningKey | None = None) -> None:
         if not keys:
             raise ValueError("a Signer needs at least one signing key")
-        self.issuer = issuer
+        current = current or keys[0]
+        if current not in keys:
+            raise ValueError(f"the current key {current.kid} must be one of the keys")
         self.keys = tuple(keys)
-        self.current = self.keys[0]
+        self.current = current
+        self._by_kid = {key.kid: key for key in self.keys}
+        self._jwk_set = JwkSet(keys=[key.jwk() for key in self.keys])
+
+    @property
+    def state(self) -> tuple[str, tuple[str, ...]]:
+        """``(current kid, every kid)``: what a reload compares to decide whether anything changed."""
+        return self.current.kid, tuple(self._by_kid)
+
+    def key(self, kid: object) -> SigningKey | None:
+        """The key that verifies tokens with this ``kid`` header, if it still may."""
+        return self._by_kid.get(kid) if isinstance(kid, str) else None
 
     def public_keys(self) -> dict[str, rsa.RSAPublicKey]:
-        """Public half of every non-retired key, by kid."""
-        return {key.kid: key.private_key.public_key() for key in self.keys}
+        """Public half of every verifying key, by kid."""
+        return {key.kid: key.public_key for key in self.keys}
 
-    def jwks(self) -> dict[str, list[dict[str, Any]]]:
-        """The ``/.well-known/jwks`` document for these keys."""
-        entries = []
-        for kid, public in self.public_keys().items():
-            jwk: dict[str, Any] = RSAAlgorithm.to_jwk(public, as_dict=True)
-            entries.append({**jwk, "kid": kid, "use": "sig", "alg": ALGORITHM})
-        return {"keys": entries}
+    def jwk_set(self) -> JwkSet:
+        """The ``/.well-known/jwks`` document: every key that verifies, pending ones included."""
+        return self._jwk_set
+
+    def jwks(self) -> dict[str, Any]:
+        """``jwk_set()`` as plain JSON types."""
+        return dict(msgspec.to_builtins(self._jwk_set))
 
     def mint(self, subject: Subject, *, token_id: str, now: int) -> MintedTokens:
         """Access and refresh JWTs for ``subject``; ``token_id`` is the token row's id and both tokens' ``jti``."""
@@ -135,33 +163,6 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _new_private_key_pem() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return f"key-{secrets.token_hex(4)}", pem
-
-
-def _load_key(kid: str, pem: str, created_at: datetime) -> SigningKey:
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise RuntimeError(f"signing key {kid} is not an RSA key")
-    return SigningKey(kid=kid, private_key=key, created_at=created_at)
-
-
-async def load_signer(conn: Conn, issuer: str) -> Signer:
-    """A Signer over the non-retired keys in ``signing_keys``, creating the first key when there is none.
-
-    Creation happens under a transaction-level advisory lock, so user stores starting together make one key.
-    """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEY_LOCK)
-        rows = await queries.active_signing_keys(conn)
-        if not rows:
-            kid, pem = await asyncio.to_thread(_new_private_key_pem)
-            await queries.insert_signing_key(conn, kid, ALGORITHM, pem)
-            log.info("signing_key_created", kid=kid)
-            rows = await queries.active_signing_keys(conn)
-    keys = [_load_key(row["kid"], row["private_key_pem"], row["created_at"]) for row in rows]
-    return Signer(issuer, keys)
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

@@ -1,0 +1,79 @@
+"""The stack a benchmark runs against: ``python -m services run`` in a temporary state directory on free ports,
+with embedded PostgreSQL and Redis unless ``DATABASE_URL`` / ``REDIS_URL`` are set."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+_START_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class BenchStack:
+    """Started by ``start()``, stopped (with everything it started) by ``stop()``."""
+
+    def __init__(self, **env: str) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="minidoor-bench-")
+        self.state_dir = Path(self._tmp.name)
+        ports = {name: free_port() for name in ("GATEWAY_PORT", "USER_STORE_PORT", "WECHAT_SANDBOX_PORT")}
+        self.gateway = f"http://127.0.0.1:{ports['GATEWAY_PORT']}"
+        self.sandbox = f"http://127.0.0.1:{ports['WECHAT_SANDBOX_PORT']}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in ("STATE_DIR", "KEY_PREFIX", "WECHAT_API_BASE")},
+            **{name: str(port) for name, port in ports.items()},
+            "STATE_DIR": str(self.state_dir),
+            "KEY_PREFIX": f"bench-{os.getpid()}",
+            "LOG_FORMAT": "json",
+            **env,
+        }
+        self.demo: dict[str, Any] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BenchStack:
+        log = (self.state_dir / "stack.log").open("ab")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "services", "run"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + _START_TIMEOUT
+        demo_file = self.state_dir / "demo.json"
+        while not (demo_file.exists() and _ready(self.gateway + "/readyz")):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the benchmark stack did not start; see {self.state_dir / 'stack.log'}")
+            time.sleep(0.2)
+        self.demo = json.loads(demo_file.read_text())
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(60)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._tmp.cleanup()
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False

@@ -1,0 +1,287 @@
+"""Verifying minidoor access tokens inside a Python service, with no call per request (the gateway uses it too).
+
+    verifier = Verifier(
+        issuer="https://login.example.com",        # the user store's ISSUER
+        audience="<your client_id>",               # None accepts every application's tokens
+        jwks=http_jwks(session, "https://login.example.com/.well-known/jwks"),
+        redis=redis.asyncio.Redis.from_url(...),   # optional: sees a logout within a second
+        keys=Keys("minidoor"),                     # the stack's KEY_PREFIX
+    )
+    async with verifier:
+        claims = await verifier.verify(token)      # or raises shared.errors.InvalidToken (401 invalid_token)
+
+Checks, in order: the header's ``alg`` is in a fixed allow-list of RSA algorithms (never ``none``, never HS*, so a
+public key is never taken for an HMAC secret); its ``kid`` names a key of the cached JWKS (an unknown kid re-reads
+the JWKS, at most once per ``refresh_cooldown``) whose own ``alg``, if given, is the header's; the signature;
+``iss``; ``aud`` (when an audience is set); ``exp``/``nbf``/``iat`` with ``leeway`` seconds; ``tokenType``
+(``access-token`` unless asked otherwise); and the ``jti`` is not revoked.
+
+Revocation: a task subscribes to ``Keys.token_events``. On every (re)subscription it reloads the whole denylist
+(``Keys.revoked_tokens``), so a revocation published while it was disconnected is not lost; ``SigningKeysChanged``
+re-reads the JWKS at once. Without Redis only expiry ends a token; ``revocation_live`` tells whether the
+subscription is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, cast
+
+import aiohttp
+import jwt
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from shared import jwtcheck
+from shared.errors import InvalidToken, Unavailable
+from shared.keys import Keys
+from shared.messages import SigningKeysChanged, TokensRevoked, token_event_decoder
+
+log = structlog.get_logger()
+
+#: The only algorithms a Verifier can be asked to accept: RSA signatures, which need the public key to verify.
+ALLOWED_ALGORITHMS = jwtcheck.RSA_ALGORITHMS
+#: Shorter RSA keys are factorable; a JWKS offering one is not trusted with it.
+MIN_RSA_BITS = 2048
+_PRUNE_EVERY = 60.0
+
+#: Returns a JWK set document (``{"keys": [...]}``); raising means "not now", the old keys stay.
+JwksSource = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+def http_jwks(session: aiohttp.ClientSession, url: str, timeout: float = 5.0) -> JwksSource:
+    """A ``JwksSource`` that GETs ``url`` (e.g. the gateway's ``/.well-known/jwks``) with ``session``."""
+
+    async def fetch() -> Mapping[str, Any]:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            resp.raise_for_status()
+            doc = await resp.json(content_type=None)
+        if not isinstance(doc, Mapping):
+            raise ValueError("the JWKS is not a JSON object")
+        return doc
+
+    return fetch
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    public_key: rsa.RSAPublicKey
+    alg: str | None
+
+
+def parse_jwks(doc: Mapping[str, Any], algorithms: Collection[str]) -> dict[str, _Key]:
+    """The RSA signature keys of a JWK set, by kid; entries of another type, use or algorithm are skipped."""
+    entries = doc.get("keys")
+    if not isinstance(entries, list):
+        raise ValueError("the JWKS has no 'keys' list")
+    keys: dict[str, _Key] = {}
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        kid, alg = entry.get("kid"), entry.get("alg")
+        if not isinstance(kid, str) or entry.get("kty") != "RSA" or entry.get("use", "sig") != "sig":
+            continue
+        if alg is not None and alg not in algorithms:
+            continue
+        try:
+            key = RSAAlgorithm.from_jwk(dict(entry))
+        except (jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+            log.warning("jwks_entry_skipped", kid=kid)
+            continue
+        public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
+        if public.key_size < MIN_RSA_BITS:
+            log.warning("jwks_entry_skipped", kid=kid, reason=f"{public.key_size}-bit key")
+            continue
+        keys[kid] = _Key(public, alg if isinstance(alg, str) else None)
+    return keys
+
+
+class Verifier:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        jwks: JwksSource,
+        audience: str | Collection[str] | None,
+        algorithms: Collection[str] = ("RS256",),
+        leeway: float = 10.0,
+        token_type: str = "access-token",
+        redis: aioredis.Redis | None = None,
+        keys: Keys | None = None,
+        jwks_max_age: float = 300.0,
+        refresh_cooldown: float = 5.0,
+    ) -> None:
+        refused = set(algorithms) - ALLOWED_ALGORITHMS
+        if refused or not algorithms:
+            raise ValueError(f"algorithms must be a non-empty subset of {sorted(ALLOWED_ALGORITHMS)}, not {refused}")
+        if redis is not None and keys is None:
+            raise ValueError("revocation needs the Keys (KEY_PREFIX) the user store publishes under")
+        self.issuer = issuer
+        self._fetch = jwks
+        self._audience = audience
+        self._algorithms = frozenset(algorithms)
+        self._leeway = leeway
+        self._token_type = token_type
+        self._redis = redis
+        self._redis_keys = keys
+        self._max_age = jwks_max_age
+        self._cooldown = refresh_cooldown
+        self._keys: dict[str, _Key] = {}
+        self._fetched_at = -math.inf
+        self._attempted_at = -math.inf
+        self._refresh_lock = asyncio.Lock()
+        self._revoked: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.revocation_live = False
+
+    async def start(self) -> None:
+        """Fetch the JWKS and subscribe to revocations in the background: a source that is down delays nothing."""
+        self._spawn(self.refresh_jwks())
+        if self._redis is not None:
+            self._spawn(self._listen())
+
+    async def close(self) -> None:
+        tasks, self._tasks = list(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.revocation_live = False
+
+    async def __aenter__(self) -> Verifier:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def is_revoked(self, jti: str) -> bool:
+        return jti in self._revoked
+
+    async def verify(self, token: str, *, token_type: str | None = None) -> dict[str, Any]:
+        """The claims of ``token``; ``InvalidToken`` when it is not a live token for us, ``Unavailable`` when no
+        JWKS could ever be fetched."""
+        parsed = jwtcheck.parse(token)
+        alg, kid = parsed.alg, parsed.kid
+        if alg not in self._algorithms:
+            raise InvalidToken(f"the token's algorithm {alg!r} is not accepted")
+        if not isinstance(kid, str):
+            raise InvalidToken("the token names no signing key (kid)")
+        key = self._keys.get(kid)
+        if key is None:
+            await self.refresh_jwks()
+            key = self._keys.get(kid)
+            if key is None:
+                if not self._keys:
+                    raise Unavailable("the token signing keys (JWKS) cannot be fetched", retry_after=1)
+                raise InvalidToken("the token's signing key is unknown or retired")
+        elif time.monotonic() - self._fetched_at > self._max_age and not self._refresh_lock.locked():
+            self._spawn(self.refresh_jwks())
+        if key.alg is not None and key.alg != alg:
+            raise InvalidToken("the token's algorithm does not match its key")
+        claims = jwtcheck.check(
+            parsed,
+            key.public_key,
+            algorithms=self._algorithms,
+            issuer=self.issuer,
+            audience=self._audience,
+            leeway=self._leeway,
+        )
+        expected_type = token_type or self._token_type
+        if claims.get("tokenType") != expected_type:
+            raise InvalidToken(f"the token is not an {expected_type}")
+        if claims["jti"] in self._revoked:
+            raise InvalidToken("the token has been revoked")
+        return claims
+
+    async def refresh_jwks(self, *, force: bool = False) -> None:
+        """Re-read the JWKS unless it was tried less than ``refresh_cooldown`` ago (``force`` skips that)."""
+        async with self._refresh_lock:
+            now = time.monotonic()
+            if not force and now - self._attempted_at < self._cooldown:
+                return
+            self._attempted_at = now
+            try:
+                keys = parse_jwks(await self._fetch(), self._algorithms)
+            except Exception as exc:  # any failure of a pluggable source means "keep the keys we have"
+                log.warning("jwks_fetch_failed", error=f"{type(exc).__name__}: {exc}")
+                return
+            if keys.keys() != self._keys.keys():
+                log.info("jwks_loaded", kids=sorted(keys))
+            self._keys = keys
+            self._fetched_at = now
+
+    async def _listen(self) -> None:
+        assert self._redis is not None and self._redis_keys is not None
+        backoff = 0.1
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._redis_keys.token_events)
+                pruned = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "subscribe":
+                        # Also after redis-py reconnects by itself: whatever was published meanwhile is in the set.
+                        await self._reload_denylist()
+                        self.revocation_live, backoff = True, 0.1
+                    elif message is not None and message["type"] == "message":
+                        self._on_event(message["data"])
+                    if time.monotonic() - pruned > _PRUNE_EVERY:
+                        self._prune()
+                        pruned = time.monotonic()
+            except (aioredis.RedisError, OSError) as exc:
+                self.revocation_live = False
+                log.warning("revocations_unsubscribed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+            finally:
+                with contextlib.suppress(aioredis.RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _reload_denylist(self) -> None:
+        assert self._redis is not None and self._redis_keys is not None
+        since = int(time.time() - self._leeway) - 1
+        entries = cast(
+            list[tuple[bytes | str, float]],
+            await self._redis.zrangebyscore(self._redis_keys.revoked_tokens, since, "+inf", withscores=True),
+        )
+        self._revoked = {_text(member): int(score) for member, score in entries}
+
+    def _on_event(self, data: bytes) -> None:
+        try:
+            event = token_event_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("token_event_undecodable", error=str(exc))
+            return
+        match event:
+            case TokensRevoked(tokens=tokens):
+                for entry in tokens:
+                    self._revoked[entry.jti] = entry.exp
+            case SigningKeysChanged():
+                self._spawn(self.refresh_jwks(force=True))
+
+    def _prune(self) -> None:
+        horizon = time.time() - self._leeway
+        self._revoked = {jti: exp for jti, exp in self._revoked.items() if exp >= horizon}
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

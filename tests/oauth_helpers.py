@@ -1,0 +1,125 @@
+"""Helpers for the token-validation tests: log in through a running stack, introspect and revoke as clients do."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import jwt
+import msgspec
+from jwt.utils import base64url_encode
+
+from tests.stack import Stack
+
+
+async def stack_login(
+    session: aiohttp.ClientSession, stack: Stack, openid: str, *, client_id: str = "", appid: str = "", **extra: str
+) -> dict[str, Any]:
+    """A full mini-program login (sandbox wx.login, then the gateway's token endpoint); returns the token body."""
+    body = {"appid": appid or stack.demo["wechatAppId"], "openid": openid}
+    async with session.post(stack.sandbox + "/sandbox/login", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        code = (await resp.json())["code"]
+    form = {"tag": "wechat_miniprogram", "client_id": client_id or stack.demo["clientId"], "code": code, **extra}
+    async with session.post(stack.token_url, data=form) as resp:
+        token = await resp.json()
+        assert resp.status == 200, token
+    return dict(token)
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    """Headers for HTTP Basic client authentication."""
+    return {"Authorization": aiohttp.encode_basic_auth(client_id, secret)}
+
+
+async def introspect(
+    session: aiohttp.ClientSession,
+    stack: Stack,
+    token: str,
+    *,
+    auth: dict[str, str] | None = None,
+    status: int = 200,
+    **form: str,
+) -> dict[str, Any]:
+    """POST the introspection endpoint (Basic auth with the demo client unless ``auth`` or form credentials)."""
+    if auth is None and "client_id" not in form:
+        auth = basic(stack.demo["clientId"], stack.demo["clientSecret"])
+    async with session.post(
+        stack.gateway + "/api/login/oauth/introspect", data={"token": token, **form}, headers=auth
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == status, body
+        assert resp.headers["Cache-Control"] == "no-store"
+        return dict(body)
+
+
+async def revoke(
+    session: aiohttp.ClientSession,
+    stack: Stack,
+    token: str,
+    *,
+    auth: dict[str, str] | None = None,
+    status: int = 200,
+    **form: str,
+) -> str:
+    """POST the RFC 7009 revocation endpoint; returns the body text."""
+    if auth is None and "client_id" not in form:
+        auth = basic(stack.demo["clientId"], stack.demo["clientSecret"])
+    async with session.post(
+        stack.gateway + "/api/login/oauth/revoke", data={"token": token, **form}, headers=auth
+    ) as resp:
+        text = await resp.text()
+        assert resp.status == status, text
+        return text
+
+
+def kid_of(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.1) -> float:
+    """Await ``check()`` until it is true; returns the seconds it took, fails naming ``what`` after ``timeout``."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        await asyncio.sleep(interval)
+    return time.monotonic() - start
+
+
+def make_app(stack: Stack, name: str, *, expire_in_hours: float = 168.0) -> dict[str, str]:
+    """A new application of the demo organization with its own mini-program provider, known to the sandbox."""
+    app = stack.admin("create-app", "--org", "demo", "--name", name, "--expire-in-hours", str(expire_in_hours))
+    appid, secret = f"wx{name.replace('-', '')[:14]:0<14}", "s" * 32
+    stack.admin("attach-provider", "--app", name, "--appid", appid, "--secret", secret)
+    payload = json.dumps({"appid": appid, "secret": secret}).encode()
+    req = urllib.request.Request(
+        stack.sandbox + "/sandbox/apps", data=payload, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    return {"clientId": app["clientId"], "clientSecret": app["clientSecret"], "appid": appid}
+
+
+def unsigned_token(claims: dict[str, Any], kid: str) -> str:
+    """``alg: none``: the classic forgery every verifier must refuse."""
+    header = base64url_encode(msgspec.json.encode({"alg": "none", "typ": "JWT", "kid": kid}))
+    return (header + b"." + base64url_encode(msgspec.json.encode(claims)) + b".").decode()
+
+
+def hs256_token(claims: dict[str, Any], kid: str, secret: bytes) -> str:
+    """HS256 with ``secret``: with a public key's PEM as the secret, the algorithm-confusion forgery."""
+    header = base64url_encode(msgspec.json.encode({"alg": "HS256", "typ": "JWT", "kid": kid}))
+    signing_input = header + b"." + base64url_encode(msgspec.json.encode(claims))
+    return (signing_input + b"." + base64url_encode(hmac.new(secret, signing_input, hashlib.sha256).digest())).decode()

@@ -1,0 +1,344 @@
+"""``shared.verifier.Verifier``: local verification against a JWKS it caches, and revocations through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from jwt.warnings import InsecureKeyLengthWarning
+
+from shared import jwtcheck
+from shared.errors import InvalidToken, Unavailable
+from shared.keys import Keys
+from shared.messages import RevokedToken
+from shared.verifier import Verifier, http_jwks
+from tests.oauth_helpers import eventually, hs256_token, revoke, stack_login, unsigned_token
+from tests.stack import Stack
+from user_store.revocations import Revocations
+
+ISSUER = "http://issuer.test"
+AUDIENCE = "a" * 20
+
+
+class KeyServer:
+    """A JWKS endpoint under the test's control, counting how often it is read."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.fetches = 0
+        self.failing = False
+
+    def add(self, kid: str) -> rsa.RSAPrivateKey:
+        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self.keys[kid]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        if self.failing:
+            return web.Response(status=503)
+        jwks = [
+            {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, "alg": "RS256", "use": "sig"}
+            for kid, key in self.keys.items()
+        ]
+        return web.json_response({"keys": jwks})
+
+    def token(self, kid: str, *, key: rsa.RSAPrivateKey | None = None, alg: str = "RS256", **claims: Any) -> str:
+        now = int(time.time())
+        body = {
+            "iss": ISSUER, "aud": [AUDIENCE], "sub": str(uuid.uuid4()), "jti": str(uuid.uuid4()), "iat": now,
+            "nbf": now, "exp": now + 3600, "tokenType": "access-token", **claims,
+        }  # fmt: skip
+        return jwt.encode(body, key or self.keys[kid], algorithm=alg, headers={"kid": kid})
+
+
+@pytest.fixture(name="keys")
+async def _keys():
+    server = KeyServer()
+    server.add("k1")
+    app = web.Application()
+    app.router.add_get("/jwks", server.handle)
+    async with TestServer(app) as test_server, aiohttp.ClientSession() as session:
+        server.url = str(test_server.make_url("/jwks"))  # type: ignore[attr-defined]
+        server.session = session  # type: ignore[attr-defined]
+        yield server
+
+
+def make_verifier(server: KeyServer, **kwargs: Any) -> Verifier:
+    options: dict[str, Any] = {"issuer": ISSUER, "audience": AUDIENCE, "refresh_cooldown": 0.5, **kwargs}
+    return Verifier(jwks=http_jwks(server.session, server.url), **options)  # type: ignore[attr-defined]
+
+
+class TestChecks:
+    async def test_valid_token(self, keys):
+        """A token signed by a JWKS key, for our issuer and audience, verifies and yields its claims."""
+        async with make_verifier(keys) as verifier:
+            claims = await verifier.verify(keys.token("k1", scope="profile"))
+        assert (claims["iss"], claims["aud"], claims["scope"]) == (ISSUER, [AUDIENCE], "profile")
+
+    def test_refuses_dangerous_algorithm_lists(self):
+        """A Verifier cannot be built to accept none or an HMAC algorithm."""
+        for algorithms in (["none"], ["HS256"], ["RS256", "HS256"], []):
+            with pytest.raises(ValueError):
+                Verifier(issuer=ISSUER, audience=None, jwks=_never, algorithms=algorithms)
+
+    async def test_alg_none_and_hs256_with_the_public_key(self, keys):
+        """An unsigned token and one HMAC-signed with the public key as secret are refused."""
+        public_pem = (
+            keys.keys["k1"]
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        claims = jwt.decode(keys.token("k1"), options={"verify_signature": False})
+        unsigned, hs256 = unsigned_token(claims, "k1"), hs256_token(claims, "k1", public_pem)
+        async with make_verifier(keys) as verifier:
+            for token in (unsigned, hs256):
+                with pytest.raises(InvalidToken, match="algorithm"):
+                    await verifier.verify(token)
+
+    async def test_algorithm_outside_the_allow_list(self, keys):
+        """RS512 is refused when the verifier allows RS256 only, though the key could check it."""
+        async with make_verifier(keys) as verifier:
+            with pytest.raises(InvalidToken, match="algorithm"):
+                await verifier.verify(keys.token("k1", alg="RS512"))
+
+    @pytest.mark.parametrize(
+        ("claims", "message"),
+        [
+            ({"iss": "http://evil.test"}, "issuer"),
+            ({"aud": ["b" * 20]}, "audience"),
+            ({"exp": -60}, "expired"),
+            ({"nbf": +60}, "not valid yet"),
+            ({"tokenType": "refresh-token"}, "not an access-token"),
+        ],
+    )
+    async def test_claim_checks(self, keys, claims, message):
+        """Wrong issuer or audience, an expiry or nbf beyond the leeway, and a refresh token are refused."""
+        async with make_verifier(keys) as verifier:
+            with pytest.raises(InvalidToken, match=message):
+                await verifier.verify(keys.token("k1", **_at_now(claims)))
+
+    async def test_small_leeway(self, keys):
+        """A token that expired a few seconds ago still verifies within the 10 s leeway."""
+        async with make_verifier(keys) as verifier:
+            await verifier.verify(keys.token("k1", exp=int(time.time()) - 3))
+
+    async def test_forged_signature_and_garbage(self, keys):
+        """A token signed by a key not in the JWKS under a known kid, and malformed strings, are refused."""
+        stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        async with make_verifier(keys) as verifier:
+            with pytest.raises(InvalidToken):
+                await verifier.verify(keys.token("k1", key=stranger))
+            for garbage in ("", "abc", "a.b.c", "x" * 10_000):
+                with pytest.raises(InvalidToken, match="malformed"):
+                    await verifier.verify(garbage)
+
+    async def test_audience_none_accepts_any_application(self, keys):
+        """Built without an audience (as the gateway is), tokens of every application verify."""
+        async with make_verifier(keys, audience=None) as verifier:
+            await verifier.verify(keys.token("k1", aud=["b" * 20]))
+
+
+class TestJwksCache:
+    async def test_unknown_kid_refreshes_once_per_cooldown(self, keys):
+        """A new kid is fetched on first sight; an unknown kid does not hammer the JWKS within the cooldown."""
+        async with make_verifier(keys, refresh_cooldown=1.0) as verifier:
+            await verifier.verify(keys.token("k1"))
+            fetches = keys.fetches
+            keys.add("k2")
+            await asyncio.sleep(1.1)
+            await verifier.verify(keys.token("k2"))
+            assert keys.fetches == fetches + 1
+            for _ in range(5):
+                with pytest.raises(InvalidToken, match="unknown"):
+                    await verifier.verify(keys.token("k3", key=keys.keys["k1"]))
+            assert keys.fetches == fetches + 1
+
+    async def test_weak_keys_are_not_trusted(self, keys):
+        """A 1024-bit key in the JWKS is skipped, so its tokens are refused as signed by an unknown key."""
+        keys.keys["weak"] = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        with pytest.warns(InsecureKeyLengthWarning):
+            weak = keys.token("weak")
+        async with make_verifier(keys) as verifier:
+            await verifier.verify(keys.token("k1"))
+            with pytest.raises(InvalidToken, match="unknown"):
+                await verifier.verify(weak)
+
+    async def test_jwks_unreachable_is_unavailable(self, keys):
+        """With no JWKS ever fetched the verifier answers Unavailable (503), not "invalid token"."""
+        keys.failing = True
+        async with make_verifier(keys) as verifier:
+            with pytest.raises(Unavailable):
+                await verifier.verify(keys.token("k1"))
+
+    async def test_keys_survive_a_failing_refresh(self, keys):
+        """Once fetched, keys stay usable while the JWKS endpoint fails."""
+        async with make_verifier(keys, refresh_cooldown=0) as verifier:
+            await verifier.verify(keys.token("k1"))
+            keys.failing = True
+            await verifier.refresh_jwks(force=True)
+            await verifier.verify(keys.token("k1"))
+
+
+class TestRevocation:
+    async def test_revocation_seen_within_a_second(self, keys, redis_client, key_prefix):
+        """A revocation broadcast by the user store is refused by a subscribed verifier within a second."""
+        token = keys.token("k1")
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        async with make_verifier(keys, redis=redis_client, keys=Keys(key_prefix)) as verifier:
+            await eventually(_live(verifier), 5, "the revocation subscription")
+            await verifier.verify(token)
+            await Revocations(redis_client, Keys(key_prefix)).announce(
+                [RevokedToken(jti=jti, exp=int(time.time()) + 60)]
+            )
+            took = await eventually(_refuses(verifier, token), 1.0, "refusing the revoked token", interval=0.01)
+        assert took < 1.0
+
+    async def test_missed_message_is_recovered_on_resubscribe(self, keys, redis_url, redis_client, key_prefix):
+        """A revocation that reached the denylist but not this verifier (its connection was down) is picked up
+        when the subscription comes back, because every (re)subscription reloads the denylist."""
+        token = keys.token("k1")
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        name = f"verifier-{uuid.uuid4().hex[:8]}"
+        own = aioredis.Redis.from_url(redis_url, client_name=name)
+        try:
+            async with make_verifier(keys, redis=own, keys=Keys(key_prefix)) as verifier:
+                await eventually(_live(verifier), 5, "the revocation subscription")
+                # The message is lost: only the denylist has it.
+                await redis_client.zadd(Keys(key_prefix).revoked_tokens, {jti: int(time.time()) + 60})
+                await verifier.verify(token)
+                listing = await redis_client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+                ids = [
+                    line.split(b" ")[0].split(b"=")[1]
+                    for line in listing.split(b"\n")
+                    if f" name={name} ".encode() in line
+                ]
+                assert len(ids) == 1, listing
+                await redis_client.execute_command("CLIENT", "KILL", "ID", ids[0])
+                await eventually(_refuses(verifier, token), 10, "the reload after resubscribing")
+        finally:
+            await own.aclose()
+
+    async def test_keys_changed_message_rereads_the_jwks(self, keys, redis_client, key_prefix):
+        """A SigningKeysChanged event makes the verifier drop a retired key at once, not at the cache's expiry."""
+        token = keys.token("k1")
+        async with make_verifier(keys, redis=redis_client, keys=Keys(key_prefix), refresh_cooldown=60) as verifier:
+            await eventually(_live(verifier), 5, "the revocation subscription")
+            await verifier.verify(token)
+            keys.add("k2")
+            del keys.keys["k1"]
+            await Revocations(redis_client, Keys(key_prefix)).keys_changed(["k2"])
+            await eventually(_refuses(verifier, token), 5, "dropping the retired key")
+
+
+class TestEndToEnd:
+    async def test_logout_seen_by_a_verifier_within_a_second(self, stack: Stack, redis_url):
+        """A user's service verifying locally (JWKS from the gateway, revocations from the stack's Redis) refuses
+        a token within a second of its RFC 7009 revocation at the gateway."""
+        redis = aioredis.Redis.from_url(redis_url)
+        async with aiohttp.ClientSession() as session:
+            try:
+                token = (await stack_login(session, stack, "o-verifier"))["access_token"]
+                verifier = Verifier(
+                    issuer=stack.gateway,
+                    audience=stack.demo["clientId"],
+                    jwks=http_jwks(session, stack.gateway + "/.well-known/jwks"),
+                    redis=redis,
+                    keys=Keys(stack.env["KEY_PREFIX"]),
+                )
+                async with verifier:
+                    await eventually(_live(verifier), 5, "the revocation subscription")
+                    assert (await verifier.verify(token))["aud"] == [stack.demo["clientId"]]
+                    await revoke(session, stack, token)
+                    took = await eventually(_refuses(verifier, token), 1.0, "refusing after logout", 0.01)
+                assert took < 1.0
+            finally:
+                await redis.aclose()
+
+
+def _at_now(claims: dict[str, Any]) -> dict[str, Any]:
+    """Time claims given as offsets from now (parameters are built at collection, long before the test runs)."""
+    now = int(time.time())
+    timed = {k: now + v for k, v in claims.items() if k in ("exp", "nbf", "iat") and not isinstance(v, bool | str)}
+    return {**claims, **timed}
+
+
+def _live(verifier: Verifier):
+    async def check() -> bool:
+        return verifier.revocation_live
+
+    return check
+
+
+def _refuses(verifier: Verifier, token: str):
+    async def check() -> bool:
+        try:
+            await verifier.verify(token)
+        except InvalidToken:
+            return True
+        return False
+
+    return check
+
+
+async def _never() -> dict[str, Any]:
+    await asyncio.sleep(0)
+    raise AssertionError("not fetched")
+
+
+class TestJwtCheck:
+    """``shared.jwtcheck``, the parser and checker under the verifier and the user store."""
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def _check(self, token: str, **kwargs: Any) -> dict[str, Any]:
+        options: dict[str, Any] = {"algorithms": {"RS256", "PS256"}, "issuer": ISSUER, "audience": AUDIENCE}
+        return jwtcheck.check(jwtcheck.parse(token), self.key.public_key(), **{**options, **kwargs})
+
+    def _token(self, headers: dict[str, Any] | None = None, alg: str = "RS256", **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "s", "jti": "j", "iat": now, "nbf": now, "exp": now + 60}
+        return jwt.encode({**body, **claims}, self.key, algorithm=alg, headers=headers)
+
+    def test_rsa_pss_and_string_audience(self):
+        """PS256 verifies when allowed, and a single-string aud is accepted like a list."""
+        assert self._check(self._token(alg="PS256"))["aud"] == AUDIENCE
+
+    @pytest.mark.parametrize(
+        ("claims", "message"),
+        [
+            ({"exp": True}, "not a number"),
+            ({"exp": "soon"}, "not a number"),
+            ({"iat": +600}, "not valid yet"),
+            ({"sub": 42}, "not a string"),
+            ({"aud": [1]}, "audience"),
+        ],
+    )
+    def test_malformed_claims(self, claims, message):
+        """Claims of the wrong type, or an iat in the future, are refused."""
+        with pytest.raises(InvalidToken, match=message):
+            self._check(self._token(**_at_now(claims)))
+
+    def test_missing_claims_and_crit(self):
+        """A required claim missing, and a critical header extension we cannot honour, are refused."""
+        with pytest.raises(InvalidToken, match="lacks the claim 'exp'"):
+            self._check(jwt.encode({"iss": ISSUER, "aud": AUDIENCE}, self.key, algorithm="RS256"))
+        with pytest.raises(InvalidToken, match="extensions"):
+            self._check(self._token(headers={"crit": ["exp"], "exp": 1}))
+
+    def test_non_ascii_and_bad_padding(self):
+        """Characters outside base64url and impossible segment lengths are malformed, not exceptions."""
+        token = self._token()
+        for bad in (token.replace(".", ".é", 1), token + "AAA", "a.b.c", "..", token + ".x"):
+            with pytest.raises(InvalidToken, match="malformed"):
+                jwtcheck.parse(bad)

@@ -1,0 +1,159 @@
+"""Key material: the master key that encrypts signing keys at rest, new RSA keys and their self-signed certificates.
+
+The master key is any secret of at least 32 characters (``make run`` generates one into ``STATE_DIR/master.key``);
+HKDF-SHA256 turns it into an AES-256-GCM key. A sealed private key is ``version || nonce || ciphertext+tag`` with
+the kid as associated data, so a blob copied onto another row does not open.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import NameOID
+
+from shared.config import ConfigError
+
+MIN_MASTER_KEY_CHARS = 32
+KEY_BITS = 2048
+#: Casdoor's built-in certificate lives 20 years; ours are only a container for the public key, so the same.
+CERT_VALIDITY = timedelta(days=20 * 365)
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+_HKDF_INFO = b"minidoor signing keys v1"
+
+
+class WrongMasterKey(ConfigError):
+    """A sealed key does not open: the master key is not the one it was sealed with (or the row is damaged)."""
+
+
+class MasterKey:
+    """AES-256-GCM under a key derived from the master secret; the secret itself is not kept."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, secret: str) -> None:
+        if len(secret) < MIN_MASTER_KEY_CHARS:
+            raise ConfigError(f"the master key must be at least {MIN_MASTER_KEY_CHARS} characters")
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret.encode())
+        self._aead = AESGCM(derived)
+
+    def __repr__(self) -> str:
+        return "MasterKey('**********')"
+
+    def seal(self, plaintext: bytes, kid: str) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
+
+    def open(self, sealed: bytes, kid: str) -> bytes:
+        """The plaintext of ``seal(plaintext, kid)``; ``WrongMasterKey`` when this key did not seal it."""
+        if sealed[:1] != _VERSION or len(sealed) < 1 + _NONCE_BYTES + 16:
+            raise WrongMasterKey(f"signing key {kid} is not in a format this version can read")
+        try:
+            return self._aead.decrypt(sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :], kid.encode())
+        except InvalidTag:
+            raise WrongMasterKey(
+                f"signing key {kid} cannot be decrypted: MASTER_KEY / MASTER_KEY_FILE is not the master key "
+                "it was encrypted with"
+            ) from None
+
+
+def new_master_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def load_master_key(master_key: str, master_key_file: str) -> MasterKey | None:
+    """The master key from its value or its file (``ConfigError`` if both, or if the file is unreadable/empty)."""
+    if master_key and master_key_file:
+        raise ConfigError("set MASTER_KEY or MASTER_KEY_FILE, not both")
+    if master_key_file:
+        try:
+            master_key = Path(master_key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"MASTER_KEY_FILE {master_key_file} cannot be read ({exc})") from None
+        if not master_key:
+            raise ConfigError(f"MASTER_KEY_FILE {master_key_file} is empty")
+    return MasterKey(master_key) if master_key else None
+
+
+def master_key_from_env(environ: Mapping[str, str], default_file: Path | None = None) -> MasterKey | None:
+    """For tools (the admin CLI): ``MASTER_KEY``, ``MASTER_KEY_FILE``, else ``default_file`` when it exists."""
+    value, path = environ.get("MASTER_KEY", ""), environ.get("MASTER_KEY_FILE", "")
+    if not value and not path and default_file is not None and default_file.exists():
+        path = str(default_file)
+    return load_master_key(value, path)
+
+
+def ensure_master_key_file(path: Path) -> None:
+    """Create ``path`` holding a new master secret, readable by its owner only, unless it already exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(new_master_secret() + "\n")
+
+
+def new_private_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+
+
+def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_private_key(kid: str, pem: bytes) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(f"signing key {kid} is not an RSA key")
+    return key
+
+
+def self_signed_certificate(key: rsa.RSAPrivateKey, kid: str) -> str:
+    """A PEM X.509 certificate of ``key``, issued by itself: the JWKS ``x5c`` and Casdoor's cert ``certificate``."""
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "minidoor"), x509.NameAttribute(NameOID.COMMON_NAME, kid)]
+    )
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + CERT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def certificate_der(pem: str) -> bytes:
+    return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)

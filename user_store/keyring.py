@@ -1,0 +1,314 @@
+"""Signing keys in PostgreSQL: created, encrypted at rest, rotated, retired, and re-read by running user stores.
+
+The life of a key (columns of ``signing_keys``)::
+
+    pending ──activates_at──► current ──a newer key activates──► superseded ──verify_until──► expired
+       └───────────── retired_at (retire-key): out of the JWKS at once, its tokens stop verifying ─────┘
+
+Pending, current and superseded keys are "live": in the JWKS, and they verify. Only the current key signs. A
+rotation lists the new key ``activate_in`` seconds before it signs, so every JWKS cache (the HTTP max-age,
+PyJWKClient's cooldown, each store's reload) knows it before the first token it signs arrives. A superseded key stays
+until ``verify_until``: its successor's activation plus the longest token lifetime of any application plus a grace.
+Every writer holds one transaction-level advisory lock, so concurrent starts and admin commands serialise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+import msgspec
+import structlog
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from shared.config import ConfigError
+from shared.errors import BadRequest, NotFound
+from user_store.db import Conn, Pool
+from user_store.keycrypto import (
+    MasterKey,
+    certificate_der,
+    load_private_key,
+    new_private_key,
+    private_key_pem,
+    self_signed_certificate,
+)
+from user_store.signing import ALGORITHM, Signer, SigningKey
+
+log = structlog.get_logger()
+
+#: Arbitrary but fixed: user stores and admin commands serialise every change of signing_keys on this lock.
+_KEY_LOCK = 0x6D642D6B657973  # "md-keys"
+#: Longer than the JWKS ``max-age`` (60 s) plus a store's reload interval, and than PyJWKClient's 30 s cooldown.
+DEFAULT_ACTIVATE_IN = 90.0
+#: How long a superseded key outlives the longest token lifetime: stores not yet reloaded, clock skew.
+SUPERSEDE_GRACE = timedelta(minutes=10)
+_LIVE = "retired_at IS NULL AND (verify_until IS NULL OR verify_until > now())"
+_NO_MASTER_KEY = (
+    "the signing keys are encrypted at rest but no master key is set: set MASTER_KEY or MASTER_KEY_FILE "
+    "(make run keeps it in STATE_DIR/master.key)"
+)
+
+
+class KeyInfo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A signing key as ``list-keys`` shows it; never any private material."""
+
+    kid: str
+    algorithm: str
+    #: pending, current, superseded, expired or retired.
+    status: str
+    encrypted: bool
+    created_time: datetime
+    activates_at: datetime
+    verify_until: datetime | None = None
+    retired_time: datetime | None = None
+
+
+_INFO = f"""
+    SELECT kid, algorithm, private_key_enc IS NOT NULL AS encrypted, created_at, activates_at, verify_until, retired_at,
+           CASE
+               WHEN retired_at IS NOT NULL THEN 'retired'
+               WHEN verify_until IS NOT NULL AND verify_until <= now() THEN 'expired'
+               WHEN activates_at > now() THEN 'pending'
+               WHEN kid = (SELECT kid FROM signing_keys WHERE {_LIVE} AND activates_at <= now()
+                           ORDER BY activates_at DESC, kid DESC LIMIT 1) THEN 'current'
+               ELSE 'superseded'
+           END AS status
+    FROM signing_keys
+"""
+
+
+def _key_info(row: asyncpg.Record) -> KeyInfo:
+    return KeyInfo(
+        kid=row["kid"],
+        algorithm=row["algorithm"],
+        status=row["status"],
+        encrypted=row["encrypted"],
+        created_time=row["created_at"],
+        activates_at=row["activates_at"],
+        verify_until=row["verify_until"],
+        retired_time=row["retired_at"],
+    )
+
+
+async def list_keys(conn: Conn) -> list[KeyInfo]:
+    """Every signing key, newest first."""
+    return [_key_info(row) for row in await conn.fetch(_INFO + " ORDER BY activates_at DESC, kid DESC")]
+
+
+async def _get_info(conn: Conn, kid: str) -> KeyInfo:
+    row = await conn.fetchrow(_INFO + " WHERE kid = $1", kid)
+    if row is None:
+        raise NotFound(f"signing key {kid!r} does not exist")
+    return _key_info(row)
+
+
+async def prepare_keys(conn: Conn, master: MasterKey | None) -> None:
+    """What a starting user store does once: check the master key against the stored keys (``ConfigError`` with a
+    clear message when it is missing or wrong), encrypt keys still in clear when there is one, give every key a
+    certificate, and create a key when none is current."""
+    async with conn.transaction():
+        await _lock(conn)
+        rows = await conn.fetch(
+            "SELECT kid, private_key_pem, private_key_enc, certificate_pem, retired_at FROM signing_keys"
+        )
+        for row in rows:
+            kid, pem = row["kid"], row["private_key_pem"]
+            if row["retired_at"] is None:
+                key = _private_key(row, master)
+                if row["certificate_pem"] is None:
+                    await conn.execute(
+                        "UPDATE signing_keys SET certificate_pem = $2 WHERE kid = $1",
+                        kid,
+                        self_signed_certificate(key, kid),
+                    )
+            if master is not None and pem is not None:
+                await conn.execute(
+                    "UPDATE signing_keys SET private_key_enc = $2, private_key_pem = NULL WHERE kid = $1",
+                    kid,
+                    master.seal(pem.encode(), kid),
+                )
+                log.info("signing_key_encrypted", kid=kid)
+        if not await conn.fetchval(f"SELECT count(*) FROM signing_keys WHERE {_LIVE} AND activates_at <= now()"):
+            kid = await _insert_key(conn, master, activate_in=0.0)
+            log.info("signing_key_created", kid=kid)
+            await _recompute_expiry(conn)
+    if master is None:
+        log.warning("signing_keys_unencrypted", hint="set MASTER_KEY or MASTER_KEY_FILE to encrypt them at rest")
+
+
+async def rotate_keys(conn: Conn, master: MasterKey | None, *, activate_in: float = DEFAULT_ACTIVATE_IN) -> KeyInfo:
+    """A new signing key, listed in the JWKS now and signing in ``activate_in`` seconds (at once when no key is
+    current). The keys it supersedes keep verifying until their last token expires."""
+    if not 0 <= activate_in <= 7 * 24 * 3600:
+        raise BadRequest("activate_in must be between 0 seconds and 7 days")
+    async with conn.transaction():
+        await _lock(conn)
+        sealed = await conn.fetchrow(
+            "SELECT kid, private_key_enc FROM signing_keys WHERE retired_at IS NULL AND private_key_enc IS NOT NULL "
+            "LIMIT 1"
+        )
+        if sealed is not None:
+            if master is None:
+                raise ConfigError(_NO_MASTER_KEY)
+            master.open(sealed["private_key_enc"], sealed["kid"])  # a key sealed under another master key is useless
+        has_current = await conn.fetchval(f"SELECT count(*) FROM signing_keys WHERE {_LIVE} AND activates_at <= now()")
+        kid = await _insert_key(conn, master, activate_in=activate_in if has_current else 0.0)
+        await _recompute_expiry(conn)
+        info = await _get_info(conn, kid)
+    return info
+
+
+async def retire_key(conn: Conn, kid: str) -> KeyInfo:
+    """Take ``kid`` out of the JWKS now: tokens it signed stop verifying. The current key cannot be retired."""
+    async with conn.transaction():
+        await _lock(conn)
+        info = await _get_info(conn, kid)
+        if info.status == "retired":
+            return info
+        if info.status == "current":
+            raise BadRequest(f"{kid} is the current signing key; run rotate-keys --activate-in 0 first, then retire it")
+        await conn.execute("UPDATE signing_keys SET retired_at = now() WHERE kid = $1", kid)
+        await _recompute_expiry(conn)
+        info = await _get_info(conn, kid)
+    return info
+
+
+async def _lock(conn: Conn) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEY_LOCK)
+
+
+async def _insert_key(conn: Conn, master: MasterKey | None, *, activate_in: float) -> str:
+    key = await asyncio.to_thread(new_private_key)
+    kid = f"key-{secrets.token_hex(4)}"
+    pem = private_key_pem(key)
+    await conn.execute(
+        """
+        INSERT INTO signing_keys (kid, algorithm, private_key_pem, private_key_enc, certificate_pem, activates_at)
+        VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second')
+        """,
+        kid,
+        ALGORITHM,
+        None if master is not None else pem.decode(),
+        master.seal(pem, kid) if master is not None else None,
+        self_signed_certificate(key, kid),
+        activate_in,
+    )
+    return kid
+
+
+async def _recompute_expiry(conn: Conn) -> None:
+    """Give each live key the activation of its successor as ``superseded_at`` and, from it, ``verify_until``.
+
+    Expired keys are left alone, so retiring a key never brings an older one back."""
+    rows = await conn.fetch(
+        f"SELECT kid, activates_at, superseded_at, verify_until FROM signing_keys WHERE {_LIVE} "
+        "ORDER BY activates_at, kid"
+    )
+    hours = await conn.fetchval(
+        "SELECT coalesce(max(greatest(expire_in_hours, refresh_expire_in_hours)), 0) FROM applications"
+    )
+    lifetime = timedelta(hours=float(hours)) + SUPERSEDE_GRACE
+    successors: list[asyncpg.Record | None] = [*rows[1:], None]
+    for row, successor in zip(rows, successors, strict=True):
+        superseded_at: datetime | None = None
+        verify_until: datetime | None = None
+        if successor is not None:
+            superseded_at = successor["activates_at"]
+            verify_until = superseded_at + lifetime
+            if row["superseded_at"] == superseded_at and row["verify_until"] is not None:
+                verify_until = max(verify_until, row["verify_until"])
+        if (superseded_at, verify_until) != (row["superseded_at"], row["verify_until"]):
+            await conn.execute(
+                "UPDATE signing_keys SET superseded_at = $2, verify_until = $3 WHERE kid = $1",
+                row["kid"],
+                superseded_at,
+                verify_until,
+            )
+
+
+def _private_key(row: asyncpg.Record, master: MasterKey | None) -> rsa.RSAPrivateKey:
+    kid = row["kid"]
+    if row["private_key_enc"] is not None:
+        if master is None:
+            raise ConfigError(_NO_MASTER_KEY)
+        return load_private_key(kid, master.open(row["private_key_enc"], kid))
+    return load_private_key(kid, row["private_key_pem"].encode())
+
+
+class KeyLoader:
+    """Reads the live keys; each key is decrypted and parsed once, then kept while it stays live."""
+
+    def __init__(self, master: MasterKey | None) -> None:
+        self._master = master
+        self._loaded: dict[str, SigningKey] = {}
+
+    async def live_keys(self, conn: Conn) -> tuple[list[SigningKey], SigningKey | None]:
+        """Every live key, newest first, and the current one (None if, against all rules, no key is active)."""
+        rows = await conn.fetch(
+            f"SELECT kid, activates_at <= now() AS active FROM signing_keys WHERE {_LIVE} "
+            "ORDER BY activates_at DESC, kid DESC"
+        )
+        missing = [row["kid"] for row in rows if row["kid"] not in self._loaded]
+        if missing:
+            for row in await conn.fetch(
+                "SELECT kid, private_key_pem, private_key_enc, certificate_pem, created_at "
+                "FROM signing_keys WHERE kid = ANY($1::text[])",
+                missing,
+            ):
+                self._loaded[row["kid"]] = self._signing_key(row)
+        keys = [self._loaded[row["kid"]] for row in rows if row["kid"] in self._loaded]
+        self._loaded = {key.kid: key for key in keys}
+        current = next((self._loaded[row["kid"]] for row in rows if row["active"]), None)
+        return keys, current
+
+    def _signing_key(self, row: asyncpg.Record) -> SigningKey:
+        key = _private_key(row, self._master)
+        pem = row["certificate_pem"] or self_signed_certificate(key, row["kid"])
+        return SigningKey(
+            kid=row["kid"], private_key=key, created_at=row["created_at"], certificate_der=certificate_der(pem)
+        )
+
+
+class KeyReloader:
+    """Re-reads the live keys every ``interval`` seconds and swaps them into ``signer`` when they changed, then
+    calls ``on_change`` with the new kids (the store publishes them so verifiers re-read the JWKS at once)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        signer: Signer,
+        loader: KeyLoader,
+        interval: float,
+        on_change: Callable[[Sequence[str]], Awaitable[None]],
+    ) -> None:
+        self._pool = pool
+        self._signer = signer
+        self._loader = loader
+        self._interval = interval
+        self._on_change = on_change
+
+    async def reload(self) -> bool:
+        """One pass; True when the signer's keys changed."""
+        async with self._pool.acquire() as conn:
+            keys, current = await self._loader.live_keys(conn)
+        if current is None:
+            log.error("no_current_signing_key", kids=[key.kid for key in keys])
+            return False
+        kids = tuple(key.kid for key in keys)
+        if (current.kid, kids) == self._signer.state:
+            return False
+        self._signer.update(keys, current)
+        log.info("signing_keys_reloaded", current=current.kid, kids=list(kids))
+        await self._on_change(kids)
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.reload()
+            except Exception as exc:  # whatever failed, the next pass retries: a dead reloader would freeze the keys
+                log.warning("signing_keys_reload_failed", error=f"{type(exc).__name__}: {exc}")

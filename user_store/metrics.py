@@ -1,0 +1,58 @@
+"""The user store's Prometheus metrics (``GET /metrics``), in a registry per app so several apps can share a process."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+#: Seconds; one login's transaction should take milliseconds.
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class UserStoreMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "minidoor_user_store_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "minidoor_user_store_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.logins = Counter(
+            "minidoor_user_store_logins", "WeChat logins that minted a token, by user: created or returning",
+            ["user"], registry=r,
+        )  # fmt: skip
+
+
+METRICS = web.AppKey("metrics", UserStoreMetrics)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request; the outermost middleware, so it sees the rendered error responses too."""
+    start = time.perf_counter()
+    resp = await handler(request)
+    metrics = request.app[METRICS]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.requests.labels(route, str(resp.status)).inc()
+    metrics.request_seconds.labels(route).observe(time.perf_counter() - start)
+    created = structlog.contextvars.get_contextvars().get("created")
+    if resp.status == 200 and isinstance(created, bool):
+        metrics.logins.labels("created" if created else "returning").inc()
+    return resp
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text format."""
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,133 @@
+"""Internal endpoints behind the gateway's token-validation routes (``shared/user_store_client.py`` lists them):
+RFC 7662 introspection, RFC 7009 revocation, the JWKS and the OpenID discovery document."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from shared.errors import BadRequest, UnsupportedMediaType
+from shared.messages import Introspection, OpenIdConfiguration, TokenRequest
+from user_store.db import connection, transaction
+from user_store.keys import CONFIG, PG_POOL, REVOCATIONS, SIGNER
+from user_store.signing import ALGORITHM, SCOPE
+from user_store.tokens import (
+    TokenInfo,
+    authenticate_client,
+    find_token,
+    inspect_token,
+    kind_from_hint,
+    revoke_family,
+    revoke_token,
+)
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_request_decoder = msgspec.json.Decoder(TokenRequest)
+INACTIVE = Introspection(active=False)
+_CLIENT_AUTH = ["client_secret_basic", "client_secret_post"]
+_CLAIMS = (
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "scope", "tokenType", "owner", "name", "displayName",
+    "avatar",
+)  # fmt: skip
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(body=_encoder.encode(value), content_type="application/json")
+
+
+async def _read(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("the body must be application/json")
+    try:
+        return decoder.decode(await request.read())
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def introspection(info: TokenInfo) -> Introspection:
+    """RFC 7662's answer for a live token; ``username`` is the user's name, as Casdoor's JWT ``name``."""
+    return Introspection(
+        active=True,
+        scope=info.scope,
+        client_id=info.client_id,
+        username=info.user_name,
+        token_type="Bearer",
+        exp=info.expires_at,
+        iat=info.issued_at,
+        nbf=info.not_before,
+        sub=info.user_id,
+        aud=list(info.audience),
+        iss=info.issuer,
+        jti=info.token_id,
+    )
+
+
+async def introspect(request: web.Request) -> web.Response:
+    """Active only for a live token issued to the calling application, of the kind ``token_type_hint`` names."""
+    req = await _read(request, _request_decoder)
+    structlog.contextvars.bind_contextvars(client_id=req.client_id)
+    async with connection(request.app[PG_POOL]) as conn:
+        caller = await authenticate_client(conn, req.client_id, req.client_secret)
+        info = await inspect_token(
+            conn, request.app[SIGNER], req.token, kind_from_hint(req.token_type_hint), client_id=caller["client_id"]
+        )
+    structlog.contextvars.bind_contextvars(active=info is not None)
+    return _json(INACTIVE if info is None else introspection(info))
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """RFC 7009: 200 for unknown or dead tokens too. A refresh token takes its whole family with it."""
+    req = await _read(request, _request_decoder)
+    structlog.contextvars.bind_contextvars(client_id=req.client_id)
+    if not req.token:
+        raise BadRequest("token is missing")
+    async with transaction(request.app[PG_POOL]) as conn:
+        caller = await authenticate_client(conn, req.client_id, req.client_secret)
+        found = await find_token(conn, req.token)
+        if found is not None:
+            if found.client_id != caller["client_id"]:
+                raise BadRequest("the token was not issued to this client", error="unauthorized_client")
+            revocations = request.app[REVOCATIONS]
+            if found.kind == "refresh":
+                revoked = await revoke_family(conn, revocations, found.family_id)
+            else:
+                revoked = await revoke_token(conn, revocations, found.token_id)
+            structlog.contextvars.bind_contextvars(revoked=len(revoked))
+    return _json({})
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return _json(request.app[SIGNER].jwk_set())
+
+
+def openid_configuration(issuer: str) -> OpenIdConfiguration:
+    """The discovery document; every URL derives from the configured issuer, never from a request."""
+    base = issuer.rstrip("/")
+    return OpenIdConfiguration(
+        issuer=issuer,
+        token_endpoint=f"{base}/api/login/oauth/access_token",
+        userinfo_endpoint=f"{base}/api/userinfo",
+        jwks_uri=f"{base}/.well-known/jwks",
+        introspection_endpoint=f"{base}/api/login/oauth/introspect",
+        revocation_endpoint=f"{base}/api/login/oauth/revoke",
+        end_session_endpoint=f"{base}/api/logout",
+        response_types_supported=["token"],
+        subject_types_supported=["public"],
+        id_token_signing_alg_values_supported=[ALGORITHM],
+        token_endpoint_auth_methods_supported=["none", *_CLIENT_AUTH],
+        introspection_endpoint_auth_methods_supported=_CLIENT_AUTH,
+        revocation_endpoint_auth_methods_supported=_CLIENT_AUTH,
+        scopes_supported=[SCOPE],
+        claims_supported=list(_CLAIMS),
+    )
+
+
+async def discovery(request: web.Request) -> web.Response:
+    return _json(openid_configuration(request.app[CONFIG].issuer))
