@@ -22,13 +22,27 @@ install: $(STAMP)
 lock: install  ## re-resolve requirements.lock from pyproject.toml
 	$(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 -o deploy/requirements.runtime.lock
 
 .PHONY: run
 run: install  ## the whole stack in the foreground (embedded Postgres/Redis/WeChat sandbox unless configured)
 	$(PY) -m services run
 
+# The official casdoor SDK pins older aiohttp/cryptography/PyJWT than ours: it gets a venv of its own, and the
+# tests drive it as the external client it is (tests/test_casdoor_sdk.py).
+SDK_VENV ?= .venv-sdk
+SDK_STAMP := $(SDK_VENV)/.installed-stamp
+
+$(SDK_STAMP): tests/sdk/requirements.lock
+	@test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.lock
+	@touch $@
+
+.PHONY: sdk-venv
+sdk-venv: $(SDK_STAMP)  ## the casdoor SDK in its own venv, for the SDK tests
+
 .PHONY: test
-test: install
+test: install sdk-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: chaos
@@ -40,7 +54,7 @@ bench: install  ## introspections/s over HTTP and local verifications/s per core
 	$(PY) -m services.bench $(BENCH_ARGS)
 
 .PHONY: testcov
-testcov: install
+testcov: install sdk-venv
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 .PHONY: format
@@ -89,11 +103,26 @@ retire-key: install  ## make retire-key KID=key-... (its tokens stop verifying a
 list-keys: install  ## signing keys and their status as JSON
 	$(PY) -m services admin list-keys
 
+.PHONY: certificate
+certificate: install  ## make certificate APP=shop: the PEM a Casdoor server SDK verifies tokens with
+	$(PY) -m services admin certificate --app "$(APP)" --pem
+
 .PHONY: clean
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(SDK_VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: clean-state
 clean-state:  ## forget the embedded databases and demo data
 	rm -rf .run
+
+# Containers (deploy/README.md). Need a Docker engine; compose-up needs deploy/.env (from deploy/.env.example).
+IMAGE ?= minidoor:latest
+
+.PHONY: image
+image:  ## the one container image of every service: make image [IMAGE=registry/minidoor:tag]
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
+
+.PHONY: compose-up
+compose-up:  ## PostgreSQL, Redis and two replicas of each service in Docker, gateway proxy on 127.0.0.1:8000
+	docker compose -f deploy/compose.yaml --env-file deploy/.env up -d --build

@@ -1,4 +1,5 @@
-"""Request context (request id, one canonical log line) and the error middleware that renders OAuth errors."""
+"""Request context (request id, one canonical log line) and the error middleware that renders errors: OAuth JSON
+or Casdoor's envelope, by route (``render_error``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway import account, envelope
 from shared.errors import MinidoorError, NotFound
 from shared.messages import ErrorBody
 from shared.user_store_client import REQUEST_ID_HEADER
@@ -32,6 +34,15 @@ def error_response(exc: MinidoorError) -> web.Response:
         resp.headers["Retry-After"] = str(exc.retry_after)
     resp.headers["Cache-Control"] = "no-store"
     return resp
+
+
+def render_error(request: web.Request, exc: MinidoorError) -> web.Response:
+    """The one place that picks an error's wire form: Casdoor's envelope on its account routes (``/api/get-account``
+    and the like, also for a wrong method there), OAuth's ``{error, error_description}`` on the OAuth endpoints
+    (``/api/login/oauth/*``) and everywhere else, unknown paths included."""
+    if request.path in account.ENVELOPE_PATHS:
+        return envelope.error_response(exc)
+    return error_response(exc)
 
 
 @web.middleware
@@ -56,13 +67,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except MinidoorError as exc:
         structlog.contextvars.bind_contextvars(error=exc.error, error_description=exc.description)
-        return error_response(exc)
+        return render_error(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         if exc.status == 404:
-            return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
-        return error_response(MinidoorError(exc.reason, error="invalid_request", status=exc.status))
+            return render_error(request, NotFound(f"no such endpoint: {request.method} {request.path}"))
+        return render_error(request, MinidoorError(exc.reason, error="invalid_request", status=exc.status))
     except Exception:
         log.exception("unhandled_error")
-        return error_response(MinidoorError("internal error; the request id identifies it in the logs"))
+        return render_error(request, MinidoorError("internal error; the request id identifies it in the logs"))

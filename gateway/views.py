@@ -8,7 +8,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import keys
+from gateway import keys, refresh
 from gateway.jobs import JobPublisher
 from gateway.params import read_params
 from shared.errors import BadRequest, MinidoorError, Unauthorized, error_from_wire
@@ -22,7 +22,7 @@ _json = msgspec.json.Encoder()
 
 
 async def access_token(request: web.Request) -> web.Response:
-    """``POST /api/login/oauth/access_token``: Casdoor's token endpoint, mini-program branch."""
+    """``POST /api/login/oauth/access_token``: Casdoor's token endpoint, mini-program branch and refresh grant."""
     params = await read_params(request)
     client_id = params.get("client_id", "")
     if not client_id:
@@ -30,6 +30,8 @@ async def access_token(request: web.Request) -> web.Response:
     app = await request.app[keys.APPLICATIONS].get(client_id, request_id=request["request_id"])
 
     tag = params.get("tag", "")
+    if tag != MINIPROGRAM_TAG and params.get("grant_type") == refresh.GRANT_TYPE:
+        return await refresh.refresh_grant(request, params)
     if tag != MINIPROGRAM_TAG:
         if params.get("grant_type"):
             raise MinidoorError(

@@ -19,7 +19,7 @@ import msgspec
 
 from services.embedded import EmbeddedPostgres
 from shared.errors import MinidoorError
-from user_store import admin, keyring
+from user_store import admin, certificates, keyring
 from user_store.keycrypto import MasterKey, master_key_from_env
 from user_store.migrate import apply_migrations
 
@@ -69,6 +69,11 @@ def add_parser(sub: Any) -> None:
     p = cmds.add_parser("list-keys", help="signing keys and their status (pending, current, superseded, ...)")
     p.set_defaults(admin_fn=_list_keys)
 
+    p = cmds.add_parser("certificate", help="the X.509 certificate (PEM) a Casdoor server SDK verifies tokens with")
+    p.add_argument("--app", required=True)
+    p.add_argument("--pem", action="store_true", help="print only the PEM, e.g. to redirect it into a file")
+    p.set_defaults(admin_fn=_certificate)
+
     p = cmds.add_parser("list", help="organizations, applications and providers")
     p.set_defaults(admin_fn=_list)
 
@@ -109,6 +114,11 @@ async def _list_keys(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     return await keyring.list_keys(conn)
 
 
+async def _certificate(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    cert = await certificates.application_certificate(conn, args.app)
+    return cert.certificate.encode() if args.pem else cert
+
+
 async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     return await admin.list_all(conn)
 
@@ -127,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if pg is not None:
             pg.stop()  # stops the server only if this command started it
+    if isinstance(result, bytes):  # already the output's final form (certificate --pem)
+        sys.stdout.buffer.write(result)
+        return 0
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
     return 0
 

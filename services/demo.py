@@ -11,7 +11,8 @@ import asyncpg
 import msgspec
 
 from shared.errors import Conflict, NotFound
-from user_store import admin, queries
+from user_store import admin, certificates, keyring, queries
+from user_store.keycrypto import MasterKey
 from user_store.migrate import apply_migrations
 
 ORGANIZATION = "demo"
@@ -30,14 +31,21 @@ class Demo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     wechat_app_id: str
     #: Not in demo.json's documented keys, but the runner needs it to teach the sandbox the app's secret.
     wechat_app_secret: str
+    #: PEM X.509 of the signing key, what a Casdoor server SDK verifies tokens with ("" until a key exists).
+    certificate: str = ""
 
     @property
     def sandbox_apps(self) -> str:
         return f"{self.wechat_app_id}:{self.wechat_app_secret}"
 
 
-async def seed_demo(database_url: str, state_dir: Path, gateway: str, sandbox: str) -> Demo:
-    """Migrate, create the demo data if missing, and (re)write ``demo.json``. Safe to run on every start."""
+async def seed_demo(
+    database_url: str, state_dir: Path, gateway: str, sandbox: str, *, master: MasterKey | None = None
+) -> Demo:
+    """Migrate, create the demo data if missing, and (re)write ``demo.json``. Safe to run on every start.
+
+    With the user store's ``master`` key, the signing keys are prepared as the user store will at its start
+    (idempotent), so ``certificate`` is there from the first run; without, it is the current key's if any."""
     demo_file = state_dir / "demo.json"
     conn = await asyncpg.connect(database_url)
     try:
@@ -52,6 +60,9 @@ async def seed_demo(database_url: str, state_dir: Path, gateway: str, sandbox: s
                 # The secret is stored hashed; without the old demo.json the only way to show one is a new one.
                 client_secret = await admin.rotate_client_secret(conn, APPLICATION)
             provider = await queries.miniprogram_provider(conn, app["clientId"])
+        if master is not None:
+            await keyring.prepare_keys(conn, master)
+        certificate = await _certificate(conn)
     finally:
         await conn.close()
     assert provider is not None and provider["appid"], "the demo application lost its mini-program provider"
@@ -64,6 +75,7 @@ async def seed_demo(database_url: str, state_dir: Path, gateway: str, sandbox: s
         client_secret=client_secret,
         wechat_app_id=provider["appid"],
         wechat_app_secret=provider["app_secret"],
+        certificate=certificate,
     )
     demo_file.write_bytes(msgspec.json.format(msgspec.json.encode(demo), indent=2) + b"\n")
     demo_file.chmod(0o600)
@@ -79,6 +91,14 @@ async def _create(conn: asyncpg.Connection) -> dict[str, str]:
     appid = "wx" + secrets.token_hex(8)
     await admin.attach_miniprogram_provider(conn, APPLICATION, appid, secrets.token_hex(16))
     return dict(app)
+
+
+async def _certificate(conn: asyncpg.Connection) -> str:
+    try:
+        _kid, pem = await certificates.current_certificate(conn)
+    except NotFound:
+        return ""
+    return pem
 
 
 def _saved_secret(demo_file: Path, client_id: str) -> str:

@@ -23,7 +23,7 @@ from services.demo import Demo, print_banner, seed_demo
 from services.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.processes import Child, die_with_parent, stop_in_order
 from shared.config import RunnerConfig
-from user_store.keycrypto import ensure_master_key_file
+from user_store.keycrypto import MasterKey, ensure_master_key_file, load_master_key
 
 log = structlog.get_logger()
 
@@ -59,7 +59,11 @@ class Runner:
         try:
             self._check_ports()
             database_url, redis_url = self._start_infrastructure()
-            demo = asyncio.run(seed_demo(database_url, self.state_dir, self._gateway_url(), self._sandbox_url()))
+            demo = asyncio.run(
+                seed_demo(
+                    database_url, self.state_dir, self._gateway_url(), self._sandbox_url(), master=self._master_key()
+                )
+            )
             self._start_services(database_url, redis_url, demo)
             print_banner(demo, time.monotonic() - started)
             crashed = self._supervise()
@@ -88,6 +92,12 @@ class Runner:
         path = self.state_dir / "master.key"
         ensure_master_key_file(path)
         return {"MASTER_KEY_FILE": str(path)}
+
+    def _master_key(self) -> MasterKey | None:
+        """The user store's master key, so the demo seed prepares the signing keys (and its certificate) as the
+        store will."""
+        env = self._master_key_env()
+        return load_master_key(self.config.master_key, env.get("MASTER_KEY_FILE", self.config.master_key_file))
 
     def _check_ports(self) -> None:
         ports = {"GATEWAY_PORT": self.config.gateway_port, "USER_STORE_PORT": self.config.user_store_port}

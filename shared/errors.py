@@ -64,6 +64,10 @@ class Unauthorized(MinidoorError):
     error = "invalid_client"
 
 
+#: Casdoor's words for an account call without any credentials; clients written for Casdoor may compare them.
+PLEASE_LOGIN = "Please login first"
+
+
 class InvalidToken(Unauthorized):
     """RFC 6750 ``invalid_token``: expired, revoked, forged or malformed; raised by ``shared.verifier``."""
 

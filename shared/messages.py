@@ -7,6 +7,8 @@ Inter-service decoders must not forbid unknown fields, so an old reader skips wh
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 # --- Redis streams: gateway -> auth worker -> gateway ------------------------------------------------------------
@@ -212,3 +214,141 @@ class SigningKeysChanged(msgspec.Struct, frozen=True, kw_only=True, tag="signing
 #: Published on ``Keys.token_events`` (msgpack), read by every ``shared.verifier.Verifier``.
 TokenEvent = TokensRevoked | SigningKeysChanged
 token_event_decoder = msgspec.msgpack.Decoder(TokenEvent)
+
+
+# --- The account API (Casdoor's /api/get-account, /api/update-user, ...): gateway -> user store -------------------
+
+
+class Credentials(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the caller of an account endpoint presented, passed on unchecked: the user store decides. A bearer
+    access token wins over client credentials, as in Casdoor."""
+
+    access_token: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+
+
+class UserQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/account/{get-account,userinfo,get-user,get-users}``: who asks, and which user(s)."""
+
+    credentials: Credentials
+    #: ``owner/name``; else ``owner`` with one of ``user_id``, ``email`` or ``phone`` (get-user).
+    id: str = ""
+    owner: str = ""
+    user_id: str = ""
+    email: str = ""
+    phone: str = ""
+    #: get-users: page number from 1 and its size; 0 = every user.
+    page: int = 0
+    page_size: int = 0
+
+
+class UserUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/account/update-user``: the target (``id``, else ``owner`` + ``user_id``, else the body's
+    ``owner`` + ``name``, else the caller), the optional ``columns`` as received, and the JSON body."""
+
+    credentials: Credentials
+    user: dict[str, Any]
+    id: str = ""
+    owner: str = ""
+    user_id: str = ""
+    columns: str = ""
+
+
+class LogoutRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/account/logout``: revokes the login of ``id_token_hint``, else of the bearer token."""
+
+    credentials: Credentials
+    id_token_hint: str = ""
+
+
+class RefreshRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/tokens/refresh`` -> ``TokenResponse``: the refresh_token grant (OAuth errors)."""
+
+    client_id: str
+    refresh_token: str
+    #: Optional for a public client (a mini program); checked when given.
+    client_secret: str = ""
+    scope: str = ""
+
+
+class CasdoorUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A user in Casdoor's JSON shape (what ``get-account``, ``get-user`` and the SDKs read); ``password`` is
+    ``"***"`` when one is set, else ``""``, never the hash."""
+
+    owner: str
+    name: str
+    id: str
+    created_time: str
+    updated_time: str
+    type: str
+    password: str
+    password_type: str
+    display_name: str
+    avatar: str
+    permanent_avatar: str
+    email: str
+    email_verified: bool
+    phone: str
+    country_code: str
+    signup_application: str
+    is_admin: bool
+    is_forbidden: bool
+    is_deleted: bool
+    #: The WeChat openid, as Casdoor's ``wechat`` column.
+    wechat: str
+    properties: dict[str, str]
+    tag: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    roles: list[Any] = msgspec.field(default_factory=list)
+    permissions: list[Any] = msgspec.field(default_factory=list)
+    groups: list[str] = msgspec.field(default_factory=list)
+
+
+class CasdoorOrganization(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """An organization in Casdoor's JSON shape (``get-account``'s ``data2``)."""
+
+    owner: str
+    name: str
+    created_time: str
+    display_name: str
+    default_avatar: str
+    password_type: str
+    website_url: str = ""
+    favicon: str = ""
+    country_codes: list[str] = msgspec.field(default_factory=list)
+
+
+class Account(msgspec.Struct, frozen=True, kw_only=True):
+    user: CasdoorUser
+    organization: CasdoorOrganization
+
+
+class UserList(msgspec.Struct, frozen=True, kw_only=True):
+    users: list[CasdoorUser]
+    #: Every matching user, whatever the page.
+    total: int
+
+
+class UserInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """OIDC userinfo claims; empty ones are left out, as Casdoor does."""
+
+    sub: str
+    iss: str
+    aud: str
+    preferred_username: str = ""
+    name: str = ""
+    picture: str = ""
+    email: str = ""
+    phone: str = ""
+
+
+class UpdateResult(msgspec.Struct, frozen=True, kw_only=True):
+    affected: bool
+
+
+class LogoutResult(msgspec.Struct, frozen=True, kw_only=True):
+    #: ``owner/name`` of the user logged out.
+    user: str
+    revoked: int

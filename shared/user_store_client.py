@@ -13,6 +13,13 @@ status of the matching ``MinidoorError``):
 - ``POST /internal/tokens/revoke`` ``TokenRequest`` -> ``{}`` (RFC 7009; same client errors, plus 400
   unauthorized_client for another application's token)
 - ``GET  /internal/keys/jwks`` -> ``JwkSet``; ``GET /internal/openid-configuration`` -> ``OpenIdConfiguration``
+- ``POST /internal/tokens/refresh`` ``RefreshRequest`` -> ``TokenResponse`` (400 invalid_grant for a dead, replayed or
+  foreign refresh token, 401 invalid_client for a wrong secret)
+- ``POST /internal/account/{get-account,userinfo,get-user,get-users}`` ``UserQuery`` -> ``Account``, ``UserInfo``,
+  ``CasdoorUser``, ``UserList``; ``POST /internal/account/update-user`` ``UserUpdate`` -> ``UpdateResult``;
+  ``POST /internal/account/logout`` ``LogoutRequest`` -> ``LogoutResult``. Each authenticates the ``Credentials`` it
+  carries: 401 without or with bad ones, 403 not allowed, 400 bad input, 404 unknown user, 409 a taken name, email
+  or phone.
 """
 
 from __future__ import annotations
@@ -26,14 +33,25 @@ import msgspec
 from shared.config import Secret
 from shared.errors import MinidoorError, Unavailable, error_from_wire
 from shared.messages import (
+    Account,
     ApplicationInfo,
+    CasdoorUser,
     ErrorBody,
     Introspection,
     JwkSet,
     LoginResult,
+    LogoutRequest,
+    LogoutResult,
     MiniProgramProvider,
     OpenIdConfiguration,
+    RefreshRequest,
     TokenRequest,
+    TokenResponse,
+    UpdateResult,
+    UserInfo,
+    UserList,
+    UserQuery,
+    UserUpdate,
     WechatLogin,
 )
 
@@ -47,6 +65,13 @@ _introspection_decoder = msgspec.json.Decoder(Introspection)
 _jwks_decoder = msgspec.json.Decoder(JwkSet)
 _discovery_decoder = msgspec.json.Decoder(OpenIdConfiguration)
 _any_decoder = msgspec.json.Decoder()
+_token_decoder = msgspec.json.Decoder(TokenResponse)
+_account_decoder = msgspec.json.Decoder(Account)
+_userinfo_decoder = msgspec.json.Decoder(UserInfo)
+_user_decoder = msgspec.json.Decoder(CasdoorUser)
+_users_decoder = msgspec.json.Decoder(UserList)
+_update_decoder = msgspec.json.Decoder(UpdateResult)
+_logout_decoder = msgspec.json.Decoder(LogoutResult)
 _encoder = msgspec.json.Encoder()
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -94,6 +119,33 @@ class UserStoreClient:
     async def get_openid_configuration(self, *, request_id: str = "") -> OpenIdConfiguration:
         path = "/internal/openid-configuration"
         return await self._call("GET", path, _discovery_decoder, request_id=request_id)
+
+    async def refresh(self, request: RefreshRequest, *, request_id: str = "") -> TokenResponse:
+        return await self._call("POST", "/internal/tokens/refresh", _token_decoder, body=request, request_id=request_id)
+
+    async def get_account(self, query: UserQuery, *, request_id: str = "") -> Account:
+        path = "/internal/account/get-account"
+        return await self._call("POST", path, _account_decoder, body=query, request_id=request_id)
+
+    async def userinfo(self, query: UserQuery, *, request_id: str = "") -> UserInfo:
+        path = "/internal/account/userinfo"
+        return await self._call("POST", path, _userinfo_decoder, body=query, request_id=request_id)
+
+    async def get_user(self, query: UserQuery, *, request_id: str = "") -> CasdoorUser:
+        path = "/internal/account/get-user"
+        return await self._call("POST", path, _user_decoder, body=query, request_id=request_id)
+
+    async def get_users(self, query: UserQuery, *, request_id: str = "") -> UserList:
+        path = "/internal/account/get-users"
+        return await self._call("POST", path, _users_decoder, body=query, request_id=request_id)
+
+    async def update_user(self, update: UserUpdate, *, request_id: str = "") -> UpdateResult:
+        path = "/internal/account/update-user"
+        return await self._call("POST", path, _update_decoder, body=update, request_id=request_id)
+
+    async def logout(self, request: LogoutRequest, *, request_id: str = "") -> LogoutResult:
+        path = "/internal/account/logout"
+        return await self._call("POST", path, _logout_decoder, body=request, request_id=request_id)
 
     async def _call(
         self,

@@ -1,0 +1,206 @@
+"""Internal endpoints behind the gateway's account API (``shared/user_store_client.py`` lists them).
+
+Each request carries the caller's credentials as the gateway received them; the caller is authenticated here, in
+the same request as the operation (``callers.authenticate``), so a revoked token or a forbidden user is refused at
+once, on every gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from shared.errors import PLEASE_LOGIN, BadRequest, Conflict, Unauthorized, UnsupportedMediaType
+from shared.messages import (
+    Account,
+    LogoutRequest,
+    LogoutResult,
+    RefreshRequest,
+    UpdateResult,
+    UserInfo,
+    UserList,
+    UserQuery,
+    UserUpdate,
+)
+from user_store import users
+from user_store.callers import (
+    Caller,
+    authenticate,
+    find_target,
+    forbid_listing,
+    is_admin,
+    require_user,
+    split_id,
+)
+from user_store.db import Conn, connection, transaction
+from user_store.keys import PG_POOL, REVOCATIONS, SIGNER
+from user_store.refresh import logout as logout_tokens
+from user_store.refresh import refresh_tokens
+from user_store.tokens import revoke_user_tokens
+from user_store.user_updates import parse_columns, plan_changes
+from user_store.users import Lookup
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_query_decoder = msgspec.json.Decoder(UserQuery)
+_update_decoder = msgspec.json.Decoder(UserUpdate)
+_logout_decoder = msgspec.json.Decoder(LogoutRequest)
+_refresh_decoder = msgspec.json.Decoder(RefreshRequest)
+#: A page of get-users is at most this long.
+MAX_PAGE_SIZE = 1000
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(body=_encoder.encode(value), content_type="application/json")
+
+
+async def _read(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("the body must be application/json")
+    try:
+        return decoder.decode(await request.read())
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+async def _caller(request: web.Request, conn: Conn, query: UserQuery | UserUpdate | LogoutRequest) -> Caller:
+    caller = await authenticate(conn, request.app[SIGNER], query.credentials)
+    structlog.contextvars.bind_contextvars(caller=caller.kind, client_id=caller.client_id)
+    return caller
+
+
+async def get_account(request: web.Request) -> web.Response:
+    """The caller's own user and organization."""
+    query = await _read(request, _query_decoder)
+    async with connection(request.app[PG_POOL]) as conn:
+        caller = await _caller(request, conn, query)
+        user = await users.user_by_id(conn, require_user(caller, "get-account"))
+        org = await users.organization(conn, user["organization"])
+    return _json(Account(user=users.casdoor_user(user), organization=users.casdoor_organization(org)))
+
+
+async def userinfo(request: web.Request) -> web.Response:
+    """OIDC claims of the caller: ``sub``, ``iss``, ``aud``, the profile claims, and ``email``/``phone`` when set."""
+    query = await _read(request, _query_decoder)
+    async with connection(request.app[PG_POOL]) as conn:
+        caller = await _caller(request, conn, query)
+        user = await users.user_by_id(conn, require_user(caller, "userinfo"))
+    assert caller.token is not None
+    profile = "profile" in caller.token.scope.split()
+    return _json(
+        UserInfo(
+            sub=str(user["id"]),
+            iss=caller.token.issuer,
+            aud=caller.token.client_id,
+            preferred_username=user["name"] if profile else "",
+            name=user["display_name"] if profile else "",
+            picture=user["avatar"] if profile else "",
+            email=user["email"],
+            phone=user["phone"],
+        )
+    )
+
+
+async def get_user(request: web.Request) -> web.Response:
+    """One user by ``owner/name``, or by ``owner`` plus ``userId``, ``email`` or ``phone``."""
+    query = await _read(request, _query_decoder)
+    async with connection(request.app[PG_POOL]) as conn:
+        caller = await _caller(request, conn, query)
+        owner, by, value = _lookup(query)
+        row, _admin = await find_target(conn, caller, owner, by, value, "read")
+    return _json(users.casdoor_user(row))
+
+
+def _lookup(query: UserQuery) -> tuple[str, Lookup, str]:
+    if query.id:
+        owner, name = split_id(query.id)
+        return owner, "name", name
+    lookups: list[tuple[Lookup, str]] = [("id", query.user_id), ("email", query.email), ("phone", query.phone)]
+    given = [(by, value) for by, value in lookups if value]
+    if not query.owner or len(given) != 1:
+        raise BadRequest("name the user: id=owner/name, or owner with one of userId, email or phone")
+    return query.owner, *given[0]
+
+
+async def get_users(request: web.Request) -> web.Response:
+    """The users of ``owner`` (default: the caller's organization), for its admins and its applications."""
+    query = await _read(request, _query_decoder)
+    async with connection(request.app[PG_POOL]) as conn:
+        caller = await _caller(request, conn, query)
+        if query.page < 0 or not 0 <= query.page_size <= MAX_PAGE_SIZE:
+            raise BadRequest(f"p must be 1 or more and pageSize 1 to {MAX_PAGE_SIZE}")
+        owner = query.owner or caller.organization
+        if not await is_admin(conn, caller, owner):
+            raise forbid_listing(caller, owner)
+        limit = query.page_size or None
+        offset = (max(query.page, 1) - 1) * query.page_size
+        rows, total = await users.list_users(conn, owner, limit=limit, offset=offset)
+    return _json(UserList(users=[users.casdoor_user(row) for row in rows], total=total))
+
+
+async def update_user(request: web.Request) -> web.Response:
+    """Casdoor's update-user, as a partial update: only the fields in ``columns``, else in the body, change."""
+    update = await _read(request, _update_decoder)
+    async with transaction(request.app[PG_POOL]) as conn:
+        caller = await _caller(request, conn, update)
+        columns = parse_columns(update.columns)
+        owner, by, value = _target(caller, update)
+        row, admin = await find_target(conn, caller, owner, by, value, "update", lock=True)
+        changes = plan_changes(dict(row), update.user, columns, admin=admin)
+        for field in ("name", "email", "phone"):
+            new = changes.values.get(field)
+            if new and await users.taken_by(conn, row, field, new):
+                raise Conflict(f"{field} {new!r} already exists in organization {owner!r}")
+        values = dict(changes.values)
+        if changes.password is not None:
+            values["password_hash"] = await users.hash_password(changes.password)
+        if values:
+            await users.write_user(conn, row["id"], values)
+        if values.get("is_forbidden") or values.get("is_deleted"):
+            # As Casdoor: a forbidden or deleted user's tokens die with the change.
+            await revoke_user_tokens(conn, request.app[REVOCATIONS], row["id"])
+    structlog.contextvars.bind_contextvars(user_id=str(row["id"]), changed=sorted(values))
+    return _json(UpdateResult(affected=bool(values)))
+
+
+def _target(caller: Caller, update: UserUpdate) -> tuple[str, Lookup, str]:
+    """``(owner, lookup, value)``: ``id``, else ``owner`` + ``userId``, else the body's owner and name, else the
+    caller itself."""
+    if update.id:
+        owner, name = split_id(update.id)
+        return owner, "name", name
+    if update.user_id:
+        return update.owner or caller.organization, "id", update.user_id
+    body_owner, body_name = update.user.get("owner"), update.user.get("name")
+    if isinstance(body_owner, str) and isinstance(body_name, str) and body_owner and body_name:
+        return body_owner, "name", body_name
+    if caller.is_user:
+        return caller.organization, "id", caller.user_id
+    raise BadRequest("name the user to update: ?id=owner/name, or owner and name in the body")
+
+
+async def logout(request: web.Request) -> web.Response:
+    """Revoke the login of ``id_token_hint`` and of the bearer token, whichever were given."""
+    req = await _read(request, _logout_decoder)
+    tokens = [token for token in (req.id_token_hint, req.credentials.access_token) if token]
+    if not tokens:
+        raise Unauthorized(
+            "logout needs the user's access token (Authorization: Bearer ...) or id_token_hint"
+            if req.credentials.client_id
+            else PLEASE_LOGIN
+        )
+    user, revoked = await logout_tokens(request.app[PG_POOL], request.app[REVOCATIONS], tokens)
+    return _json(LogoutResult(user=user, revoked=revoked))
+
+
+async def refresh(request: web.Request) -> web.Response:
+    req = await _read(request, _refresh_decoder)
+    structlog.contextvars.bind_contextvars(client_id=req.client_id)
+    response = await refresh_tokens(request.app[PG_POOL], request.app[SIGNER], request.app[REVOCATIONS], req)
+    return _json(response)

@@ -1,0 +1,147 @@
+"""The refresh_token grant, with rotation, and logout.
+
+Rotation: a refresh mints a new token pair in the same family (the login's chain) that keeps the login's WeChat
+``session_key`` and scope; the old row is revoked at once (its access token too, as Casdoor deletes it) and marked
+``replaced_by``. Each refresh token therefore works once. Presenting a replaced one again means two parties hold it
+(the client and a thief, or a client replaying after a crash): the whole family is revoked, and both must log in
+again (RFC 6819 §5.2.2.3, OAuth 2.0 Security BCP §4.14).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from shared.errors import BadRequest, InvalidGrant, InvalidToken, MinidoorError
+from shared.messages import RefreshRequest, TokenResponse
+from user_store import queries
+from user_store.db import Conn, Pool, transaction
+from user_store.revocations import Revocations
+from user_store.signing import Signer, Subject, token_hash
+from user_store.tokens import authenticate_client, find_token, revoke_family, revoke_token, verify_jwt
+
+log = structlog.get_logger()
+
+_ROW = """
+    SELECT t.id, t.family_id, t.user_id, t.application_id, t.scope, t.session_key, t.refresh_expires_at,
+           t.revoked_at, t.replaced_by, u.name AS user_name, u.display_name, u.avatar, u.is_forbidden, u.is_deleted,
+           a.client_id, a.expire_in_hours, a.refresh_expire_in_hours, o.name AS organization
+    FROM tokens t
+    JOIN users u ON u.id = t.user_id
+    JOIN applications a ON a.id = t.application_id
+    JOIN organizations o ON o.id = u.organization_id
+    WHERE t.refresh_hash = $1
+    FOR UPDATE OF t
+"""
+
+
+async def refresh_tokens(pool: Pool, signer: Signer, revocations: Revocations, req: RefreshRequest) -> TokenResponse:
+    """New tokens for a live refresh token of ``req.client_id``; ``InvalidGrant`` (400) for any other token,
+    ``Unauthorized`` (401) for a client secret that is sent and wrong."""
+    if not req.refresh_token:
+        raise BadRequest("refresh_token is missing")
+    verified = verify_jwt(signer, req.refresh_token)
+    if verified is None:
+        raise InvalidGrant("the refresh token is invalid or expired")
+    claims, _kid = verified
+    if claims.get("tokenType") != "refresh-token":
+        raise InvalidGrant("the token is not a refresh token")
+    replayed: str | None = None
+    response: TokenResponse | None = None
+    async with transaction(pool) as conn:
+        if req.client_secret:
+            await authenticate_client(conn, req.client_id, req.client_secret)
+        with queries.translate("token"):
+            row = await conn.fetchrow(_ROW, token_hash(req.refresh_token))
+        if row is None or claims["jti"] != str(row["id"]) or claims["sub"] != str(row["user_id"]):
+            raise InvalidGrant("the refresh token is invalid or revoked")
+        if row["client_id"] != req.client_id:
+            raise InvalidGrant("the refresh token was issued to another application (client_id)")
+        _check_scope(req.scope, row["scope"])
+        if row["revoked_at"] is not None:
+            if row["replaced_by"] is None:
+                raise InvalidGrant("the refresh token is revoked; log in again")
+            revoked = await revoke_family(conn, revocations, row["family_id"])
+            replayed = str(row["family_id"])
+            structlog.contextvars.bind_contextvars(refresh_replayed=True, revoked=len(revoked))
+        else:
+            if row["is_forbidden"] or row["is_deleted"]:
+                raise InvalidGrant("the user is forbidden to sign in")
+            if row["refresh_expires_at"] <= datetime.now(UTC):
+                raise InvalidGrant("the refresh token has expired; log in again")
+            response = await _rotate(conn, signer, revocations, row)
+    if response is None:
+        log.warning("refresh_token_replayed", family_id=replayed)
+        raise InvalidGrant("the refresh token was already used; every token of this login is revoked, log in again")
+    return response
+
+
+def _check_scope(requested: str, granted: str) -> None:
+    """RFC 6749 §6: a refresh never widens the scope (the new pair carries the login's)."""
+    extra = set(requested.split()) - set(granted.split())
+    if extra:
+        raise MinidoorError(
+            f"scope {' '.join(sorted(extra))!r} was not granted to this login", error="invalid_scope", status=400
+        )
+
+
+async def _rotate(conn: Conn, signer: Signer, revocations: Revocations, row: asyncpg.Record) -> TokenResponse:
+    await revoke_token(conn, revocations, row["id"])
+    token_id = uuid.uuid4()
+    subject = Subject(
+        user_id=str(row["user_id"]),
+        user_name=row["user_name"],
+        display_name=row["display_name"],
+        avatar=row["avatar"],
+        organization=row["organization"],
+        client_id=row["client_id"],
+        expire_in_hours=row["expire_in_hours"],
+        refresh_expire_in_hours=row["refresh_expire_in_hours"],
+    )
+    minted = signer.mint(subject, token_id=str(token_id), now=int(time.time()))
+    await queries.insert_token(
+        conn,
+        token_id=token_id,
+        family_id=row["family_id"],
+        application_id=row["application_id"],
+        user_id=row["user_id"],
+        access_hash=minted.access_hash,
+        refresh_hash=minted.refresh_hash,
+        scope=minted.response.scope,
+        session_key=row["session_key"],
+        expires_at=datetime.fromtimestamp(minted.expires_at, UTC),
+        refresh_expires_at=datetime.fromtimestamp(minted.refresh_expires_at, UTC),
+    )
+    with queries.translate("token"):
+        await conn.execute("UPDATE tokens SET replaced_by = $2 WHERE id = $1", row["id"], token_id)
+    structlog.contextvars.bind_contextvars(user_id=subject.user_id, family_id=str(row["family_id"]))
+    return minted.response
+
+
+async def logout(pool: Pool, revocations: Revocations, tokens: list[str]) -> tuple[str, int]:
+    """Revoke the login (the whole refresh family) of each token; returns ``owner/name`` and how many rows died.
+
+    A token is found by its sha256 among those we issued, so only the exact string we minted matches; one already
+    revoked or expired still does (logging out twice is fine). Anything else is ``InvalidToken``.
+    """
+    user, count = "", 0
+    async with transaction(pool) as conn:
+        for token in dict.fromkeys(tokens):
+            found = await find_token(conn, token)
+            if found is None:
+                raise InvalidToken("the token is not one minidoor issued; nothing to log out")
+            with queries.translate("token"):
+                user = await conn.fetchval(
+                    """
+                    SELECT o.name || '/' || u.name FROM tokens t JOIN users u ON u.id = t.user_id
+                    JOIN organizations o ON o.id = u.organization_id WHERE t.id = $1
+                    """,
+                    uuid.UUID(found.token_id),
+                )
+            count += len(await revoke_family(conn, revocations, found.family_id))
+    structlog.contextvars.bind_contextvars(revoked=count)
+    return user, count
