@@ -22,3 +22,8 @@ REPLIES = web.AppKey("replies", ReplyWaiter)
 USER_STORE = web.AppKey("user_store", UserStoreClient)
 #: Checks bearer access tokens locally; see ``shared.verifier``.
 VERIFIER = web.AppKey("verifier", Verifier)
+
+#: Per request: the request id bound by ``middleware.request_context``.
+REQUEST_ID = web.RequestKey("request_id", str)
+#: Per request on the token endpoint: which grant it was ("wechat_miniprogram" or "refresh_token"), for metrics.
+TOKEN_GRANT = web.RequestKey("token_grant", str)

@@ -83,7 +83,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     route = resource.canonical if resource is not None else "unmatched"
     metrics.requests.labels(route, str(resp.status)).inc()
     metrics.request_seconds.labels(route).observe(seconds)
-    if request.path == LOGIN_PATH:
+    if request.path == LOGIN_PATH and request.get(keys.TOKEN_GRANT) != "refresh_token":
         error = structlog.contextvars.get_contextvars().get("error", "server_error")
         metrics.logins.labels("token" if resp.status == 200 else str(error)).inc()
         metrics.login_seconds.observe(seconds)

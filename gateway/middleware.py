@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import account, envelope
+from gateway import account, envelope, keys
 from shared.errors import MinidoorError, NotFound
 from shared.messages import ErrorBody
 from shared.user_store_client import REQUEST_ID_HEADER
@@ -52,7 +52,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=request.path)
-    request["request_id"] = request_id
+    request[keys.REQUEST_ID] = request_id
     start = time.perf_counter()
     resp = await handler(request)
     resp.headers[REQUEST_ID_HEADER] = request_id

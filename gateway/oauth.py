@@ -42,26 +42,26 @@ def _token_request(params: Mapping[str, str]) -> TokenRequest:
 async def introspect(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/introspect`` (RFC 7662): ``{"active": false}`` with 200 for any token not live."""
     req = _token_request(await read_params(request))
-    result = await request.app[keys.USER_STORE].introspect(req, request_id=request["request_id"])
+    result = await request.app[keys.USER_STORE].introspect(req, request_id=request[keys.REQUEST_ID])
     return web.Response(body=_json.encode(result), content_type="application/json", headers=_NO_STORE)
 
 
 async def revoke(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/revoke`` (RFC 7009): 200 with an empty body, for unknown tokens too."""
     req = _token_request(await read_params(request))
-    await request.app[keys.USER_STORE].revoke(req, request_id=request["request_id"])
+    await request.app[keys.USER_STORE].revoke(req, request_id=request[keys.REQUEST_ID])
     return web.Response(status=200, headers=_NO_STORE)
 
 
 async def jwks(request: web.Request) -> web.Response:
     """``GET /.well-known/jwks``: every key that still verifies a live token."""
-    doc = await request.app[keys.USER_STORE].get_jwks(request_id=request["request_id"])
+    doc = await request.app[keys.USER_STORE].get_jwks(request_id=request[keys.REQUEST_ID])
     return _cacheable(request, _json.encode(doc), JWKS_MAX_AGE)
 
 
 async def openid_configuration(request: web.Request) -> web.Response:
     """``GET /.well-known/openid-configuration``; the issuer is the configured one, whatever the Host header."""
-    doc = await request.app[keys.USER_STORE].get_openid_configuration(request_id=request["request_id"])
+    doc = await request.app[keys.USER_STORE].get_openid_configuration(request_id=request[keys.REQUEST_ID])
     return _cacheable(request, _json.encode(doc), DISCOVERY_MAX_AGE)
 
 

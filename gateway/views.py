@@ -24,13 +24,16 @@ _json = msgspec.json.Encoder()
 async def access_token(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/access_token``: Casdoor's token endpoint, mini-program branch and refresh grant."""
     params = await read_params(request)
+    is_refresh = params.get("tag") != MINIPROGRAM_TAG and params.get("grant_type") == refresh.GRANT_TYPE
+    if is_refresh:
+        request[keys.TOKEN_GRANT] = refresh.GRANT_TYPE
     client_id = params.get("client_id", "")
     if not client_id:
         raise Unauthorized("client_id is missing")
-    app = await request.app[keys.APPLICATIONS].get(client_id, request_id=request["request_id"])
+    app = await request.app[keys.APPLICATIONS].get(client_id, request_id=request[keys.REQUEST_ID])
 
     tag = params.get("tag", "")
-    if tag != MINIPROGRAM_TAG and params.get("grant_type") == refresh.GRANT_TYPE:
+    if is_refresh:
         return await refresh.refresh_grant(request, params)
     if tag != MINIPROGRAM_TAG:
         if params.get("grant_type"):
@@ -50,7 +53,7 @@ async def access_token(request: web.Request) -> web.Response:
 
     config = request.app[keys.CONFIG]
     reply = await request.app[PUBLISHER].exchange(
-        request_id=request["request_id"],
+        request_id=request[keys.REQUEST_ID],
         client_id=client_id,
         code=code,
         username=params.get("username", ""),

@@ -109,8 +109,6 @@ async def _gateway(redis_url: str, key_prefix: str) -> AsyncIterator[TestClient[
 
 
 class TestMetricsEndpoints:
-    # gateway/middleware.py stores the request id under a string key, which aiohttp warns about in-process.
-    @pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
     async def test_gateway_metrics(self, gateway, redis_client, keys):
         """The gateway's /metrics has request and login counters and the stream's length and pending count."""
         await old_job(redis_client, keys, age=0.0)
@@ -118,13 +116,16 @@ class TestMetricsEndpoints:
         await redis_client.xreadgroup(keys.worker_group, "busy-worker", {keys.job_stream: ">"}, count=1)
         resp = await gateway.post("/api/login/oauth/access_token", data={"tag": "wechat_miniprogram"})
         assert resp.status == 401
+        # A refresh grant on the same endpoint is not a mini-program login.
+        resp = await gateway.post("/api/login/oauth/access_token", data={"grant_type": "refresh_token"})
+        assert resp.status == 401
         resp = await gateway.get("/metrics")
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = await resp.text()
         assert 'minidoor_gateway_logins_total{outcome="invalid_client"} 1.0' in text
-        assert 'minidoor_gateway_requests_total{route="/api/login/oauth/access_token",status="401"} 1.0' in text
         assert "minidoor_gateway_login_duration_seconds_count 1.0" in text
+        assert 'minidoor_gateway_requests_total{route="/api/login/oauth/access_token",status="401"} 2.0' in text
         assert "minidoor_stream_length 2.0" in text
         assert "minidoor_stream_pending 1.0" in text
 

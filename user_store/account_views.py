@@ -7,13 +7,11 @@ once, on every gateway.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
 import msgspec
 import structlog
 from aiohttp import web
 
-from shared.errors import PLEASE_LOGIN, BadRequest, Conflict, Unauthorized, UnsupportedMediaType
+from shared.errors import PLEASE_LOGIN, BadRequest, Conflict, Unauthorized
 from shared.messages import (
     Account,
     LogoutRequest,
@@ -36,6 +34,7 @@ from user_store.callers import (
     split_id,
 )
 from user_store.db import Conn, connection, transaction
+from user_store.http import json_response, read_json
 from user_store.keys import PG_POOL, REVOCATIONS, SIGNER
 from user_store.refresh import logout as logout_tokens
 from user_store.refresh import refresh_tokens
@@ -43,30 +42,12 @@ from user_store.tokens import revoke_user_tokens
 from user_store.user_updates import parse_columns, plan_changes
 from user_store.users import Lookup
 
-T = TypeVar("T")
-
-_encoder = msgspec.json.Encoder()
 _query_decoder = msgspec.json.Decoder(UserQuery)
 _update_decoder = msgspec.json.Decoder(UserUpdate)
 _logout_decoder = msgspec.json.Decoder(LogoutRequest)
 _refresh_decoder = msgspec.json.Decoder(RefreshRequest)
 #: A page of get-users is at most this long.
 MAX_PAGE_SIZE = 1000
-
-
-def _json(value: Any) -> web.Response:
-    return web.Response(body=_encoder.encode(value), content_type="application/json")
-
-
-async def _read(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("the body must be application/json")
-    try:
-        return decoder.decode(await request.read())
-    except msgspec.ValidationError as exc:
-        raise BadRequest(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
 
 
 async def _caller(request: web.Request, conn: Conn, query: UserQuery | UserUpdate | LogoutRequest) -> Caller:
@@ -77,23 +58,23 @@ async def _caller(request: web.Request, conn: Conn, query: UserQuery | UserUpdat
 
 async def get_account(request: web.Request) -> web.Response:
     """The caller's own user and organization."""
-    query = await _read(request, _query_decoder)
+    query = await read_json(request, _query_decoder)
     async with connection(request.app[PG_POOL]) as conn:
         caller = await _caller(request, conn, query)
         user = await users.user_by_id(conn, require_user(caller, "get-account"))
         org = await users.organization(conn, user["organization"])
-    return _json(Account(user=users.casdoor_user(user), organization=users.casdoor_organization(org)))
+    return json_response(Account(user=users.casdoor_user(user), organization=users.casdoor_organization(org)))
 
 
 async def userinfo(request: web.Request) -> web.Response:
     """OIDC claims of the caller: ``sub``, ``iss``, ``aud``, the profile claims, and ``email``/``phone`` when set."""
-    query = await _read(request, _query_decoder)
+    query = await read_json(request, _query_decoder)
     async with connection(request.app[PG_POOL]) as conn:
         caller = await _caller(request, conn, query)
         user = await users.user_by_id(conn, require_user(caller, "userinfo"))
     assert caller.token is not None
     profile = "profile" in caller.token.scope.split()
-    return _json(
+    return json_response(
         UserInfo(
             sub=str(user["id"]),
             iss=caller.token.issuer,
@@ -109,12 +90,12 @@ async def userinfo(request: web.Request) -> web.Response:
 
 async def get_user(request: web.Request) -> web.Response:
     """One user by ``owner/name``, or by ``owner`` plus ``userId``, ``email`` or ``phone``."""
-    query = await _read(request, _query_decoder)
+    query = await read_json(request, _query_decoder)
     async with connection(request.app[PG_POOL]) as conn:
         caller = await _caller(request, conn, query)
         owner, by, value = _lookup(query)
         row, _admin = await find_target(conn, caller, owner, by, value, "read")
-    return _json(users.casdoor_user(row))
+    return json_response(users.casdoor_user(row))
 
 
 def _lookup(query: UserQuery) -> tuple[str, Lookup, str]:
@@ -130,7 +111,7 @@ def _lookup(query: UserQuery) -> tuple[str, Lookup, str]:
 
 async def get_users(request: web.Request) -> web.Response:
     """The users of ``owner`` (default: the caller's organization), for its admins and its applications."""
-    query = await _read(request, _query_decoder)
+    query = await read_json(request, _query_decoder)
     async with connection(request.app[PG_POOL]) as conn:
         caller = await _caller(request, conn, query)
         if query.page < 0 or not 0 <= query.page_size <= MAX_PAGE_SIZE:
@@ -141,12 +122,12 @@ async def get_users(request: web.Request) -> web.Response:
         limit = query.page_size or None
         offset = (max(query.page, 1) - 1) * query.page_size
         rows, total = await users.list_users(conn, owner, limit=limit, offset=offset)
-    return _json(UserList(users=[users.casdoor_user(row) for row in rows], total=total))
+    return json_response(UserList(users=[users.casdoor_user(row) for row in rows], total=total))
 
 
 async def update_user(request: web.Request) -> web.Response:
     """Casdoor's update-user, as a partial update: only the fields in ``columns``, else in the body, change."""
-    update = await _read(request, _update_decoder)
+    update = await read_json(request, _update_decoder)
     async with transaction(request.app[PG_POOL]) as conn:
         caller = await _caller(request, conn, update)
         columns = parse_columns(update.columns)
@@ -166,7 +147,7 @@ async def update_user(request: web.Request) -> web.Response:
             # As Casdoor: a forbidden or deleted user's tokens die with the change.
             await revoke_user_tokens(conn, request.app[REVOCATIONS], row["id"])
     structlog.contextvars.bind_contextvars(user_id=str(row["id"]), changed=sorted(values))
-    return _json(UpdateResult(affected=bool(values)))
+    return json_response(UpdateResult(affected=bool(values)))
 
 
 def _target(caller: Caller, update: UserUpdate) -> tuple[str, Lookup, str]:
@@ -187,7 +168,7 @@ def _target(caller: Caller, update: UserUpdate) -> tuple[str, Lookup, str]:
 
 async def logout(request: web.Request) -> web.Response:
     """Revoke the login of ``id_token_hint`` and of the bearer token, whichever were given."""
-    req = await _read(request, _logout_decoder)
+    req = await read_json(request, _logout_decoder)
     tokens = [token for token in (req.id_token_hint, req.credentials.access_token) if token]
     if not tokens:
         raise Unauthorized(
@@ -196,11 +177,11 @@ async def logout(request: web.Request) -> web.Response:
             else PLEASE_LOGIN
         )
     user, revoked = await logout_tokens(request.app[PG_POOL], request.app[REVOCATIONS], tokens)
-    return _json(LogoutResult(user=user, revoked=revoked))
+    return json_response(LogoutResult(user=user, revoked=revoked))
 
 
 async def refresh(request: web.Request) -> web.Response:
-    req = await _read(request, _refresh_decoder)
+    req = await read_json(request, _refresh_decoder)
     structlog.contextvars.bind_contextvars(client_id=req.client_id)
     response = await refresh_tokens(request.app[PG_POOL], request.app[SIGNER], request.app[REVOCATIONS], req)
-    return _json(response)
+    return json_response(response)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import time
 import uuid
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -18,6 +16,7 @@ from shared.messages import LoginResult, WechatLogin
 from user_store import queries
 from user_store.db import Conn, Pool, transaction
 from user_store.signing import Signer, Subject
+from user_store.tokens import issue_tokens
 
 #: Casdoor's rule for a user name taken from the ``username`` parameter; Chinese nicknames fail it.
 USERNAME_RE = re.compile(r"^[a-zA-Z0-9]+([-._][a-zA-Z0-9]+)*$")
@@ -79,7 +78,6 @@ async def login_wechat(pool: Pool, signer: Signer, login: WechatLogin) -> LoginR
         if user["is_forbidden"] or user["is_deleted"]:
             raise InvalidGrant("the user is forbidden to sign in")
 
-        token_id = uuid.uuid4()
         subject = Subject(
             user_id=str(user["id"]),
             user_name=user["name"],
@@ -90,19 +88,14 @@ async def login_wechat(pool: Pool, signer: Signer, login: WechatLogin) -> LoginR
             expire_in_hours=app["expire_in_hours"],
             refresh_expire_in_hours=app["refresh_expire_in_hours"],
         )
-        minted = signer.mint(subject, token_id=str(token_id), now=int(time.time()))
-        await queries.insert_token(
+        minted = await issue_tokens(
             conn,
-            token_id=token_id,
-            family_id=uuid.uuid4(),
+            signer,
+            subject,
             application_id=app["id"],
             user_id=user["id"],
-            access_hash=minted.access_hash,
-            refresh_hash=minted.refresh_hash,
-            scope=minted.response.scope,
+            family_id=uuid.uuid4(),
             session_key=login.session_key,
-            expires_at=datetime.fromtimestamp(minted.expires_at, UTC),
-            refresh_expires_at=datetime.fromtimestamp(minted.refresh_expires_at, UTC),
         )
     # Carried by the request's canonical log line rather than a line of its own.
     structlog.contextvars.bind_contextvars(user_id=subject.user_id, created=created)

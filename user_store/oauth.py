@@ -3,15 +3,14 @@ RFC 7662 introspection, RFC 7009 revocation, the JWKS and the OpenID discovery d
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
 import msgspec
 import structlog
 from aiohttp import web
 
-from shared.errors import BadRequest, UnsupportedMediaType
+from shared.errors import BadRequest
 from shared.messages import Introspection, OpenIdConfiguration, TokenRequest
 from user_store.db import connection, transaction
+from user_store.http import json_response, read_json
 from user_store.keys import CONFIG, PG_POOL, REVOCATIONS, SIGNER
 from user_store.signing import ALGORITHM, SCOPE
 from user_store.tokens import (
@@ -24,9 +23,6 @@ from user_store.tokens import (
     revoke_token,
 )
 
-T = TypeVar("T")
-
-_encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(TokenRequest)
 INACTIVE = Introspection(active=False)
 _CLIENT_AUTH = ["client_secret_basic", "client_secret_post"]
@@ -34,21 +30,6 @@ _CLAIMS = (
     "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "scope", "tokenType", "owner", "name", "displayName",
     "avatar",
 )  # fmt: skip
-
-
-def _json(value: Any) -> web.Response:
-    return web.Response(body=_encoder.encode(value), content_type="application/json")
-
-
-async def _read(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("the body must be application/json")
-    try:
-        return decoder.decode(await request.read())
-    except msgspec.ValidationError as exc:
-        raise BadRequest(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
 
 
 def introspection(info: TokenInfo) -> Introspection:
@@ -71,7 +52,7 @@ def introspection(info: TokenInfo) -> Introspection:
 
 async def introspect(request: web.Request) -> web.Response:
     """Active only for a live token issued to the calling application, of the kind ``token_type_hint`` names."""
-    req = await _read(request, _request_decoder)
+    req = await read_json(request, _request_decoder)
     structlog.contextvars.bind_contextvars(client_id=req.client_id)
     async with connection(request.app[PG_POOL]) as conn:
         caller = await authenticate_client(conn, req.client_id, req.client_secret)
@@ -79,12 +60,12 @@ async def introspect(request: web.Request) -> web.Response:
             conn, request.app[SIGNER], req.token, kind_from_hint(req.token_type_hint), client_id=caller["client_id"]
         )
     structlog.contextvars.bind_contextvars(active=info is not None)
-    return _json(INACTIVE if info is None else introspection(info))
+    return json_response(INACTIVE if info is None else introspection(info))
 
 
 async def revoke(request: web.Request) -> web.Response:
     """RFC 7009: 200 for unknown or dead tokens too. A refresh token takes its whole family with it."""
-    req = await _read(request, _request_decoder)
+    req = await read_json(request, _request_decoder)
     structlog.contextvars.bind_contextvars(client_id=req.client_id)
     if not req.token:
         raise BadRequest("token is missing")
@@ -100,11 +81,11 @@ async def revoke(request: web.Request) -> web.Response:
             else:
                 revoked = await revoke_token(conn, revocations, found.token_id)
             structlog.contextvars.bind_contextvars(revoked=len(revoked))
-    return _json({})
+    return json_response({})
 
 
 async def jwks(request: web.Request) -> web.Response:
-    return _json(request.app[SIGNER].jwk_set())
+    return json_response(request.app[SIGNER].jwk_set())
 
 
 def openid_configuration(issuer: str) -> OpenIdConfiguration:
@@ -130,4 +111,4 @@ def openid_configuration(issuer: str) -> OpenIdConfiguration:
 
 
 async def discovery(request: web.Request) -> web.Response:
-    return _json(openid_configuration(request.app[CONFIG].issuer))
+    return json_response(openid_configuration(request.app[CONFIG].issuer))

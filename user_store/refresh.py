@@ -9,7 +9,6 @@ again (RFC 6819 §5.2.2.3, OAuth 2.0 Security BCP §4.14).
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -22,7 +21,14 @@ from user_store import queries
 from user_store.db import Conn, Pool, transaction
 from user_store.revocations import Revocations
 from user_store.signing import Signer, Subject, token_hash
-from user_store.tokens import authenticate_client, find_token, revoke_family, revoke_token, verify_jwt
+from user_store.tokens import (
+    authenticate_client,
+    find_token,
+    issue_tokens,
+    revoke_family,
+    revoke_token,
+    verify_jwt,
+)
 
 log = structlog.get_logger()
 
@@ -91,7 +97,6 @@ def _check_scope(requested: str, granted: str) -> None:
 
 async def _rotate(conn: Conn, signer: Signer, revocations: Revocations, row: asyncpg.Record) -> TokenResponse:
     await revoke_token(conn, revocations, row["id"])
-    token_id = uuid.uuid4()
     subject = Subject(
         user_id=str(row["user_id"]),
         user_name=row["user_name"],
@@ -102,20 +107,17 @@ async def _rotate(conn: Conn, signer: Signer, revocations: Revocations, row: asy
         expire_in_hours=row["expire_in_hours"],
         refresh_expire_in_hours=row["refresh_expire_in_hours"],
     )
-    minted = signer.mint(subject, token_id=str(token_id), now=int(time.time()))
-    await queries.insert_token(
+    # The new pair stays in the login's family and keeps its session_key (Casdoor loses it on refresh).
+    minted = await issue_tokens(
         conn,
-        token_id=token_id,
-        family_id=row["family_id"],
+        signer,
+        subject,
         application_id=row["application_id"],
         user_id=row["user_id"],
-        access_hash=minted.access_hash,
-        refresh_hash=minted.refresh_hash,
-        scope=minted.response.scope,
+        family_id=row["family_id"],
         session_key=row["session_key"],
-        expires_at=datetime.fromtimestamp(minted.expires_at, UTC),
-        refresh_expires_at=datetime.fromtimestamp(minted.refresh_expires_at, UTC),
     )
+    token_id = uuid.UUID(minted.token_id)
     with queries.translate("token"):
         await conn.execute("UPDATE tokens SET replaced_by = $2 WHERE id = $1", row["id"], token_id)
     structlog.contextvars.bind_contextvars(user_id=subject.user_id, family_id=str(row["family_id"]))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,10 +37,11 @@ import asyncpg
 from shared import jwtcheck
 from shared.errors import BadRequest, InvalidToken, Unauthorized
 from shared.messages import RevokedToken
+from user_store import queries
 from user_store.db import Conn
 from user_store.queries import translate
 from user_store.revocations import Revocations
-from user_store.signing import ALGORITHM, Signer, token_hash
+from user_store.signing import ALGORITHM, MintedTokens, Signer, Subject, token_hash
 
 TokenKind = Literal["access", "refresh"]
 
@@ -236,3 +238,32 @@ async def revoke_family(conn: Conn, revocations: Revocations, family_id: uuid.UU
 async def revoke_user_tokens(conn: Conn, revocations: Revocations, user_id: uuid.UUID | str) -> list[RevokedToken]:
     """Revoke every token of a user and broadcast them."""
     return await _revoke(conn, revocations, "user_id", user_id)
+
+
+async def issue_tokens(
+    conn: Conn,
+    signer: Signer,
+    subject: Subject,
+    *,
+    application_id: uuid.UUID,
+    user_id: uuid.UUID,
+    family_id: uuid.UUID,
+    session_key: str,
+) -> MintedTokens:
+    """Mint an access/refresh pair for ``subject`` and store its row (hashes only) in ``family_id``."""
+    token_id = uuid.uuid4()
+    minted = signer.mint(subject, token_id=str(token_id), now=int(time.time()))
+    await queries.insert_token(
+        conn,
+        token_id=token_id,
+        family_id=family_id,
+        application_id=application_id,
+        user_id=user_id,
+        access_hash=minted.access_hash,
+        refresh_hash=minted.refresh_hash,
+        scope=minted.response.scope,
+        session_key=session_key,
+        expires_at=datetime.fromtimestamp(minted.expires_at, UTC),
+        refresh_expires_at=datetime.fromtimestamp(minted.refresh_expires_at, UTC),
+    )
+    return minted

@@ -3,50 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
 
 import msgspec
 import structlog
 from aiohttp import web
 
-from shared.errors import BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType
+from shared.errors import Unauthorized, Unavailable
 from shared.messages import ApplicationInfo, MiniProgramProvider, WechatLogin
 from user_store import queries
 from user_store.db import transaction
-from user_store.keys import CONFIG, PG_POOL, SIGNER
+from user_store.http import json_response, read_json
+from user_store.keys import PG_POOL, SIGNER
 from user_store.logins import login_wechat
 
-T = TypeVar("T")
-
-_encoder = msgspec.json.Encoder()
 _login_decoder = msgspec.json.Decoder(WechatLogin)
 _READY_TIMEOUT = 1.0
 
 
-def _json(value: Any) -> web.Response:
-    return web.Response(body=_encoder.encode(value), content_type="application/json")
-
-
-async def _read_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
-    limit = request.app[CONFIG].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the body exceeds {limit} bytes")
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("the body must be application/json")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the body exceeds {limit} bytes") from None
-    try:
-        return decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-
-
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -56,7 +31,7 @@ async def readyz(request: web.Request) -> web.Response:
             await conn.fetchval("SELECT 1")
     except Exception as exc:  # whatever stops SELECT 1 (timeout, lost server, closing pool) means "not ready"
         raise Unavailable(f"the database is not ready ({type(exc).__name__})", retry_after=1) from None
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def get_application(request: web.Request) -> web.Response:
@@ -66,7 +41,7 @@ async def get_application(request: web.Request) -> web.Response:
         row = await queries.application_info(conn, client_id)
     if row is None:
         raise Unauthorized("client_id is invalid")
-    return _json(
+    return json_response(
         ApplicationInfo(
             client_id=row["client_id"],
             name=row["name"],
@@ -86,7 +61,7 @@ async def get_miniprogram_provider(request: web.Request) -> web.Response:
         raise Unauthorized("client_id is invalid")
     if row["provider"] is None:
         raise Unauthorized("the application does not support wechat mini program")
-    return _json(
+    return json_response(
         MiniProgramProvider(
             client_id=row["client_id"], provider=row["provider"], appid=row["appid"], secret=row["app_secret"]
         )
@@ -94,7 +69,7 @@ async def get_miniprogram_provider(request: web.Request) -> web.Response:
 
 
 async def post_wechat_login(request: web.Request) -> web.Response:
-    login = await _read_body(request, _login_decoder)
+    login = await read_json(request, _login_decoder)
     structlog.contextvars.bind_contextvars(client_id=login.client_id)
     result = await login_wechat(request.app[PG_POOL], request.app[SIGNER], login)
-    return _json(result)
+    return json_response(result)
