@@ -74,7 +74,7 @@ class JobHandler:
         """Never raises for a failed login: every outcome is an answer the client can act on."""
         try:
             provider = await _retry_unavailable(job, lambda: self._provider(job))
-            key = self._keys.code_exchange(provider.appid, job.code)
+            key = self._keys.code_exchange(provider.appid, job.client_id, job.code)
             answer = await self._settle(job, published_ms, provider, key)
         except MinidoorError as exc:
             answer = Answer(_failed(job, exc), "none")

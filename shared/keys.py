@@ -24,8 +24,9 @@ class Keys:
     def worker_heartbeat(self, worker_name: str) -> str:
         return f"{self.prefix}:worker:{worker_name}:alive"
 
-    def code_exchange(self, appid: str, code: str) -> str:
+    def code_exchange(self, appid: str, client_id: str, code: str) -> str:
         """The exactly-once record of one wx.login() code (``auth_worker/exchange.py``); the code itself is hashed,
-        so no usable code ever appears in a key name."""
+        so no usable code ever appears in a key name. The client is part of the key: one application's answer
+        must never reach another that shares the WeChat appid."""
         digest = hashlib.sha256(code.encode()).hexdigest()
-        return f"{self.prefix}:exchange:{appid}:{digest}"
+        return f"{self.prefix}:exchange:{appid}:{client_id}:{digest}"

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+import structlog.tracebacks
 
 _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -27,7 +28,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", service: str = "")
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
     )
-    exc_processor: list[structlog.types.Processor] = [structlog.processors.dict_tracebacks] if as_json else []
+    # Tracebacks without local variables: locals hold secrets (internal token, WeChat secret, session_key).
+    no_locals = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    exc_processor: list[structlog.types.Processor] = (
+        [structlog.processors.ExceptionRenderer(no_locals)] if as_json else []
+    )
     numeric_level = logging.getLevelName(level.upper())
 
     structlog.configure(

@@ -175,7 +175,7 @@ class Verifier:
         JWKS could ever be fetched."""
         parsed = jwtcheck.parse(token)
         alg, kid = parsed.alg, parsed.kid
-        if alg not in self._algorithms:
+        if not isinstance(alg, str) or alg not in self._algorithms:
             raise InvalidToken(f"the token's algorithm {alg!r} is not accepted")
         if not isinstance(kid, str):
             raise InvalidToken("the token names no signing key (kid)")

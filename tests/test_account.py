@@ -324,6 +324,8 @@ class TestGetUsers:
             body = await api(session, stack, "GET", "/api/get-user", params=app_params(stack, **params))
             assert body["data"]["id"] == user["id"], params
         await api(session, stack, "GET", "/api/get-user", status=400, params=app_params(stack, owner="demo"))
+        # A NUL byte cannot be stored or compared by PostgreSQL: a clear 400, not a 500.
+        await api(session, stack, "GET", "/api/get-user", status=400, params=app_params(stack, id="demo/a\x00b"))
 
     async def test_get_user_permissions(self, session, stack):
         """Unknown user 404 for the application; a user reads itself, not others (403); another org's app 403."""

@@ -75,14 +75,38 @@ class TestRefresh:
         await api(session, stack, "GET", "/api/get-account", status=401, token=first["access_token"])
         await account(session, stack, second["access_token"])
 
-    async def test_replay_revokes_the_family(self, session, stack):
+    async def test_replay_revokes_the_family(self, session, stack, db):
         """A refresh token used twice: invalid_grant, and every token of that login (the newest too) is revoked."""
         first = await login(session, stack)
         second = await refresh(session, stack, first["refresh_token"])
+        # Past the few seconds in which a second use counts as a concurrent refresh of the same client.
+        await db.execute(
+            "UPDATE tokens SET revoked_at = now() - interval '1 minute' WHERE id = $1::uuid",
+            claims_of(first["access_token"])["jti"],
+        )
         replay = await refresh(session, stack, first["refresh_token"], status=400)
         assert replay["error"] == "invalid_grant" and "already used" in replay["error_description"]
         await api(session, stack, "GET", "/api/get-account", status=401, token=second["access_token"])
         assert (await refresh(session, stack, second["refresh_token"], status=400))["error"] == "invalid_grant"
+
+    async def test_concurrent_refreshes_keep_the_winner(self, session, stack):
+        """Two refreshes of one token at once: one gets the new pair, the other invalid_grant, and the pair the
+        winner got stays live (a double refresh is not treated as a stolen token)."""
+        first = await login(session, stack)
+        base = {
+            "grant_type": "refresh_token",
+            "client_id": stack.demo["clientId"],
+            "refresh_token": first["refresh_token"],
+        }
+
+        async def attempt() -> tuple[int, Any]:
+            async with session.post(stack.gateway + REFRESH_PATH, data=base) as resp:
+                return resp.status, await resp.json()
+
+        results = sorted(await asyncio.gather(attempt(), attempt()), key=lambda r: r[0])
+        assert [status for status, _ in results] == [200, 400], results
+        assert "just used" in results[1][1]["error_description"]
+        await account(session, stack, results[0][1]["access_token"])
 
     async def test_client_checks(self, session, stack):
         """Another application's client_id: invalid_grant; a client secret, when sent, must be right (401)."""

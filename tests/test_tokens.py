@@ -215,6 +215,29 @@ class TestRevocation:
             assert len(await revoke_user_tokens(tx, client.app[REVOCATIONS], other["user_id"])) == 1
         assert await inspect(client, other["access_token"]) is None
 
+    async def test_family_revocation_sees_a_concurrent_refresh(self, client, conn, shop):
+        """A logout racing a refresh also revokes the row the refresh adds to the family, once it commits."""
+        first, second = await login(client, shop, "o-race"), await login(client, shop, "o-race")
+        old, new = claims_of(first["access_token"])["jti"], claims_of(second["access_token"])["jti"]
+        family = uuid.uuid4()
+        await conn.execute("UPDATE tokens SET family_id = $1 WHERE id = $2", family, uuid.UUID(old))
+        # Like a refresh: lock and revoke the old row, then move the new row into the family, not yet committed.
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("UPDATE tokens SET revoked_at = now() WHERE id = $1", uuid.UUID(old))
+        await conn.execute("UPDATE tokens SET family_id = $1 WHERE id = $2", family, uuid.UUID(new))
+
+        async def logout() -> list[Any]:
+            async with transaction(client.app[PG_POOL]) as other:
+                return await revoke_family(other, client.app[REVOCATIONS], family)
+
+        task = asyncio.create_task(logout())
+        await asyncio.sleep(0.3)  # the revocation now waits on the old row's lock
+        await tx.commit()
+        revoked = await task
+        assert [r.jti for r in revoked] == [new]
+        assert await inspect(client, second["access_token"]) is None
+
     async def test_redis_down_rolls_the_revocation_back(self, client, conn, shop):
         """When the broadcast fails the caller gets Unavailable and the row stays live, so a retry can succeed."""
         tokens = await login(client, shop)

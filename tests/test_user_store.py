@@ -234,9 +234,11 @@ class TestFirstLogin:
         assert body["error"] == "invalid_request"
         assert await count(conn, "users") == 0
 
-    @pytest.mark.parametrize("fields", [{"openid": ""}, {"openid": "o" * 129}, {"username": "u" * 256}])
+    @pytest.mark.parametrize(
+        "fields", [{"openid": ""}, {"openid": "o" * 129}, {"username": "u" * 256}, {"username": "a\x00b"}]
+    )
     async def test_invalid_identity_fields(self, client, conn, shop, fields):
-        """An empty or oversized openid and an oversized username are 400 invalid_request."""
+        """An empty or oversized openid and an oversized or unprintable username are 400 invalid_request."""
         body = await login(client, shop, status=400, **fields)
         assert body["error"] == "invalid_request"
         assert await count(conn, "users") == 0

@@ -143,6 +143,17 @@ class TestChecks:
                 with pytest.raises(InvalidToken, match="malformed"):
                     await verifier.verify(garbage)
 
+    async def test_non_string_alg_is_refused(self, keys):
+        """A header whose alg is a list or an object is an invalid token, not a server error."""
+        import base64
+        import json
+
+        async with make_verifier(keys) as verifier:
+            for alg in (["RS256"], {"x": 1}, None, 256):
+                header = base64.urlsafe_b64encode(json.dumps({"alg": alg, "kid": "k1"}).encode()).rstrip(b"=")
+                with pytest.raises(InvalidToken):
+                    await verifier.verify(header.decode() + ".e30.c2ln")
+
     async def test_audience_none_accepts_any_application(self, keys):
         """Built without an audience (as the gateway is), tokens of every application verify."""
         async with make_verifier(keys, audience=None) as verifier:

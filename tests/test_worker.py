@@ -131,7 +131,7 @@ class Harness:
         return (await self.replies())[job.job_id]
 
     def record_key(self, code: str) -> str:
-        return self.keys.code_exchange(APPID, code)
+        return self.keys.code_exchange(APPID, self.client_id, code)
 
     @contextlib.asynccontextmanager
     async def serving(self, **overrides: Any) -> AsyncIterator[JobPublisher]:
@@ -208,6 +208,27 @@ class TestExactlyOnce:
         assert token_of(replies[first.job_id]) == token_of(replies[second.job_id])
         assert await harness.presented(code) == 1
         assert sample(worker, "minidoor_worker_code_exchanges_total", path="shared") == 1
+
+    async def test_answer_never_reaches_another_application(self, harness, pg_url):
+        """Two applications sharing one WeChat appid: a code sent with both never gives the second the first's
+        token; WeChat's single use decides, and the second is refused with invalid_grant."""
+        conn = await asyncpg.connect(pg_url)
+        try:
+            other = await admin.create_application(conn, "acme", "other-shop")
+            await admin.attach_miniprogram_provider(conn, "other-shop", APPID, SECRET)
+        finally:
+            await conn.close()
+        code = await harness.wx_login("o-two-apps")
+        first = await harness.publish(code)
+        harness.client_id, mine = other.client_id, harness.client_id
+        try:
+            second = await harness.publish(code)
+        finally:
+            harness.client_id = mine
+        await harness.run()
+        replies = await harness.replies()
+        token_of(replies[first.job_id])
+        assert error_of(replies[second.job_id]) == (400, "invalid_grant")
 
     async def test_replay_after_delivery_is_invalid_grant(self, harness):
         """A code sent again after its answer reached the client is 400 invalid_grant, and never reaches WeChat."""

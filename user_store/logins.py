@@ -39,6 +39,8 @@ def validate_login(login: WechatLogin) -> None:
         raise BadRequest(f"session_key must be at most {MAX_ID} characters")
     if len(login.username) > MAX_NAME:
         raise BadRequest(f"username must be at most {MAX_NAME} characters")
+    if not all(ch.isprintable() for ch in login.username):
+        raise BadRequest("username must be printable text")
     if login.avatar and not _is_http_url(login.avatar):
         raise BadRequest(f"avatar must be an http(s) URL of at most {MAX_AVATAR} characters")
 

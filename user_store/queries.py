@@ -19,13 +19,17 @@ _USER = "u.id, u.name, u.display_name, u.avatar, u.is_forbidden, u.is_deleted"
 
 @contextmanager
 def translate(what: str) -> Iterator[None]:
-    """Turn a duplicate into ``Conflict`` naming ``what``, a lost database into ``Unavailable``."""
+    """Turn a duplicate into ``Conflict`` naming ``what``, unstorable input into ``BadRequest``, a lost database into
+    ``Unavailable``."""
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
         raise Conflict(f"{what} already exists") from exc
     except asyncpg.CheckViolationError as exc:
         raise BadRequest(f"invalid {what} ({exc.constraint_name})") from exc
+    except asyncpg.DataError as exc:
+        # e.g. a NUL byte, which PostgreSQL text cannot hold: the caller's input, not our failure.
+        raise BadRequest(f"invalid {what}: {exc.__class__.__name__}") from exc
     except CONNECTION_ERRORS as exc:
         raise Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1) from exc
 

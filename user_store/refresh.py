@@ -10,7 +10,7 @@ again (RFC 6819 §5.2.2.3, OAuth 2.0 Security BCP §4.14).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
@@ -31,6 +31,9 @@ from user_store.tokens import (
 )
 
 log = structlog.get_logger()
+
+#: A reuse this soon after the rotation is a concurrent refresh by the same client, not a replay.
+_CONCURRENT_REFRESH_GRACE = timedelta(seconds=5)
 
 _ROW = """
     SELECT t.id, t.family_id, t.user_id, t.application_id, t.scope, t.session_key, t.refresh_expires_at,
@@ -71,6 +74,9 @@ async def refresh_tokens(pool: Pool, signer: Signer, revocations: Revocations, r
         if row["revoked_at"] is not None:
             if row["replaced_by"] is None:
                 raise InvalidGrant("the refresh token is revoked; log in again")
+            if datetime.now(UTC) - row["revoked_at"] < _CONCURRENT_REFRESH_GRACE:
+                # Two pages of one mini program refreshing at once, not a thief: the winner's pair stays live.
+                raise InvalidGrant("the refresh token was just used by another request; use the tokens it received")
             revoked = await revoke_family(conn, revocations, row["family_id"])
             replayed = str(row["family_id"])
             structlog.contextvars.bind_contextvars(refresh_replayed=True, revoked=len(revoked))

@@ -218,8 +218,13 @@ _REVOKE = """
 
 
 async def _revoke(conn: Conn, revocations: Revocations, column: str, value: uuid.UUID | str) -> list[RevokedToken]:
+    query = _REVOKE.format(column=column)
     with translate("token"):
-        rows = await conn.fetch(_REVOKE.format(column=column), value)
+        rows = list(await conn.fetch(query, value))
+        # Under READ COMMITTED that UPDATE may have waited on a concurrent refresh's row lock without seeing the row
+        # the refresh added to the family: later statements take fresh snapshots, so repeat until nothing is left.
+        while batch := await conn.fetch(query, value):
+            rows.extend(batch)
     revoked = [RevokedToken(jti=str(row["id"]), exp=int(row["last_expiry"].timestamp())) for row in rows]
     await revocations.announce(revoked)
     return revoked
