@@ -56,7 +56,7 @@ class TestEmbeddedRun:
         children = stack.descendants()
         assert len(children) >= 4  # sandbox, user store, a worker, the gateway (plus redis-server)
         assert stack.stop() == 0
-        gone, alive = psutil.wait_procs(children, timeout=5)
+        gone, alive = psutil.wait_procs(children, timeout=15)
         assert not alive, [p.pid for p in alive]
 
         stack.start()
