@@ -8,6 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
@@ -120,3 +121,18 @@ def _stack_fixture(name: str, **env: str):
 stack = _stack_fixture("stack")
 #: No auth worker at all, and a short deadline: what a client sees when nothing consumes the queue.
 stack_without_workers = _stack_fixture("stack_without_workers", AUTH_WORKERS="0", LOGIN_TIMEOUT="1.5")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client, as a mini program or a backend would use one."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def db(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the module's running stack's database, for assertions on what was written."""
+    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
+    yield conn
+    await conn.close()

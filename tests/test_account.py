@@ -8,26 +8,11 @@ import json
 import secrets
 from typing import Any
 
-import aiohttp
-import asyncpg
 import pytest
 
 from tests.account_helpers import account, api, app_params, bearer, other_org_app, update
 from tests.oauth_helpers import basic, claims_of, kid_of, stack_login, unsigned_token
 from user_store.users import verify_password
-
-
-@pytest.fixture
-async def session() -> Any:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def db(stack) -> Any:
-    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-    yield conn
-    await conn.close()
 
 
 async def new_user(session, stack, **extra: str) -> dict[str, Any]:

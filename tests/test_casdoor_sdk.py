@@ -37,12 +37,6 @@ def sdk_python() -> Path:
     return SDK_PYTHON
 
 
-@pytest.fixture
-async def session() -> Any:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def sdk(python: Path, stack: Stack, ops: list[list[Any]], **config: str) -> list[dict[str, Any]]:
     """Run ``ops`` through one CasdoorSDK configured for the demo application (``config`` overrides)."""
     settings = {

@@ -11,7 +11,6 @@ import urllib.request
 from typing import Any
 
 import aiohttp
-import asyncpg
 import jwt
 import pytest
 
@@ -21,19 +20,6 @@ from tests.stack import Stack
 INTROSPECTION_FIELDS = {
     "active", "scope", "client_id", "username", "token_type", "exp", "iat", "nbf", "sub", "aud", "iss", "jti",
 }  # fmt: skip
-
-
-@pytest.fixture
-async def session() -> Any:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def db(stack: Stack) -> Any:
-    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture(scope="module")

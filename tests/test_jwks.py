@@ -9,18 +9,11 @@ from typing import Any
 
 import aiohttp
 import jwt
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from tests.oauth_helpers import kid_of, stack_login
-
-
-@pytest.fixture
-async def session() -> Any:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[dict[str, Any], Any]:

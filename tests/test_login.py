@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import aiohttp
-import asyncpg
 import jwt
 import pytest
 
@@ -51,19 +50,6 @@ def claims(token: str) -> dict[str, Any]:
 async def fault(session: aiohttp.ClientSession, stack: Stack, **spec: Any) -> None:
     async with session.post(stack.sandbox + "/sandbox/faults", json=spec) as resp:
         assert resp.status == 200, await resp.text()
-
-
-@pytest.fixture
-async def session() -> Any:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def db(stack: Stack) -> Any:
-    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-    yield conn
-    await conn.close()
 
 
 class TestLogin:

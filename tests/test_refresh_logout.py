@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from tests.account_helpers import account, api, bearer
@@ -18,19 +17,6 @@ from tests.stack import ROOT, free_port
 
 REFRESH_PATH = "/api/login/oauth/refresh_token"
 TOKEN_PATH = "/api/login/oauth/access_token"
-
-
-@pytest.fixture
-async def session() -> Any:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def db(stack) -> Any:
-    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
-    yield conn
-    await conn.close()
 
 
 async def login(session, stack) -> dict[str, Any]:
