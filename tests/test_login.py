@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 
+from tests.oauth_helpers import claims_of, stack_login
 from tests.stack import Stack
 
 
@@ -36,17 +36,6 @@ async def post_token(
         return body, resp
 
 
-async def login(session: aiohttp.ClientSession, stack: Stack, openid: str, **form: str) -> dict[str, Any]:
-    code = await wx_login(session, stack, openid)
-    data = {"tag": "wechat_miniprogram", "client_id": stack.demo["clientId"], "code": code, **form}
-    body, _ = await post_token(session, stack, data=data)
-    return body
-
-
-def claims(token: str) -> dict[str, Any]:
-    return dict(jwt.decode(token, options={"verify_signature": False}))
-
-
 async def fault(session: aiohttp.ClientSession, stack: Stack, **spec: Any) -> None:
     async with session.post(stack.sandbox + "/sandbox/faults", json=spec) as resp:
         assert resp.status == 200, await resp.text()
@@ -55,32 +44,32 @@ async def fault(session: aiohttp.ClientSession, stack: Stack, **spec: Any) -> No
 class TestLogin:
     async def test_new_user_gets_casdoor_token_response(self, session, stack, db):
         """A first login creates the user and answers Casdoor's snake_case token wrapper, without session_key."""
-        body = await login(session, stack, "o-new-user")
+        body = await stack_login(session, stack, "o-new-user")
         assert set(body) == {"access_token", "id_token", "refresh_token", "token_type", "expires_in", "scope"}
         assert body["token_type"] == "Bearer"
         assert body["expires_in"] == 168 * 3600
         assert body["id_token"] == body["access_token"]
-        access = claims(body["access_token"])
+        access = claims_of(body["access_token"])
         assert access["aud"] == [stack.demo["clientId"]]
         assert access["iss"] == stack.gateway
         assert access["tokenType"] == "access-token"
-        assert claims(body["refresh_token"])["tokenType"] == "refresh-token"
+        assert claims_of(body["refresh_token"])["tokenType"] == "refresh-token"
         assert "session_key" not in str(body)
         row = await db.fetchrow("SELECT name FROM users WHERE id = $1", access["sub"])
         assert row["name"] == "wechat-o-new-user"
 
     async def test_returning_user_keeps_its_id(self, session, stack):
         """A second login of the same openid answers the same ``sub``."""
-        first = claims((await login(session, stack, "o-returning"))["access_token"])
-        second = claims((await login(session, stack, "o-returning"))["access_token"])
+        first = claims_of((await stack_login(session, stack, "o-returning"))["access_token"])
+        second = claims_of((await stack_login(session, stack, "o-returning"))["access_token"])
         assert first["sub"] == second["sub"]
         assert first["jti"] != second["jti"]
 
     async def test_profile_updates_on_login(self, session, stack, db):
         """``username`` and ``avatar`` name a new user and update a returning one's displayName and avatar."""
-        first = claims((await login(session, stack, "o-profile", username="alice"))["access_token"])
+        first = claims_of((await stack_login(session, stack, "o-profile", username="alice"))["access_token"])
         assert first["name"] == "alice"
-        await login(session, stack, "o-profile", username="Alice 张", avatar="https://img.example/a.png")
+        await stack_login(session, stack, "o-profile", username="Alice 张", avatar="https://img.example/a.png")
         row = await db.fetchrow("SELECT name, display_name, avatar FROM users WHERE id = $1", first["sub"])
         assert (row["name"], row["display_name"], row["avatar"]) == ("alice", "Alice 张", "https://img.example/a.png")
 
@@ -104,8 +93,8 @@ class TestLogin:
 
     async def test_fifty_concurrent_first_logins_make_one_user(self, session, stack, db):
         """50 simultaneous first logins of one openid all succeed and create exactly one user."""
-        bodies = await asyncio.gather(*(login(session, stack, "o-stampede") for _ in range(50)))
-        subs = {claims(b["access_token"])["sub"] for b in bodies}
+        bodies = await asyncio.gather(*(stack_login(session, stack, "o-stampede") for _ in range(50)))
+        subs = {claims_of(b["access_token"])["sub"] for b in bodies}
         assert len(subs) == 1
         count = await db.fetchval("SELECT count(*) FROM wechat_identities WHERE openid = 'o-stampede'")
         users = await db.fetchval("SELECT count(*) FROM users WHERE name = 'wechat-o-stampede'")
