@@ -5,16 +5,12 @@ from __future__ import annotations
 import sys
 
 from auth_worker.worker import Worker
-from shared.config import ConfigError, WorkerConfig, load_config
+from shared.config import WorkerConfig, load_config_or_exit
 from shared.logs import configure_logging
 
 
 def main() -> int:
-    try:
-        config = load_config(WorkerConfig)
-    except ConfigError as exc:
-        print(f"auth_worker: {exc.description}", file=sys.stderr)
-        return 2
+    config = load_config_or_exit(WorkerConfig, "auth_worker")
     configure_logging(config.log_level, config.log_format, service="auth-worker")
     return Worker(config).run()
 

@@ -7,17 +7,13 @@ import sys
 from aiohttp import web
 
 from gateway.app import create_app
-from shared.config import ConfigError, GatewayConfig, load_config
+from shared.config import GatewayConfig, load_config_or_exit
 from shared.logs import configure_logging
 from shared.runtime import new_event_loop
 
 
 def main() -> int:
-    try:
-        config = load_config(GatewayConfig)
-    except ConfigError as exc:
-        print(f"gateway: {exc.description}", file=sys.stderr)
-        return 2
+    config = load_config_or_exit(GatewayConfig, "gateway")
     configure_logging(config.log_level, config.log_format, service="gateway")
     web.run_app(
         create_app(config),

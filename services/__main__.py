@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from services import admin
-from shared.config import ConfigError, RunnerConfig, load_config
+from shared.config import RunnerConfig, load_config_or_exit
 from shared.logs import configure_logging
 
 
@@ -19,11 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "admin":
         return admin.run(args)
-    try:
-        config = load_config(RunnerConfig)
-    except ConfigError as exc:
-        print(f"minidoor: {exc.description}", file=sys.stderr)
-        return 2
+    config = load_config_or_exit(RunnerConfig, "minidoor")
     configure_logging(config.log_level, config.log_format, service="runner")
     from services.runner import Runner  # imports the user store's code; not needed for --help
 

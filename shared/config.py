@@ -7,6 +7,7 @@ against their constraints, so a bad value stops the process at start with the va
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
@@ -164,3 +165,12 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     #: How long each process may take to become ready.
     start_timeout: Seconds = 60.0
     shutdown_grace: Seconds = 10.0
+
+
+def load_config_or_exit(config_type: type[C], prog: str) -> C:
+    """``load_config`` for a process's ``__main__``: a bad environment is one line on stderr and exit code 2."""
+    try:
+        return load_config(config_type)
+    except ConfigError as exc:
+        print(f"{prog}: {exc.description}", file=sys.stderr)
+        raise SystemExit(2) from None

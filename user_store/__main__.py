@@ -6,18 +6,14 @@ import sys
 
 from aiohttp import web
 
-from shared.config import ConfigError, UserStoreConfig, load_config
+from shared.config import ConfigError, UserStoreConfig, load_config_or_exit
 from shared.logs import configure_logging
 from shared.runtime import new_event_loop
 from user_store.app import create_app
 
 
 def main() -> None:
-    try:
-        config = load_config(UserStoreConfig)
-    except ConfigError as exc:
-        print(exc.description, file=sys.stderr)
-        sys.exit(2)
+    config = load_config_or_exit(UserStoreConfig, "user-store")
     configure_logging(config.log_level, config.log_format, service="user-store")
     try:
         web.run_app(
