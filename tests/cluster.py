@@ -76,7 +76,12 @@ class Proc:
         """SIGTERM, and the exit code once it has exited."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, timeout)
+        try:
+            return await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait, 10)
+            raise AssertionError(f"{self.name} still ran {timeout:.0f}s after SIGTERM:\n{self.log_tail()}") from None
 
     async def kill(self) -> None:
         assert self.process is not None

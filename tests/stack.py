@@ -17,6 +17,8 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+#: What the runner prints once the whole stack answers (services/demo.py print_banner).
+READY_BANNER = "minidoor is ready in"
 # Variables of the developer's shell that would steer the stack away from what a test asked for.
 _STACK_VARS = ("DATABASE_URL", "REDIS_URL", "WECHAT_API_BASE", "STATE_DIR", "KEY_PREFIX", "INTERNAL_TOKEN")
 
@@ -63,6 +65,7 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         demo_file = self.state_dir / "demo.json"
         started = time.time()
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "services", "run"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -71,8 +74,14 @@ class Stack:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the stack exited with {self.process.returncode}:\n{self.log_tail()}")
-            # demo.json is rewritten on every start, after the seed; a restart must not rely on the old one.
-            if demo_file.exists() and demo_file.stat().st_mtime >= started - 1 and _ready(self.gateway + "/readyz"):
+            # demo.json is rewritten on every start, after the seed; a restart must not rely on the old one. The
+            # banner comes last, once every service answered: until then a user of `make run` has not been told to go.
+            if (
+                demo_file.exists()
+                and demo_file.stat().st_mtime >= started - 1
+                and READY_BANNER in self._log_since(log_start)
+                and _ready(self.gateway + "/readyz")
+            ):
                 self.demo = json.loads(demo_file.read_text())
                 return self
             if time.monotonic() > deadline:
@@ -97,6 +106,14 @@ class Stack:
             self.process.kill()
             self.process.wait()
             raise RuntimeError(f"the stack did not stop within {timeout:.0f}s:\n{self.log_tail()}") from None
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, chars: int = 6000) -> str:
         try:
