@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -18,12 +20,32 @@ from tests.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def open_tmp() -> Iterator[Callable[[str], Path]]:
+    """New directories other local users can traverse, removed after the session.
+
+    For embedded PostgreSQL: run as root, pgserver starts postgres as its own user, which must reach the data
+    directory. pytest's own temporary tree is private, and every pytest run that starts resets its root to 0700,
+    so a second run on the machine would lock out the first one's postgres.
+    """
+    base = Path(tempfile.mkdtemp(prefix="minidoor-tests-"))
+    base.chmod(0o755)
+
+    def make(name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+        path.chmod(0o755)
+        return path
+
+    yield make
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(open_tmp: Callable[[str], Path]) -> Iterator[str]:
     """URL of a PostgreSQL server tests may create databases on."""
     if url := os.environ.get("DATABASE_URL"):
         yield url
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    server = EmbeddedPostgres(open_tmp("pg") / "data")
     yield server.server_url
     server.stop()
 

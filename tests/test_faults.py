@@ -9,7 +9,8 @@ One cluster of separate processes (``tests/cluster.py``) serves the whole module
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module", name="cluster")
-def _cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path_factory.mktemp("chaos"), workers=3, gateways=2)
+def _cluster(open_tmp: Callable[[str], Path]) -> Iterator[Cluster]:
+    cluster = Cluster(open_tmp("chaos"), workers=3, gateways=2)
     try:
         yield cluster.start()
     finally:

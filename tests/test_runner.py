@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,9 @@ def _sub(token: str) -> str:
 
 
 @pytest.fixture
-def embedded_stack(tmp_path: Path) -> Iterator[Stack]:
+def embedded_stack(open_tmp: Callable[[str], Path]) -> Iterator[Stack]:
     """A stack given no DATABASE_URL/REDIS_URL/WECHAT_API_BASE: everything embedded under its state dir."""
-    stack = Stack(tmp_path / "state", {"AUTH_WORKERS": "1"})
+    stack = Stack(open_tmp("runner") / "state", {"AUTH_WORKERS": "1"})
     yield stack
     if stack.process is not None and stack.process.poll() is None:  # a failed test leaves nothing running
         stack.stop()
