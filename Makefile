@@ -50,7 +50,7 @@ chaos: install  ## only the fault tests (also part of `make test`); prints their
 	$(PY) -m pytest tests/test_faults.py -s $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: install  ## introspections/s over HTTP and local verifications/s per core, each beside its baseline (~1 min)
+bench: install  ## introspections/s, verifications/s, logins/s and CPU-ms per login, each beside a baseline (~1 min)
 	$(PY) -m services.bench $(BENCH_ARGS)
 
 .PHONY: testcov

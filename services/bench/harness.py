@@ -20,6 +20,10 @@ class Result:
     baseline_name: str
     baseline_rate: float
     unit: str = "/s"
+    #: A breakdown of ``rate`` (name, amount in ``unit``), printed under the row.
+    parts: tuple[tuple[str, float], ...] = ()
+    #: What a reader must know to trust the row (a shortened window, what was not counted).
+    note: str = ""
 
     @property
     def ratio(self) -> float:

@@ -44,6 +44,13 @@ class BenchStack:
         self.demo: dict[str, Any] = {}
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int:
+        """The runner's process id; the services and embedded Redis are its children."""
+        if self._process is None:
+            raise RuntimeError("the benchmark stack is not started")
+        return self._process.pid
+
     def start(self) -> BenchStack:
         log = (self.state_dir / "stack.log").open("ab")
         self._process = subprocess.Popen(

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
+from services.bench.baseline import baseline_server
 from services.bench.harness import BenchContext, Result, cpu_rate, http_rate
-from services.bench.stack import BenchStack, free_port
+from services.bench.stack import BenchStack
 from shared.verifier import Verifier, http_jwks
 
 Request = Callable[[aiohttp.ClientSession], Awaitable[None]]
@@ -40,8 +36,8 @@ async def introspection_over_http(ctx: BenchContext) -> list[Result]:
         return post
 
     rate = await http_rate(poster(stack.gateway + "/api/login/oauth/introspect"), ctx)
-    with _baseline_server() as url:
-        baseline = await http_rate(poster(url), ctx)
+    with baseline_server() as server:
+        baseline = await http_rate(poster(server.url + "/introspect"), ctx)
     return [Result("introspection over HTTP", rate, "trivial aiohttp endpoint", baseline)]
 
 
@@ -83,23 +79,3 @@ async def _login(stack: BenchStack) -> str:
             if resp.status != 200:
                 raise RuntimeError(f"the benchmark login failed: {body}")
     return str(body["access_token"])
-
-
-@contextmanager
-def _baseline_server() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "services.bench.baseline", str(port)])
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the baseline server did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/introspect"
-    finally:
-        process.terminate()
-        process.wait(10)
