@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any, cast
 
@@ -34,7 +35,7 @@ from auth_worker.wechat import WechatClient
 from shared.config import WorkerConfig
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, LoginSucceeded, job_decoder
-from shared.runtime import new_event_loop
+from shared.runtime import new_event_loop, pending_tasks
 from shared.user_store_client import UserStoreClient
 
 log = structlog.get_logger()
@@ -43,6 +44,8 @@ _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 _HEARTBEAT_EVERY = 5.0
 _REPLY_STREAM_MAX_LEN = 10_000
 _REPLY_STREAM_TTL_MS = 10 * 60 * 1000
+#: Beyond the grace period, what closing connections may take (a Redis call is bounded by its 10 s socket timeout).
+_SHUTDOWN_SLACK = 15.0
 
 
 class Worker:
@@ -79,13 +82,22 @@ class Worker:
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(sig, self._stop_with_watchdog, loop)
+        started = time.monotonic()
         try:
             loop.run_until_complete(self.async_run())
         finally:
             loop.run_until_complete(self.close())
             loop.close()
+        log.info("worker_stopped", jobs_done=self.jobs_done, uptime_s=round(time.monotonic() - started, 1))
         return 0
+
+    def _stop_with_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``stop()``, and should the shutdown still run long after its grace period, a log line naming every
+        unfinished task and where it waits, then exit 1: a stuck stop must explain itself, not hang a rollout."""
+        if not self._stopping.is_set():
+            loop.call_later(self.config.shutdown_grace + _SHUTDOWN_SLACK, _shutdown_overran)
+        self.stop()
 
     def stop(self) -> None:
         """Stop taking jobs; ``async_run`` returns once in-flight jobs finish (or the grace period ends)."""
@@ -359,3 +371,9 @@ class Worker:
             except (aioredis.RedisError, OSError):
                 pass  # the consumer loop reports Redis trouble
             await asyncio.sleep(self.config.claim_idle / 3)
+
+
+def _shutdown_overran() -> None:
+    log.error("worker_shutdown_overran", tasks=pending_tasks())
+    sys.stdout.flush()
+    os._exit(1)

@@ -12,3 +12,19 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # pragma: no cover - platforms without a uvloop wheel
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+def pending_tasks() -> list[str]:
+    """Every unfinished task of the running loop and the chain of awaits it is suspended in, innermost last:
+    for a log line when a shutdown does not finish."""
+    described = []
+    for task in asyncio.all_tasks():
+        chain: list[str] = []
+        awaited: object = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_qualname} ({frame.f_code.co_filename}:{frame.f_lineno})")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        described.append(f"{task.get_name()}: " + " > ".join(chain or ["?"]))
+    return described
