@@ -44,6 +44,8 @@ _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 _HEARTBEAT_EVERY = 5.0
 _REPLY_STREAM_MAX_LEN = 10_000
 _REPLY_STREAM_TTL_MS = 10 * 60 * 1000
+#: The longest a stream read blocks waiting for new jobs.
+_READ_BLOCK_MAX_S = 1.0
 #: Beyond the grace period, what closing connections may take (a Redis call is bounded by its 10 s socket timeout).
 _SHUTDOWN_SLACK = 15.0
 
@@ -111,7 +113,7 @@ class Worker:
         housekeeping = asyncio.create_task(self._housekeeping())
         log.info("worker_started", worker=self.name, stream=self.keys.job_stream, burst=burst)
         try:
-            await self._consume(burst)
+            await self._consume_until_stopped(burst)
             await self._drain()
         finally:
             housekeeping.cancel()
@@ -119,6 +121,27 @@ class Worker:
                 await housekeeping
             except asyncio.CancelledError:
                 pass
+
+    async def _consume_until_stopped(self, burst: bool) -> None:
+        """The consumer loop, cut short if a stop finds it stuck in a Redis call (an unanswering server holds a call
+        for its socket timeouts): entries read but not yet started stay pending, and another worker claims them."""
+        consume = asyncio.create_task(self._consume(burst))
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({consume, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not consume.done():
+                # A turn of the loop takes at most one blocking read when Redis answers.
+                await asyncio.wait({consume}, timeout=_READ_BLOCK_MAX_S + 1)
+        finally:
+            stopping.cancel()
+            if not consume.done():
+                log.warning("worker_read_cut_short")
+                consume.cancel()
+            try:
+                await consume
+            except asyncio.CancelledError:
+                if not consume.cancelled():
+                    raise  # async_run itself was cancelled
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -132,8 +155,9 @@ class Worker:
             self._session = None
         if self._redis is not None:
             try:
-                await self._redis.delete(self.keys.worker_heartbeat(self.name))
-            except (aioredis.RedisError, OSError):
+                # Best effort, and short: the key expires by itself.
+                await asyncio.wait_for(self._redis.delete(self.keys.worker_heartbeat(self.name)), 2)
+            except (aioredis.RedisError, OSError, TimeoutError):
                 pass
             if self._owns_redis:
                 await self._redis.aclose()
@@ -195,7 +219,7 @@ class Worker:
                     self.name,
                     {self.keys.job_stream: ">"},
                     count=min(self._free_slots(), 100),
-                    block=50 if burst else min(1000, self._claim_idle_ms // 2),
+                    block=50 if burst else min(int(_READ_BLOCK_MAX_S * 1000), self._claim_idle_ms // 2),
                 )
                 self.last_read = time.monotonic()
                 backoff = 0.1

@@ -454,3 +454,40 @@ class TestStatusPort:
             worker.stop()
             await asyncio.wait_for(run, 10)
             await worker.close()
+
+
+class TestShutdown:
+    async def test_stop_does_not_wait_on_an_unanswering_redis(self):
+        """A Redis that accepts connections and never answers (a partition without resets) holds each call for its
+        socket timeouts; SIGTERM still ends the worker within seconds, not after them."""
+        held: list[asyncio.StreamWriter] = []
+
+        async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        config = WorkerConfig(
+            internal_token=TOKEN,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            user_store_url="http://127.0.0.1:9",
+            wechat_api_base="http://127.0.0.1:9",
+            shutdown_grace=0.5,
+        )
+        worker = Worker(config)
+        run = asyncio.create_task(worker.async_run())
+        try:
+            await asyncio.sleep(0.5)
+            assert held, "the worker never connected"
+            started = time.monotonic()
+            worker.stop()
+            await asyncio.wait_for(run, 5)
+            await asyncio.wait_for(worker.close(), 5)
+            assert time.monotonic() - started < 6
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            await asyncio.wait_for(worker.close(), 5)  # a no-op after a clean close
+            for writer in held:
+                writer.close()
+            server.close()
