@@ -9,11 +9,16 @@ A wx.login() code works once and lives 5 minutes, so the one jscode2session answ
     reply                   the final answer (a token or a final error), written once; the session goes then
     delivered               Redis time (ms) a gateway first handed the final answer to its client
 
+Once delivered, the answer moves out of the record to ``Keys.delivered_answer(record)``, which expires when no job
+published before the delivery can still be waiting (the gateway's login timeout, plus a margin): the record keeps
+refusing replays for its whole TTL without holding a live token that long.
+
 What a job finds when it claims the record (one Lua script, so every decision is atomic):
 
 - nothing, or a released record, or an owner whose client gave up: it becomes the owner.
 - the final answer: it answers the same (a double tap gets the token the first tap got), unless the job was
-  published (its stream id's time) at or after ``delivered``: a replay, answered 400 invalid_grant.
+  published (its stream id's time) at or after ``delivered``: a replay, answered 400 invalid_grant. A job published
+  before the delivery that finds the moved answer expired is answered invalid_grant too (it outlived any deadline).
 - another live owner: it waits for that owner's answer (or for the record to be released) until its deadline.
 
 Crash windows, for a worker that dies (SIGKILL) while owning a job; the job is then claimed by another worker
@@ -43,15 +48,22 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from shared.keys import Keys
 from shared.messages import STREAM_FIELD, Reply, WechatSession, encoder, reply_decoder, session_decoder
 
 #: How long a record lives: more than a code's 5 minutes, so a replay never reaches WeChat.
 RECORD_TTL_MS = 10 * 60 * 1000
 
+# KEYS: the record, its delivered answer.
 _CLAIM = """
 local f = redis.call('HMGET', KEYS[1], 'owner', 'owner_deadline', 'reply', 'delivered', 'session', 'calling')
 if f[4] and tonumber(ARGV[2]) >= tonumber(f[4]) then return {'replayed'} end
 if f[3] then return {'answer', f[3]} end
+if f[4] then
+    local kept = redis.call('GET', KEYS[2])
+    if kept then return {'answer', kept} end
+    return {'replayed'}
+end
 if f[1] and f[1] ~= ARGV[1] and f[2] and tonumber(f[2]) > tonumber(ARGV[3]) then return {'wait'} end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'owner_deadline', ARGV[4])
 if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
@@ -66,8 +78,10 @@ return 1
 """
 
 # The first answer wins; every later writer gets it back. With a final answer the session_key is not needed any more.
+# KEYS: the record, its delivered answer.
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return redis.call('GET', KEYS[2]) end
 redis.call('HSETNX', KEYS[1], 'reply', ARGV[1])
 redis.call('HDEL', KEYS[1], 'session')
 return redis.call('HGET', KEYS[1], 'reply')
@@ -130,7 +144,10 @@ class ExchangeRecords:
 
     async def claim(self, key: str, *, job_id: str, published_ms: int, now: float, deadline: float) -> Claim:
         """Decide what the job does with its code (see the module docstring)."""
-        raw = await self._claim(keys=[key], args=[job_id, published_ms, repr(now), repr(deadline), RECORD_TTL_MS])
+        raw = await self._claim(
+            keys=[key, Keys.delivered_answer(key)],
+            args=[job_id, published_ms, repr(now), repr(deadline), RECORD_TTL_MS],
+        )
         state = State(raw[0].decode())
         if state is State.ANSWER:
             return Claim(state=state, reply=reply_decoder.decode(raw[1]))
@@ -148,7 +165,7 @@ class ExchangeRecords:
 
     async def finish(self, key: str, reply: Reply) -> Reply:
         """Store ``reply`` as the final answer unless one exists; return the one that stands."""
-        stored = await self._finish(keys=[key], args=[encoder.encode(reply)])
+        stored = await self._finish(keys=[key, Keys.delivered_answer(key)], args=[encoder.encode(reply)])
         return reply if stored is None else reply_decoder.decode(stored)
 
     async def release(self, key: str, job_id: str) -> None:

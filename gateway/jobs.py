@@ -61,13 +61,20 @@ end
 return {'ok', redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[5])}
 """
 
-# KEYS[1] exchange record: the first hand-over of its final answer, in Redis time (ms), like stream ids.
+# KEYS[1] exchange record, KEYS[2] its delivered answer; ARGV[1] how long (ms) jobs published before now may wait.
+# The first hand-over of its final answer, in Redis time (ms) like stream ids; the answer moves out of the record
+# for just that long (auth_worker/exchange.py).
 _MARK_DELIVERED = """
-if redis.call('HEXISTS', KEYS[1], 'reply') == 0 or redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return 0 end
+local reply = redis.call('HGET', KEYS[1], 'reply')
+if not reply or redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return 0 end
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'delivered', t[1] .. string.format('%03d', math.floor(t[2] / 1000)))
+redis.call('SET', KEYS[2], reply, 'PX', ARGV[1])
+redis.call('HDEL', KEYS[1], 'reply')
 return 1
 """
+#: Beyond the login timeout, how long a delivered answer stays for jobs published before the delivery.
+_DELIVERED_ANSWER_MARGIN = 5.0
 #: Marking is best effort: a login that got its answer is not failed because Redis went away a moment later.
 _MARK_TIMEOUT = 0.5
 
@@ -116,13 +123,13 @@ class JobPublisher:
         finally:
             self._replies.forget(job.job_id)
         if reply.record:
-            await self._delivered(reply.record)
+            await self._delivered(reply.record, keep=timeout + _DELIVERED_ANSWER_MARGIN)
         return reply
 
-    async def _delivered(self, record: str) -> None:
+    async def _delivered(self, record: str, *, keep: float) -> None:
         try:
             async with asyncio.timeout(_MARK_TIMEOUT):
-                await self._mark_delivered(keys=[record])
+                await self._mark_delivered(keys=[record, Keys.delivered_answer(record)], args=[int(keep * 1000)])
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
             # Unmarked, a replay of this code within the record's TTL gets this same answer, never a new token.
             log.warning("delivery_unmarked", error=f"{type(exc).__name__}: {exc}")

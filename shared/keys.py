@@ -30,3 +30,9 @@ class Keys:
         must never reach another that shares the WeChat appid."""
         digest = hashlib.sha256(code.encode()).hexdigest()
         return f"{self.prefix}:exchange:{appid}:{client_id}:{digest}"
+
+    @staticmethod
+    def delivered_answer(record: str) -> str:
+        """Where a record's final answer moves once delivered, kept only while jobs published before the delivery
+        may still wait for it (``auth_worker/exchange.py``): a token does not sit in Redis for the record's TTL."""
+        return f"{record}:delivered-answer"

@@ -247,14 +247,40 @@ class TestExactlyOnce:
         assert await harness.presented(code) == 1
 
     async def test_record_after_a_login(self, harness):
-        """Once answered, the code's record holds the answer and when it was delivered, no session_key, and expires."""
+        """Once delivered, the code's record holds when, no session_key and no token, and expires; the answer is
+        kept aside only for the login timeout (5 s here) plus a margin."""
         code = await harness.wx_login("o-record")
         async with harness.serving() as gateway:
-            token_of(await harness.login(gateway, code))
-        record = await harness.redis.hgetall(harness.record_key(code))
-        assert b"delivered" in record and b"reply" in record and b"calling" in record
-        assert b"session" not in record
-        assert 0 < await harness.redis.pttl(harness.record_key(code)) <= 10 * 60 * 1000
+            token = token_of(await harness.login(gateway, code))
+        key = harness.record_key(code)
+        record = await harness.redis.hgetall(key)
+        assert b"delivered" in record and b"calling" in record
+        assert b"session" not in record and b"reply" not in record
+        assert token.encode() not in b"".join(record.values())
+        assert 0 < await harness.redis.pttl(key) <= 10 * 60 * 1000
+        assert token.encode() in await harness.redis.get(Keys.delivered_answer(key))
+        assert 0 < await harness.redis.pttl(Keys.delivered_answer(key)) <= 10_000
+
+    async def test_delivered_answer_serves_jobs_published_before_delivery(self, harness):
+        """A double tap whose job is taken only after the first tap's answer was delivered still gets that token
+        while the kept answer lives; once it has expired (no such job can still wait), it gets invalid_grant."""
+        for keep, expected in ((5.0, "token"), (0.1, "invalid_grant")):
+            code = await harness.wx_login(f"o-kept-{keep}")
+            first = await harness.publish(code)
+            await harness.run()
+            late = await harness.publish(code)  # published before the delivery below
+            reply = await harness.reply(first)
+            # What the first tap's gateway does as it hands the answer over; no worker runs meanwhile.
+            gateway = JobPublisher(harness.redis, harness.keys, ReplyWaiter(harness.redis, harness.keys), 1000)
+            await gateway._delivered(harness.record_key(code), keep=keep)
+            await asyncio.sleep(0.3)
+            await harness.run()
+            answer = await harness.reply(late)
+            if expected == "token":
+                assert token_of(answer) == token_of(reply)
+            else:
+                assert error_of(answer) == (400, "invalid_grant")
+            assert await harness.presented(code) == 1
 
     async def test_answer_nobody_received_goes_to_the_retry(self, harness):
         """A token minted after its client gave up is handed to that client's retry with the same code."""
