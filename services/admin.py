@@ -89,7 +89,10 @@ async def _create_app(conn: asyncpg.Connection, args: argparse.Namespace) -> Any
 
 
 async def _attach_provider(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
-    return await admin.attach_miniprogram_provider(conn, args.app, args.appid, args.secret, name=args.name)
+    master = await asyncio.to_thread(_master_key)  # the secret is sealed as the user store seals it
+    return await admin.attach_miniprogram_provider(
+        conn, args.app, args.appid, args.secret, name=args.name, master=master
+    )
 
 
 async def _rotate_secret(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
@@ -97,7 +100,7 @@ async def _rotate_secret(conn: asyncpg.Connection, args: argparse.Namespace) -> 
 
 
 def _master_key() -> MasterKey | None:
-    # The runner's default place for the master key, so `make rotate-keys` works next to `make run`.
+    # The runner's default place for the master key, so `make rotate-keys` / `attach-provider` work next to `make run`.
     return master_key_from_env(os.environ, Path(os.environ.get("STATE_DIR", ".run")).resolve() / "master.key")
 
 

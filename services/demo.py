@@ -14,6 +14,7 @@ from shared.errors import Conflict, NotFound
 from user_store import admin, certificates, keyring, queries
 from user_store.keycrypto import MasterKey
 from user_store.migrate import apply_migrations
+from user_store.provider_secrets import open_secret
 
 ORGANIZATION = "demo"
 APPLICATION = "demo-app"
@@ -45,7 +46,8 @@ async def seed_demo(
     """Migrate, create the demo data if missing, and (re)write ``demo.json``. Safe to run on every start.
 
     With the user store's ``master`` key, the signing keys are prepared as the user store will at its start
-    (idempotent), so ``certificate`` is there from the first run; without, it is the current key's if any."""
+    (idempotent), so ``certificate`` is there from the first run; without, it is the current key's if any. The
+    provider's secret is sealed with it, and opened with it for the sandbox."""
     demo_file = state_dir / "demo.json"
     conn = await asyncpg.connect(database_url)
     try:
@@ -54,18 +56,25 @@ async def seed_demo(
             try:
                 app = msgspec.to_builtins(await admin.get_application(conn, APPLICATION))
             except NotFound:
-                app = await _create(conn)
+                app = await _create(conn, master)
             client_secret = app.get("clientSecret") or _saved_secret(demo_file, app["clientId"])
             if not client_secret:
                 # The secret is stored hashed; without the old demo.json the only way to show one is a new one.
                 client_secret = await admin.rotate_client_secret(conn, APPLICATION)
             provider = await queries.miniprogram_provider(conn, app["clientId"])
+            assert provider is not None and provider["appid"], "the demo application lost its mini-program provider"
+            app_secret = open_secret(
+                master,
+                provider["provider_id"],
+                provider["provider"],
+                provider["app_secret"],
+                provider["app_secret_sealed"],
+            )
         if master is not None:
             await keyring.prepare_keys(conn, master)
         certificate = await _certificate(conn)
     finally:
         await conn.close()
-    assert provider is not None and provider["appid"], "the demo application lost its mini-program provider"
     demo = Demo(
         gateway=gateway,
         sandbox=sandbox,
@@ -74,7 +83,7 @@ async def seed_demo(
         client_id=app["clientId"],
         client_secret=client_secret,
         wechat_app_id=provider["appid"],
-        wechat_app_secret=provider["app_secret"],
+        wechat_app_secret=app_secret,
         certificate=certificate,
     )
     demo_file.write_bytes(msgspec.json.format(msgspec.json.encode(demo), indent=2) + b"\n")
@@ -82,14 +91,14 @@ async def seed_demo(
     return demo
 
 
-async def _create(conn: asyncpg.Connection) -> dict[str, str]:
+async def _create(conn: asyncpg.Connection, master: MasterKey | None) -> dict[str, str]:
     try:
         await admin.create_organization(conn, ORGANIZATION, display_name="Demo organization")
     except Conflict:
         pass  # made by hand or by an earlier seed: reuse it
     app = msgspec.to_builtins(await admin.create_application(conn, ORGANIZATION, APPLICATION))
     appid = "wx" + secrets.token_hex(8)
-    await admin.attach_miniprogram_provider(conn, APPLICATION, appid, secrets.token_hex(16))
+    await admin.attach_miniprogram_provider(conn, APPLICATION, appid, secrets.token_hex(16), master=master)
     return dict(app)
 
 

@@ -76,7 +76,7 @@ async def _conn(client, pg_url: str):
 async def _shop(conn) -> admin.NewApplication:
     await admin.create_organization(conn, "acme")
     app = await admin.create_application(conn, "acme", "shop")
-    await admin.attach_miniprogram_provider(conn, "shop", APPID, "wx-secret")
+    await admin.attach_miniprogram_provider(conn, "shop", APPID, "wx-secret", master=MasterKey(MASTER))
     return app
 
 

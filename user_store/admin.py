@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from datetime import datetime
 
 import asyncpg
@@ -15,6 +16,8 @@ import msgspec
 
 from shared.errors import BadRequest, Conflict, NotFound
 from user_store.db import Conn
+from user_store.keycrypto import MasterKey
+from user_store.provider_secrets import check_master_key, secret_columns
 from user_store.queries import PROVIDER_TYPE, translate
 
 MASK = "***"
@@ -166,11 +169,13 @@ async def rotate_client_secret(conn: Conn, application: str) -> str:
 
 
 async def attach_miniprogram_provider(
-    conn: Conn, application: str, appid: str, secret: str, name: str | None = None
+    conn: Conn, application: str, appid: str, secret: str, name: str | None = None, *, master: MasterKey | None = None
 ) -> Provider:
     """Link a WeChat mini-program provider (``wechat-mp-<appid>`` unless named) after the application's others.
 
-    Idempotent: the provider is created when absent (its secret updated when it changed), linked when unlinked.
+    Idempotent: the provider is created when absent (its secret replaced when present), linked when unlinked. The
+    secret is sealed with ``master``, or stored in clear without one; a master key missing or unlike the one that
+    sealed what the database holds is refused (``check_master_key``).
     """
     if not appid or not secret:
         raise BadRequest("a mini-program provider needs an appid and a secret")
@@ -178,23 +183,40 @@ async def attach_miniprogram_provider(
     _check_name("provider", name)
     async with conn.transaction():
         with translate(f"provider {name!r}"):
+            await check_master_key(conn, master)
             app_id = await conn.fetchval("SELECT id FROM applications WHERE name = $1 FOR UPDATE", application)
             if app_id is None:
                 raise NotFound(f"application {application!r} does not exist")
+            # The id is chosen here because the sealed secret is bound to it; a row already named so keeps its own.
+            provider_id = uuid.uuid4()
             row = await conn.fetchrow(
                 """
-                INSERT INTO providers (name, type, appid, app_secret) VALUES ($1, $2, $3, $4)
-                ON CONFLICT (name) DO UPDATE SET app_secret = excluded.app_secret
-                WHERE providers.type = excluded.type AND providers.appid = excluded.appid
+                INSERT INTO providers (id, name, type, appid, app_secret, app_secret_sealed)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                ON CONFLICT (name) DO NOTHING
                 RETURNING *
                 """,
+                provider_id,
                 name,
                 PROVIDER_TYPE,
                 appid,
-                secret,
+                *secret_columns(master, provider_id, secret),
             )
             if row is None:
-                raise Conflict(f"provider {name!r} already exists with another type or appid")
+                provider_id = await conn.fetchval(
+                    "SELECT id FROM providers WHERE name = $1 AND type = $2 AND appid = $3 FOR UPDATE",
+                    name,
+                    PROVIDER_TYPE,
+                    appid,
+                )
+                if provider_id is None:
+                    raise Conflict(f"provider {name!r} already exists with another type or appid")
+                row = await conn.fetchrow(
+                    "UPDATE providers SET app_secret = $2, app_secret_sealed = $3 WHERE id = $1 RETURNING *",
+                    provider_id,
+                    *secret_columns(master, provider_id, secret),
+                )
+                assert row is not None
             await conn.execute(
                 """
                 INSERT INTO application_providers (application_id, provider_id, position)

@@ -1,8 +1,10 @@
-"""Key material: the master key that encrypts signing keys at rest, new RSA keys and their self-signed certificates.
+"""Key material: the master key that encrypts signing keys and provider secrets at rest, new RSA keys and their
+self-signed certificates.
 
 The master key is any secret of at least 32 characters (``make run`` generates one into ``STATE_DIR/master.key``);
-HKDF-SHA256 turns it into an AES-256-GCM key. A sealed private key is ``version || nonce || ciphertext+tag`` with
-the kid as associated data, so a blob copied onto another row does not open.
+HKDF-SHA256 turns it into one AES-256-GCM key per purpose. A sealed blob is ``version || nonce || ciphertext+tag``
+with the row's identity as associated data (a signing key's kid, a provider's id), so a blob copied onto another row
+does not open.
 """
 
 from __future__ import annotations
@@ -30,41 +32,64 @@ CERT_VALIDITY = timedelta(days=20 * 365)
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 _HKDF_INFO = b"minidoor signing keys v1"
+# A key of its own rather than the signing keys' key with a prefixed AAD: a blob of one purpose can then never open
+# as the other whatever the AAD values, and each purpose can move to a new version alone.
+_HKDF_INFO_PROVIDER_SECRETS = b"minidoor provider secrets v1"
 
 
 class WrongMasterKey(ConfigError):
-    """A sealed key does not open: the master key is not the one it was sealed with (or the row is damaged)."""
+    """A sealed blob does not open: the master key is not the one it was sealed with (or the row is damaged)."""
 
 
 class MasterKey:
-    """AES-256-GCM under a key derived from the master secret; the secret itself is not kept."""
+    """AES-256-GCM under keys derived from the master secret; the secret itself is not kept."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_provider_aead")
 
     def __init__(self, secret: str) -> None:
         if len(secret) < MIN_MASTER_KEY_CHARS:
             raise ConfigError(f"the master key must be at least {MIN_MASTER_KEY_CHARS} characters")
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret.encode())
-        self._aead = AESGCM(derived)
+        self._aead = _derive(secret, _HKDF_INFO)
+        self._provider_aead = _derive(secret, _HKDF_INFO_PROVIDER_SECRETS)
 
     def __repr__(self) -> str:
         return "MasterKey('**********')"
 
     def seal(self, plaintext: bytes, kid: str) -> bytes:
-        nonce = os.urandom(_NONCE_BYTES)
-        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
+        return _seal(self._aead, plaintext, kid.encode())
 
     def open(self, sealed: bytes, kid: str) -> bytes:
         """The plaintext of ``seal(plaintext, kid)``; ``WrongMasterKey`` when this key did not seal it."""
-        if sealed[:1] != _VERSION or len(sealed) < 1 + _NONCE_BYTES + 16:
-            raise WrongMasterKey(f"signing key {kid} is not in a format this version can read")
-        try:
-            return self._aead.decrypt(sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :], kid.encode())
-        except InvalidTag:
-            raise WrongMasterKey(
-                f"signing key {kid} cannot be decrypted: MASTER_KEY / MASTER_KEY_FILE is not the master key "
-                "it was encrypted with"
-            ) from None
+        return _open(self._aead, sealed, kid.encode(), f"signing key {kid}")
+
+    def seal_provider_secret(self, plaintext: bytes, provider_id: str) -> bytes:
+        return _seal(self._provider_aead, plaintext, provider_id.encode())
+
+    def open_provider_secret(self, sealed: bytes, provider_id: str, name: str) -> bytes:
+        """The plaintext of ``seal_provider_secret(plaintext, provider_id)``; ``WrongMasterKey`` naming provider
+        ``name`` when this key did not seal it for this provider."""
+        return _open(self._provider_aead, sealed, provider_id.encode(), f"the secret of provider {name}")
+
+
+def _derive(secret: str, info: bytes) -> AESGCM:
+    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret.encode()))
+
+
+def _seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
+    return _VERSION + nonce + aead.encrypt(nonce, plaintext, aad)
+
+
+def _open(aead: AESGCM, sealed: bytes, aad: bytes, what: str) -> bytes:
+    if sealed[:1] != _VERSION or len(sealed) < 1 + _NONCE_BYTES + 16:
+        raise WrongMasterKey(f"{what} is not in a format this version can read")
+    try:
+        return aead.decrypt(sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :], aad)
+    except InvalidTag:
+        raise WrongMasterKey(
+            f"{what} cannot be decrypted: MASTER_KEY / MASTER_KEY_FILE is not the master key it was encrypted with "
+            "(or the stored value was copied from another row)"
+        ) from None
 
 
 def new_master_secret() -> str:

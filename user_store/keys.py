@@ -6,11 +6,14 @@ import asyncpg
 from aiohttp import web
 
 from shared.config import UserStoreConfig
+from user_store.keycrypto import MasterKey
 from user_store.revocations import Revocations
 from user_store.signing import Signer
 
 CONFIG = web.AppKey("config", UserStoreConfig)
 PG_POOL: web.AppKey[asyncpg.Pool[asyncpg.Record]] = web.AppKey("pg_pool")
 SIGNER = web.AppKey("signer", Signer)
+#: None without MASTER_KEY / MASTER_KEY_FILE: secrets are then stored in clear.
+MASTER_KEY: web.AppKey[MasterKey | None] = web.AppKey("master_key")
 #: Broadcasts revocations and key changes to every verifier (a no-op without ``REDIS_URL``).
 REVOCATIONS = web.AppKey("revocations", Revocations)

@@ -13,7 +13,8 @@ from aiohttp import web
 from shared.keys import Keys
 from user_store.keycrypto import load_master_key
 from user_store.keyring import KeyLoader, KeyReloader, prepare_keys
-from user_store.keys import CONFIG, PG_POOL, REVOCATIONS, SIGNER
+from user_store.keys import CONFIG, MASTER_KEY, PG_POOL, REVOCATIONS, SIGNER
+from user_store.provider_secrets import prepare_provider_secrets
 from user_store.revocations import Revocations
 from user_store.signing import Signer
 
@@ -33,12 +34,15 @@ async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def signing_keys_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Check the master key, prepare and load the keys (``ConfigError`` stops the start), then reload them."""
+    """Check the master key, prepare and load the keys (``ConfigError`` stops the start), seal the provider secrets
+    still in clear, then reload the keys."""
     config = app[CONFIG]
     master = load_master_key(config.master_key, config.master_key_file)
+    app[MASTER_KEY] = master
     loader = KeyLoader(master)
     async with app[PG_POOL].acquire() as conn:
         await prepare_keys(conn, master)
+        await prepare_provider_secrets(conn, master)
         keys, current = await loader.live_keys(conn)
     signer = Signer(config.issuer, keys, current)
     app[SIGNER] = signer

@@ -54,14 +54,15 @@ async def application_info(conn: Conn, client_id: str) -> asyncpg.Record | None:
 
 
 async def miniprogram_provider(conn: Conn, client_id: str) -> asyncpg.Record | None:
-    """The application's first mini-program provider; ``provider`` is NULL when the application has none."""
+    """The application's first mini-program provider; ``provider`` is NULL when the application has none. Its
+    secret is in ``app_secret`` or ``app_secret_sealed``: read it with ``provider_secrets.open_secret``."""
     with translate("provider"):
         return await conn.fetchrow(
             """
-            SELECT a.client_id, p.name AS provider, p.appid, p.app_secret
+            SELECT a.client_id, p.id AS provider_id, p.name AS provider, p.appid, p.app_secret, p.app_secret_sealed
             FROM applications a
             LEFT JOIN LATERAL (
-                SELECT p.name, p.appid, p.app_secret
+                SELECT p.id, p.name, p.appid, p.app_secret, p.app_secret_sealed
                 FROM application_providers ap JOIN providers p ON p.id = ap.provider_id
                 WHERE ap.application_id = a.id AND p.type = $2
                 ORDER BY ap.position LIMIT 1

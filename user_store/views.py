@@ -8,13 +8,17 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from shared.config import ConfigError
 from shared.errors import Unauthorized, Unavailable
 from shared.messages import ApplicationInfo, MiniProgramProvider, WechatLogin
 from user_store import queries
 from user_store.db import transaction
 from user_store.http import json_response, read_json
-from user_store.keys import PG_POOL, SIGNER
+from user_store.keys import MASTER_KEY, PG_POOL, SIGNER
 from user_store.logins import login_wechat
+from user_store.provider_secrets import open_secret
+
+log = structlog.get_logger()
 
 _login_decoder = msgspec.json.Decoder(WechatLogin)
 _READY_TIMEOUT = 1.0
@@ -61,10 +65,18 @@ async def get_miniprogram_provider(request: web.Request) -> web.Response:
         raise Unauthorized("client_id is invalid")
     if row["provider"] is None:
         raise Unauthorized("the application does not support wechat mini program")
-    return json_response(
-        MiniProgramProvider(
-            client_id=row["client_id"], provider=row["provider"], appid=row["appid"], secret=row["app_secret"]
+    try:
+        secret = open_secret(
+            request.app[MASTER_KEY], row["provider_id"], row["provider"], row["app_secret"], row["app_secret_sealed"]
         )
+    except ConfigError as exc:
+        # The cause (which provider, missing or wrong master key) is for the operator; the caller gets a plain 503.
+        log.error("provider_secret_unreadable", provider=row["provider"], error=exc.description)
+        raise Unavailable(
+            "the application's WeChat provider cannot be used: its secret is unreadable on this server", retry_after=30
+        ) from None
+    return json_response(
+        MiniProgramProvider(client_id=row["client_id"], provider=row["provider"], appid=row["appid"], secret=secret)
     )
 
 
