@@ -10,8 +10,9 @@ A wx.login() code works once and lives 5 minutes, so the one jscode2session answ
     delivered               Redis time (ms) a gateway first handed the final answer to its client
 
 Once delivered, the answer moves out of the record to ``Keys.delivered_answer(record)``, which expires when no job
-published before the delivery can still be waiting (the gateway's login timeout, plus a margin): the record keeps
-refusing replays for its whole TTL without holding a live token that long.
+published before the delivery can still be waiting (``MAX_LOGIN_TIMEOUT``, the longest any gateway may wait, plus a
+margin): the record keeps refusing replays for its whole TTL without holding a live token that long. Workers that
+know this move must be deployed before gateways that make it.
 
 What a job finds when it claims the record (one Lua script, so every decision is atomic):
 
@@ -77,18 +78,22 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """
 
-# The first answer wins; every later writer gets it back. With a final answer the session_key is not needed any more.
+# The first answer wins; every later writer gets it back (a stale owner too, after the delivery: the kept answer, or
+# 'replayed' once that has expired). With a final answer the session_key is not needed any more.
 # KEYS: the record, its delivered answer.
 _FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return redis.call('GET', KEYS[2]) end
-redis.call('HSETNX', KEYS[1], 'reply', ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
 redis.call('HDEL', KEYS[1], 'session')
-return redis.call('HGET', KEYS[1], 'reply')
+if redis.call('HEXISTS', KEYS[1], 'delivered') == 0 then redis.call('HSETNX', KEYS[1], 'reply', ARGV[1]) end
+local stored = redis.call('HGET', KEYS[1], 'reply') or redis.call('GET', KEYS[2])
+if stored then return {'answer', stored} end
+return {'replayed'}
 """
 
+# A record with a final answer is never given back: it is what refuses replays.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'reply') == 1 or redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'session') == 1 then
     redis.call('HDEL', KEYS[1], 'owner', 'owner_deadline', 'calling')
 else
@@ -107,8 +112,10 @@ redis.call('XDEL', KEYS[2], ARGV[6])
 return 1
 """
 
+# Only while the code has no final answer: after it, a session_key would sit in Redis with nothing to use it.
 _STORE_SESSION = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'reply') == 1 or redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return 0 end
 return redis.call('HSETNX', KEYS[1], 'session', ARGV[1])
 """
 
@@ -163,10 +170,17 @@ class ExchangeRecords:
     async def store_session(self, key: str, session: WechatSession) -> None:
         await self._store_session(keys=[key], args=[encoder.encode(session)])
 
-    async def finish(self, key: str, reply: Reply) -> Reply:
-        """Store ``reply`` as the final answer unless one exists; return the one that stands."""
-        stored = await self._finish(keys=[key, Keys.delivered_answer(key)], args=[encoder.encode(reply)])
-        return reply if stored is None else reply_decoder.decode(stored)
+    async def finish(self, key: str, reply: Reply) -> Reply | None:
+        """Store ``reply`` as the final answer unless one exists; return the one that stands (``reply`` itself when
+        the record has expired), or None when the code's answer was delivered and is no longer kept: a replay."""
+        raw = await self._finish(keys=[key, Keys.delivered_answer(key)], args=[encoder.encode(reply)])
+        match raw[0]:
+            case b"answer":
+                stored: Reply = reply_decoder.decode(raw[1])
+                return stored
+            case b"replayed":
+                return None
+        return reply
 
     async def release(self, key: str, job_id: str) -> None:
         """Give the code back: the next job with it starts over (reusing the session, if there is one)."""

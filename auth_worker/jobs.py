@@ -149,13 +149,16 @@ class JobHandler:
             return Answer(_failed(job, exc), "released")
         except MinidoorError as exc:
             return await self._final(job, key, exc, path)
-        reply = LoginSucceeded(job_id=job.job_id, token=login_result.token)
-        stored = await _redis(job, lambda: self.records.finish(key, reply))
-        return Answer(_retag(stored, job), path, key)
+        return await self._finish(job, key, LoginSucceeded(job_id=job.job_id, token=login_result.token), path)
 
     async def _final(self, job: CodeExchangeJob, key: str, exc: MinidoorError, path: str) -> Answer:
-        reply = _failed(job, exc)
+        return await self._finish(job, key, _failed(job, exc), path)
+
+    async def _finish(self, job: CodeExchangeJob, key: str, reply: Reply, path: str) -> Answer:
+        """The code's final answer: ours, or the one that stood before it (a stale owner finishing late)."""
         stored = await _redis(job, lambda: self.records.finish(key, reply))
+        if stored is None:
+            return Answer(_failed(job, InvalidGrant(REPLAYED)), "replayed")
         return Answer(_retag(stored, job), path, key)
 
     async def _release(self, key: str, job: CodeExchangeJob) -> None:

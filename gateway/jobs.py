@@ -21,6 +21,7 @@ import structlog
 
 from gateway.metrics import GatewayMetrics
 from gateway.replies import ReplyWaiter
+from shared.config import MAX_LOGIN_TIMEOUT
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, CodeExchangeJob, Reply, encoder
@@ -73,8 +74,9 @@ redis.call('SET', KEYS[2], reply, 'PX', ARGV[1])
 redis.call('HDEL', KEYS[1], 'reply')
 return 1
 """
-#: Beyond the login timeout, how long a delivered answer stays for jobs published before the delivery.
-_DELIVERED_ANSWER_MARGIN = 5.0
+#: How long a delivered answer stays for jobs published before the delivery: beyond the longest login timeout any
+#: gateway may have, a margin for clocks and event-loop lag.
+_KEEP_DELIVERED_ANSWER = MAX_LOGIN_TIMEOUT + 5.0
 #: Marking is best effort: a login that got its answer is not failed because Redis went away a moment later.
 _MARK_TIMEOUT = 0.5
 
@@ -123,7 +125,7 @@ class JobPublisher:
         finally:
             self._replies.forget(job.job_id)
         if reply.record:
-            await self._delivered(reply.record, keep=timeout + _DELIVERED_ANSWER_MARGIN)
+            await self._delivered(reply.record, keep=_KEEP_DELIVERED_ANSWER)
         return reply
 
     async def _delivered(self, record: str, *, keep: float) -> None:

@@ -27,6 +27,10 @@ class Secret(str):
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+#: The longest LOGIN_TIMEOUT a gateway may have. A delivered login answer is kept this long (plus a margin) for jobs
+#: published before the delivery, by whichever gateway: no job may wait longer (``auth_worker/exchange.py``).
+MAX_LOGIN_TIMEOUT = 60.0
+LoginTimeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_LOGIN_TIMEOUT)]
 LogLevel = Annotated[str, msgspec.Meta(pattern="(?i)^(debug|info|warning|error)$")]
 LogFormat = Annotated[str, msgspec.Meta(pattern="^(json|console|auto)$")]
 
@@ -50,7 +54,7 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     redis_url: str
     user_store_url: str
     #: How long a login may take end to end before the client gets a 504.
-    login_timeout: Seconds = 10.0
+    login_timeout: LoginTimeout = 10.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     #: How long a client_id lookup is cached (unknown ids for a fifth of it).
     client_cache_ttl: Seconds = 30.0
@@ -161,7 +165,7 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     auth_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
     #: When set, auth worker N serves /healthz and /metrics on this port + N - 1.
     worker_http_port: Port = 0
-    login_timeout: Seconds = 10.0
+    login_timeout: LoginTimeout = 10.0
     #: How long each process may take to become ready.
     start_timeout: Seconds = 60.0
     shutdown_grace: Seconds = 10.0
