@@ -12,6 +12,7 @@ takes it over (XAUTOCLAIM). A job whose deadline has passed is acknowledged and 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import socket
@@ -91,6 +92,7 @@ class Worker:
         finally:
             loop.run_until_complete(self.close())
             loop.close()
+            faulthandler.cancel_dump_traceback_later()
         log.info("worker_stopped", jobs_done=self.jobs_done, uptime_s=round(time.monotonic() - started, 1))
         return 0
 
@@ -98,7 +100,10 @@ class Worker:
         """``stop()``, and should the shutdown still run long after its grace period, a log line naming every
         unfinished task and where it waits, then exit 1: a stuck stop must explain itself, not hang a rollout."""
         if not self._stopping.is_set():
-            loop.call_later(self.config.shutdown_grace + _SHUTDOWN_SLACK, _shutdown_overran)
+            overrun = self.config.shutdown_grace + _SHUTDOWN_SLACK
+            loop.call_later(overrun, _shutdown_overran)
+            # The backstop for a loop too blocked to run that: every thread's stack on stderr, then exit 1.
+            faulthandler.dump_traceback_later(overrun + 5, exit=True)
         self.stop()
 
     def stop(self) -> None:
@@ -140,7 +145,8 @@ class Worker:
             try:
                 await consume
             except asyncio.CancelledError:
-                if not consume.cancelled():
+                current = asyncio.current_task()
+                if not consume.cancelled() or (current is not None and current.cancelling()):
                     raise  # async_run itself was cancelled
 
     async def close(self) -> None:
@@ -208,6 +214,8 @@ class Worker:
                     group_ready = True
                 await self._slots.acquire()
                 self._slots.release()
+                if self._stopping.is_set():
+                    break  # stopped while every slot was busy: start no Redis call now
                 reclaimed = 0
                 if time.monotonic() >= next_reclaim:
                     reclaimed = await self._reclaim()
@@ -399,5 +407,5 @@ class Worker:
 
 def _shutdown_overran() -> None:
     log.error("worker_shutdown_overran", tasks=pending_tasks())
-    sys.stdout.flush()
+    sys.stderr.flush()  # where the logs go; os._exit skips the flush at exit
     os._exit(1)

@@ -118,6 +118,10 @@ def _saved_secret(demo_file: Path, client_id: str) -> str:
     return str(saved.get("clientSecret", "")) if saved.get("clientId") == client_id else ""
 
 
+#: How the banner starts: the stack's "go" for a user of `make run` (and for the tests that start it).
+READY_BANNER = "minidoor is ready in"
+
+
 def print_banner(demo: Demo, seconds: float) -> None:
     login = (
         f"curl -s -X POST {demo.sandbox}/sandbox/login -H 'Content-Type: application/json' "
@@ -133,7 +137,7 @@ def print_banner(demo: Demo, seconds: float) -> None:
         f"-d tag=wechat_miniprogram -d client_id={demo.client_id} -d code=$CODE"
     )
     print(
-        f"\nminidoor is ready in {seconds:.1f}s: gateway {demo.gateway}, WeChat sandbox {demo.sandbox}\n"
+        f"\n{READY_BANNER} {seconds:.1f}s: gateway {demo.gateway}, WeChat sandbox {demo.sandbox}\n"
         f"Demo data: demo.json in the state directory (client_id {demo.client_id}).\n\n"
         f"1) Get a wx.login() code from the sandbox:\n   {login}\n"
         f"2) Log in with it:\n   {token}\n"

@@ -16,9 +16,9 @@ from typing import Any
 
 import psutil
 
+from services.demo import READY_BANNER
+
 ROOT = Path(__file__).resolve().parent.parent
-#: What the runner prints once the whole stack answers (services/demo.py print_banner).
-READY_BANNER = "minidoor is ready in"
 # Variables of the developer's shell that would steer the stack away from what a test asked for.
 _STACK_VARS = ("DATABASE_URL", "REDIS_URL", "WECHAT_API_BASE", "STATE_DIR", "KEY_PREFIX", "INTERNAL_TOKEN")
 

@@ -7,25 +7,27 @@ import asyncio
 from shared.runtime import pending_tasks
 
 
-async def test_pending_tasks_name_the_innermost_await():
-    gate = asyncio.Event()
+class TestPendingTasks:
+    async def test_name_the_innermost_await(self):
+        """Each unfinished task is named with its chain of awaits, outermost first, down to what it waits on."""
+        gate = asyncio.Event()
 
-    async def inner() -> None:
-        await gate.wait()
+        async def inner() -> None:
+            await gate.wait()
 
-    async def outer() -> None:
-        await inner()
+        async def outer() -> None:
+            await inner()
 
-    task = asyncio.create_task(outer(), name="stuck-job")
-    await asyncio.sleep(0)
-    try:
-        (line,) = [line for line in pending_tasks() if line.startswith("stuck-job: ")]
-        chain = line.removeprefix("stuck-job: ").split(" > ")
-        assert [step.split(" ")[0] for step in chain[:2]] == [
-            "test_pending_tasks_name_the_innermost_await.<locals>.outer",
-            "test_pending_tasks_name_the_innermost_await.<locals>.inner",
-        ]
-        assert chain[-1].startswith("Event.wait (")
-    finally:
-        gate.set()
-        await task
+        task = asyncio.create_task(outer(), name="stuck-job")
+        await asyncio.sleep(0)
+        try:
+            (line,) = [line for line in pending_tasks() if line.startswith("stuck-job: ")]
+            chain = line.removeprefix("stuck-job: ").split(" > ")
+            assert [step.split(" ")[0] for step in chain[:2]] == [
+                "TestPendingTasks.test_name_the_innermost_await.<locals>.outer",
+                "TestPendingTasks.test_name_the_innermost_await.<locals>.inner",
+            ]
+            assert chain[-1].startswith("Event.wait (")
+        finally:
+            gate.set()
+            await task
