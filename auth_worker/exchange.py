@@ -7,7 +7,7 @@ A wx.login() code works once and lives 5 minutes, so the one jscode2session answ
     calling                 set just before the code is presented to WeChat
     session                 the jscode2session result (``WechatSession``), stored before anything else can fail
     reply                   the final answer (a token or a final error), written once; the session goes then
-    delivered               Redis time (ms) a gateway first handed the final answer to its client
+    delivered               the job stream's last id when a gateway first handed the final answer to its client
 
 Once delivered, the answer moves out of the record to ``Keys.delivered_answer(record)``, which expires when no job
 published before the delivery can still be waiting (``MAX_LOGIN_TIMEOUT``, the longest any gateway may wait, plus a
@@ -18,8 +18,8 @@ What a job finds when it claims the record (one Lua script, so every decision is
 
 - nothing, or a released record, or an owner whose client gave up: it becomes the owner.
 - the final answer: it answers the same (a double tap gets the token the first tap got), unless the job was
-  published (its stream id's time) at or after ``delivered``: a replay, answered 400 invalid_grant. A job published
-  before the delivery that finds the moved answer expired is answered invalid_grant too (it outlived any deadline).
+  published after the delivery (its stream id is above ``delivered``): a replay, answered 400 invalid_grant. A job
+  published before the delivery that finds the moved answer expired gets invalid_grant too (it outlived any deadline).
 - another live owner: it waits for that owner's answer (or for the record to be released) until its deadline.
 
 Crash windows, for a worker that dies (SIGKILL) while owning a job; the job is then claimed by another worker
@@ -55,10 +55,16 @@ from shared.messages import STREAM_FIELD, Reply, WechatSession, encoder, reply_d
 #: How long a record lives: more than a code's 5 minutes, so a replay never reaches WeChat.
 RECORD_TTL_MS = 10 * 60 * 1000
 
-# KEYS: the record, its delivered answer.
+# KEYS: the record, its delivered answer. ARGV[2]: the job's stream id, compared with ``delivered`` exactly.
 _CLAIM = """
+local function id_above(a, b)
+    local am, as = string.match(a, '^(%d+)-(%d+)$')
+    local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+    am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+    return am > bm or (am == bm and as > bs)
+end
 local f = redis.call('HMGET', KEYS[1], 'owner', 'owner_deadline', 'reply', 'delivered', 'session', 'calling')
-if f[4] and tonumber(ARGV[2]) >= tonumber(f[4]) then return {'replayed'} end
+if f[4] and id_above(ARGV[2], f[4]) then return {'replayed'} end
 if f[3] then return {'answer', f[3]} end
 if f[4] then
     local kept = redis.call('GET', KEYS[2])
@@ -149,11 +155,11 @@ class ExchangeRecords:
         self._store_session = redis.register_script(_STORE_SESSION)
         self._deliver = redis.register_script(_DELIVER)
 
-    async def claim(self, key: str, *, job_id: str, published_ms: int, now: float, deadline: float) -> Claim:
+    async def claim(self, key: str, *, job_id: str, stream_id: str, now: float, deadline: float) -> Claim:
         """Decide what the job does with its code (see the module docstring)."""
         raw = await self._claim(
             keys=[key, Keys.delivered_answer(key)],
-            args=[job_id, published_ms, repr(now), repr(deadline), RECORD_TTL_MS],
+            args=[job_id, stream_id, repr(now), repr(deadline), RECORD_TTL_MS],
         )
         state = State(raw[0].decode())
         if state is State.ANSWER:

@@ -70,24 +70,24 @@ class JobHandler:
         self._metrics = metrics
         self._providers: dict[str, tuple[float, MiniProgramProvider]] = {}
 
-    async def handle(self, job: CodeExchangeJob, published_ms: int) -> Answer:
+    async def handle(self, job: CodeExchangeJob, stream_id: str) -> Answer:
         """Never raises for a failed login: every outcome is an answer the client can act on."""
         try:
             provider = await _retry_unavailable(job, lambda: self._provider(job))
             key = self._keys.code_exchange(provider.appid, job.client_id, job.code)
-            answer = await self._settle(job, published_ms, provider, key)
+            answer = await self._settle(job, stream_id, provider, key)
         except MinidoorError as exc:
             answer = Answer(_failed(job, exc), "none")
         self._metrics.exchanges.labels(answer.path).inc()
         return answer
 
-    async def _settle(self, job: CodeExchangeJob, published_ms: int, provider: MiniProgramProvider, key: str) -> Answer:
+    async def _settle(self, job: CodeExchangeJob, stream_id: str, provider: MiniProgramProvider, key: str) -> Answer:
         pause = 0.02
         while True:
             claim = await _redis(
                 job,
                 lambda: self.records.claim(
-                    key, job_id=job.job_id, published_ms=published_ms, now=time.time(), deadline=job.deadline
+                    key, job_id=job.job_id, stream_id=stream_id, now=time.time(), deadline=job.deadline
                 ),
             )
             match claim.state:

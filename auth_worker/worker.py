@@ -311,7 +311,7 @@ class Worker:
             await self._ack(msg_id)
             return
         try:
-            answer = await self._handler.handle(job, int(msg_id.split(b"-", 1)[0]))
+            answer = await self._handler.handle(job, msg_id.decode())
         except Exception:
             log.exception("job_crashed")
             error = LoginFailed(

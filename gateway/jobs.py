@@ -62,14 +62,24 @@ end
 return {'ok', redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[5])}
 """
 
-# KEYS[1] exchange record, KEYS[2] its delivered answer; ARGV[1] how long (ms) jobs published before now may wait.
-# The first hand-over of its final answer, in Redis time (ms) like stream ids; the answer moves out of the record
-# for just that long (auth_worker/exchange.py).
+# KEYS[1] exchange record, KEYS[2] its delivered answer, KEYS[3] the job stream; ARGV[1] how long (ms) jobs
+# published before now may still wait. The first hand-over of the final answer is recorded as the job stream's last
+# id, so every job published before it has an id at or below it, and every later one above; the answer moves out of
+# the record for just that long (auth_worker/exchange.py).
 _MARK_DELIVERED = """
 local reply = redis.call('HGET', KEYS[1], 'reply')
 if not reply or redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return 0 end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'delivered', t[1] .. string.format('%03d', math.floor(t[2] / 1000)))
+local last
+if redis.call('EXISTS', KEYS[3]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[3])
+    for i = 1, #info, 2 do
+        if info[i] == 'last-generated-id' then last = info[i + 1] end
+    end
+else  -- no stream (it was lost): no job is waiting, and the next one gets an id from the clock
+    local t = redis.call('TIME')
+    last = t[1] .. string.format('%03d', math.floor(t[2] / 1000)) .. '-0'
+end
+redis.call('HSET', KEYS[1], 'delivered', last)
 redis.call('SET', KEYS[2], reply, 'PX', ARGV[1])
 redis.call('HDEL', KEYS[1], 'reply')
 return 1
@@ -131,7 +141,9 @@ class JobPublisher:
     async def _delivered(self, record: str, *, keep: float) -> None:
         try:
             async with asyncio.timeout(_MARK_TIMEOUT):
-                await self._mark_delivered(keys=[record, Keys.delivered_answer(record)], args=[int(keep * 1000)])
+                await self._mark_delivered(
+                    keys=[record, Keys.delivered_answer(record), self._keys.job_stream], args=[int(keep * 1000)]
+                )
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
             # Unmarked, a replay of this code within the record's TTL gets this same answer, never a new token.
             log.warning("delivery_unmarked", error=f"{type(exc).__name__}: {exc}")

@@ -270,7 +270,6 @@ class TestExactlyOnce:
             await harness.run()
             late = await harness.publish(code)  # published before the delivery below
             reply = await harness.reply(first)
-            await asyncio.sleep(0.01)  # stream ids count milliseconds: one in the delivery's millisecond is a replay
             # What the first tap's gateway does as it hands the answer over; no worker runs meanwhile.
             gateway = JobPublisher(harness.redis, harness.keys, ReplyWaiter(harness.redis, harness.keys), 1000)
             await gateway._delivered(harness.record_key(code), keep=keep)
@@ -289,7 +288,7 @@ class TestExactlyOnce:
         the code back, so replays stay refused."""
         records, key = harness.records, harness.record_key("stale-owner-code")
         now = time.time()
-        claim = await records.claim(key, job_id="stale", published_ms=1, now=now, deadline=now + 5)
+        claim = await records.claim(key, job_id="stale", stream_id="1-0", now=now, deadline=now + 5)
         assert claim.state.value == "owner"
         first = LoginFailed(job_id="winner", status=400, error="invalid_grant", error_description="the first answer")
         assert await records.finish(key, first) == first
@@ -337,7 +336,7 @@ class TestCrashRecovery:
         await harness.leave_pending()
         # The dead worker had claimed the code, presented it and stored WeChat's answer.
         key = harness.record_key(code)
-        await harness.records.claim(key, job_id=job.job_id, published_ms=0, now=time.time(), deadline=job.deadline)
+        await harness.records.claim(key, job_id=job.job_id, stream_id="0-0", now=time.time(), deadline=job.deadline)
         assert await harness.records.mark_calling(key, job.job_id)
         params = {"appid": APPID, "secret": SECRET, "js_code": code, "grant_type": "authorization_code"}
         async with harness.http.get(f"{harness.sandbox}/sns/jscode2session", params=params) as resp:
@@ -355,7 +354,7 @@ class TestCrashRecovery:
         job = await harness.publish(code)
         await harness.leave_pending()
         key = harness.record_key(code)
-        await harness.records.claim(key, job_id=job.job_id, published_ms=0, now=time.time(), deadline=job.deadline)
+        await harness.records.claim(key, job_id=job.job_id, stream_id="0-0", now=time.time(), deadline=job.deadline)
         assert await harness.records.mark_calling(key, job.job_id)
         await asyncio.sleep(0.3)
         await harness.run()
@@ -370,7 +369,7 @@ class TestCrashRecovery:
         job = await harness.publish(code)
         await harness.leave_pending()
         key = harness.record_key(code)
-        await harness.records.claim(key, job_id=job.job_id, published_ms=0, now=time.time(), deadline=job.deadline)
+        await harness.records.claim(key, job_id=job.job_id, stream_id="0-0", now=time.time(), deadline=job.deadline)
         stored = LoginFailed(job_id=job.job_id, status=403, error="access_denied", error_description="stored")
         await harness.records.finish(key, stored)
         await asyncio.sleep(0.3)
