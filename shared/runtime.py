@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import sys
+from typing import Any
+
+from aiohttp import web
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -28,3 +33,18 @@ def pending_tasks() -> list[str]:
             awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
         described.append(f"{task.get_name()}: " + " > ".join(chain or ["?"]))
     return described
+
+
+def serve(app: web.Application, *, program: str, host: str, port: int, port_variable: str, **options: Any) -> None:
+    """``web.run_app`` on ``host:port``; a port already taken ends the process with one line naming the variable to
+    change and exit code 1, not a traceback."""
+    try:
+        web.run_app(app, host=host, port=port, print=None, **options)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"{program}: cannot listen on {host}:{port}, it is in use: set {port_variable} to a free port",
+            file=sys.stderr,
+        )
+        sys.exit(1)

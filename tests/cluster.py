@@ -26,8 +26,8 @@ import asyncpg
 
 from services.demo import Demo, seed_demo
 from services.embedded import EmbeddedRedis, with_database
+from services.ports import free_ports
 from services.processes import child_setup
-from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 _INHERITED_OUT = ("DATABASE_URL", "REDIS_URL", "WECHAT_API_BASE", "STATE_DIR", "KEY_PREFIX", "INTERNAL_TOKEN")
@@ -196,9 +196,10 @@ class Cluster:
         self.database_url = with_database(self.pg.server_url, "minidoor")
         self._create_database()
         self.redis = EmbeddedRedis(self.root / "redis", persistent=True)
-        ports = {name: free_port() for name in ("sandbox", "user_store")}
-        gateway_ports = [free_port() for _ in range(self.n_gateways)]
-        self.worker_ports = [free_port() for _ in range(self.n_workers)]
+        chosen = free_ports(2 + self.n_gateways + self.n_workers)
+        ports = {"sandbox": chosen[0], "user_store": chosen[1]}
+        gateway_ports = chosen[2 : 2 + self.n_gateways]
+        self.worker_ports = chosen[2 + self.n_gateways :]
         sandbox_url = f"http://127.0.0.1:{ports['sandbox']}"
         gateway_url = f"http://127.0.0.1:{gateway_ports[0]}"
         self.demo = asyncio.run(seed_demo(self.database_url, self.root, gateway_url, sandbox_url))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,24 +16,17 @@ from typing import Any
 import psutil
 
 from services.demo import READY_BANNER
+from services.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 # Variables of the developer's shell that would steer the stack away from what a test asked for.
 _STACK_VARS = ("DATABASE_URL", "REDIS_URL", "WECHAT_API_BASE", "STATE_DIR", "KEY_PREFIX", "INTERNAL_TOKEN")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Stack:
     def __init__(self, state_dir: Path, env: Mapping[str, str]) -> None:
         self.state_dir = state_dir
-        self.gateway_port = free_port()
-        self.user_store_port = free_port()
-        self.sandbox_port = free_port()
+        self.gateway_port, self.user_store_port, self.sandbox_port = free_ports(3)
         self.env = {k: v for k, v in os.environ.items() if k not in _STACK_VARS}
         self.env.update(
             STATE_DIR=str(state_dir),

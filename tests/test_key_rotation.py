@@ -18,13 +18,14 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
+from services.ports import free_port
 from shared.config import ConfigError, Secret, UserStoreConfig
 from shared.errors import BadRequest, InvalidToken
 from shared.keys import Keys
 from shared.messages import SigningKeysChanged, token_event_decoder
 from shared.verifier import Verifier, http_jwks
 from tests.oauth_helpers import eventually, introspect, kid_of, stack_login
-from tests.stack import ROOT, Stack, free_port
+from tests.stack import ROOT, Stack
 from user_store import admin, keyring
 from user_store.db import transaction
 from user_store.keycrypto import (

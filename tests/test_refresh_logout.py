@@ -11,9 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from services.ports import free_port
 from tests.account_helpers import account, api, bearer
 from tests.oauth_helpers import basic, claims_of, eventually, introspect, revoke, stack_login
-from tests.stack import ROOT, free_port
+from tests.stack import ROOT
 
 REFRESH_PATH = "/api/login/oauth/refresh_token"
 TOKEN_PATH = "/api/login/oauth/access_token"

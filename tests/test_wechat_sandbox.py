@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from services.ports import free_port
 from services.wechat_sandbox.app import SandboxState, WeChatError, create_app
 from shared.config import ConfigError, SandboxConfig
 
@@ -395,13 +396,6 @@ class TestLogin:
         assert await (await client.get("/healthz")).json() == {"status": "ok"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def _run_module(env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -417,7 +411,7 @@ async def _run_module(env: dict[str, str]) -> asyncio.subprocess.Process:
 class TestProcess:
     async def test_serves_and_stops_on_sigterm(self):
         """python -m services.wechat_sandbox serves a login and exchange, then exits 0 on SIGTERM."""
-        port = _free_port()
+        port = free_port()
         proc = await _run_module({"WECHAT_SANDBOX_PORT": str(port), "SANDBOX_APPS": f"{APPID}:{SECRET}"})
         base = f"http://127.0.0.1:{port}"
         try:
@@ -453,3 +447,17 @@ class TestProcess:
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout=10)
         assert proc.returncode == 2
         assert b"WECHAT_SANDBOX_PORT" in stderr
+
+    async def test_port_in_use_exits_1_naming_the_variable(self):
+        """A port another process holds ends the start with one line naming the variable to change, no traceback
+        (the gateway and the user store start through the same ``shared.runtime.serve``)."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            proc = await _run_module({"WECHAT_SANDBOX_PORT": str(port)})
+            _, stderr = await asyncio.wait_for(proc.communicate(), timeout=10)
+        assert proc.returncode == 1
+        expected = f"wechat-sandbox: cannot listen on 127.0.0.1:{port}, it is in use: set WECHAT_SANDBOX_PORT"
+        assert expected.encode() in stderr
+        assert b"Traceback" not in stderr

@@ -29,6 +29,7 @@ from auth_worker.exchange import ExchangeRecords
 from auth_worker.worker import Worker
 from gateway.jobs import JobPublisher
 from gateway.replies import ReplyWaiter
+from services.ports import free_port
 from services.wechat_sandbox.app import create_app as create_sandbox
 from shared.config import MAX_LOGIN_TIMEOUT, SandboxConfig, Secret, UserStoreConfig, WorkerConfig
 from shared.keys import Keys
@@ -42,7 +43,6 @@ from shared.messages import (
     encoder,
     reply_decoder,
 )
-from tests.stack import free_port
 from user_store import admin
 from user_store.app import create_app as create_user_store
 

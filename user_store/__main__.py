@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from aiohttp import web
-
 from shared.config import ConfigError, UserStoreConfig, load_config_or_exit
 from shared.logs import configure_logging
-from shared.runtime import new_event_loop
+from shared.runtime import new_event_loop, serve
 from user_store.app import create_app
 
 
@@ -16,11 +14,12 @@ def main() -> None:
     config = load_config_or_exit(UserStoreConfig, "user-store")
     configure_logging(config.log_level, config.log_format, service="user-store")
     try:
-        web.run_app(
+        serve(
             create_app(config),
+            program="user-store",
             host=config.user_store_host,
             port=config.user_store_port,
-            print=None,
+            port_variable="USER_STORE_PORT",
             shutdown_timeout=config.shutdown_grace,
             loop=new_event_loop(),
         )

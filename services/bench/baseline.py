@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from services.bench.stack import free_port
+from services.ports import free_port
 from shared.runtime import new_event_loop
 
 _BODY = msgspec.json.encode({"active": True})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,13 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from services.ports import free_ports
+
 _START_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class BenchStack:
@@ -30,7 +25,8 @@ class BenchStack:
     def __init__(self, **env: str) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="minidoor-bench-")
         self.state_dir = Path(self._tmp.name)
-        ports = {name: free_port() for name in ("GATEWAY_PORT", "USER_STORE_PORT", "WECHAT_SANDBOX_PORT")}
+        names = ("GATEWAY_PORT", "USER_STORE_PORT", "WECHAT_SANDBOX_PORT")
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.gateway = f"http://127.0.0.1:{ports['GATEWAY_PORT']}"
         self.sandbox = f"http://127.0.0.1:{ports['WECHAT_SANDBOX_PORT']}"
         self.env = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 
 import structlog
-from aiohttp import web
 
 from services.wechat_sandbox.app import create_app
 from shared.config import ConfigError, SandboxConfig, load_config
 from shared.logs import configure_logging
+from shared.runtime import serve
 
 
 def main() -> int:
@@ -23,7 +23,14 @@ def main() -> int:
     structlog.get_logger("wechat_sandbox").info(
         "sandbox_starting", host=config.wechat_sandbox_host, port=config.wechat_sandbox_port
     )
-    web.run_app(app, host=config.wechat_sandbox_host, port=config.wechat_sandbox_port, print=None, handle_signals=True)
+    serve(
+        app,
+        program="wechat-sandbox",
+        host=config.wechat_sandbox_host,
+        port=config.wechat_sandbox_port,
+        port_variable="WECHAT_SANDBOX_PORT",
+        handle_signals=True,
+    )
     return 0
 
 
