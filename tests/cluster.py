@@ -88,12 +88,6 @@ class Proc:
         self.process.kill()
         await asyncio.to_thread(self.process.wait, 10)
 
-    async def restart(self) -> int:
-        code = await self.stop()
-        self.start()
-        await self.ready()
-        return code
-
     def shutdown(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
