@@ -176,6 +176,11 @@ class Cluster:
         return f"http://127.0.0.1:{self.worker_ports[i]}"
 
     @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return self.redis.url
+
+    @property
     def user_store_url(self) -> str:
         assert self.user_store is not None
         return self.user_store.ready_url.removesuffix("/readyz")
