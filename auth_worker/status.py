@@ -25,7 +25,8 @@ async def start_status_server(worker: Worker, host: str, port: int) -> web.AppRu
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    runner = web.AppRunner(app, access_log=None)
+    # Its answers are instant: a stop never waits on a client of this port (aiohttp's default is 60 s).
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
