@@ -60,6 +60,9 @@ _CLAIM = """
 local function id_above(a, b)
     local am, as = string.match(a, '^(%d+)-(%d+)$')
     local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+    if not bm then  -- written by an older gateway: Redis time in ms, a job published in it or after is a replay
+        bm, bs = tonumber(b) - 1, math.huge
+    end
     am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
     return am > bm or (am == bm and as > bs)
 end

@@ -77,7 +77,8 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
     end
 else  -- no stream (it was lost): no job is waiting, and the next one gets an id from the clock
     local t = redis.call('TIME')
-    last = t[1] .. string.format('%03d', math.floor(t[2] / 1000)) .. '-0'
+    -- the millisecond before now, at its last id: every id made from now on is above it
+    last = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1) .. '-18446744073709551615'
 end
 redis.call('HSET', KEYS[1], 'delivered', last)
 redis.call('SET', KEYS[2], reply, 'PX', ARGV[1])

@@ -282,6 +282,19 @@ class TestExactlyOnce:
                 assert error_of(answer) == (400, "invalid_grant")
             assert await harness.presented(code) == 1
 
+    async def test_delivery_marked_by_an_older_gateway(self, harness):
+        """A record an older gateway marked (``delivered`` in milliseconds, the answer left in place) still decides:
+        a job published before that millisecond gets the answer, one published in it or later is a replay."""
+        records, key = harness.records, harness.record_key("old-gateway-code")
+        answer = LoginFailed(job_id="first", status=400, error="invalid_grant", error_description="the answer")
+        await harness.redis.hset(key, mapping={"reply": encoder.encode(answer), "delivered": "1795806519374"})
+        now = time.time()
+        before = await records.claim(key, job_id="a", stream_id="1795806519373-7", now=now, deadline=now + 5)
+        assert before.reply is not None and before.reply.error_description == "the answer"
+        for stream_id in ("1795806519374-0", "1795806519375-0"):
+            late = await records.claim(key, job_id="b", stream_id=stream_id, now=now, deadline=now + 5)
+            assert late.state.value == "replayed"
+
     async def test_stale_owner_after_delivery_changes_nothing(self, harness):
         """A job that owned the code, was taken over, and finishes after the answer was delivered: it gets the
         delivered answer (then, once that is no longer kept, a replay), stores no session_key, and cannot give
