@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import envelope, keys
-from gateway.auth import credentials, read_body, read_params
+from gateway.auth import credentials, read_params
+from gateway.params import read_body
 from shared.errors import BadRequest
 from shared.messages import LogoutRequest, UserQuery, UserUpdate
 

@@ -11,36 +11,18 @@ anyway, so this costs no extra round trip, and a revocation or a forbidden user 
 
 from __future__ import annotations
 
-import base64
-import binascii
-from urllib.parse import parse_qsl
-
 from aiohttp import web
 
-from shared.errors import PLEASE_LOGIN, BadRequest, PayloadTooLarge, Unauthorized
+from gateway.params import FORM, basic_pair, form_fields, read_body
+from shared.errors import PLEASE_LOGIN, Unauthorized
 from shared.messages import Credentials
-
-_FORM = "application/x-www-form-urlencoded"
-
-
-async def read_body(request: web.Request) -> bytes:
-    if not request.body_exists:
-        return b""
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
 
 
 async def read_params(request: web.Request) -> dict[str, str]:
     """The URL query, overridden by an ``application/x-www-form-urlencoded`` body."""
     params: dict[str, str] = dict(request.query)
-    if request.content_type == _FORM:
-        body = await read_body(request)
-        try:
-            params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-        except UnicodeDecodeError:
-            raise BadRequest("the form body is not valid UTF-8") from None
+    if request.content_type == FORM:
+        params.update(form_fields(await read_body(request)))
     return params
 
 
@@ -57,18 +39,7 @@ def credentials(request: web.Request, params: dict[str, str], *, required: bool 
         return Credentials(access_token=token)
     client_id, client_secret = params.get("clientId", ""), params.get("clientSecret", "")
     if not client_id and not client_secret and scheme == "basic" and value:
-        client_id, client_secret = _basic(value)
+        client_id, client_secret = basic_pair(value)
     if required and not client_id and not client_secret:
         raise Unauthorized(PLEASE_LOGIN)
     return Credentials(client_id=client_id, client_secret=client_secret)
-
-
-def _basic(encoded: str) -> tuple[str, str]:
-    try:
-        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise BadRequest("the Authorization header is not valid HTTP Basic") from None
-    client_id, sep, secret = decoded.partition(":")
-    if not sep:
-        raise BadRequest("the Authorization header is not valid HTTP Basic")
-    return client_id, secret

@@ -22,40 +22,46 @@ JSON_FIELDS = (
     "client_assertion", "client_assertion_type",
 )  # fmt: skip
 
-_FORM = "application/x-www-form-urlencoded"
+FORM = "application/x-www-form-urlencoded"
 
 
 async def read_params(request: web.Request) -> dict[str, str]:
     """All OAuth parameters of ``request``; raises a clear ``MinidoorError`` for a body it cannot read."""
     params: dict[str, str] = dict(request.query)
-    body = await _read_body(request)
+    body = await read_body(request)
     content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
-    if body and content_type == _FORM:
-        try:
-            params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-        except UnicodeDecodeError:
-            raise BadRequest("the form body is not valid UTF-8") from None
+    if body and content_type == FORM:
+        params.update(form_fields(body))
 
     if not params.get("client_id") and not params.get("client_secret"):
         basic = _basic_credentials(request)
         if basic is not None:
             params["client_id"], params["client_secret"] = basic
 
-    if body and content_type != _FORM:
+    if body and content_type != FORM:
         for key, value in _json_fields(body, content_type).items():
             if not params.get(key):
                 params[key] = value
     return params
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request) -> bytes:
+    """The raw body (empty when there is none); ``PayloadTooLarge`` beyond the app's limit."""
     if not request.body_exists:
         return b""
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+
+
+def form_fields(body: bytes) -> list[tuple[str, str]]:
+    """The fields of an ``application/x-www-form-urlencoded`` body, blank ones included."""
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise BadRequest("the form body is not valid UTF-8") from None
 
 
 def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
@@ -89,8 +95,13 @@ def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic" or not encoded:
         return None
+    return basic_pair(encoded.strip())
+
+
+def basic_pair(encoded: str) -> tuple[str, str]:
+    """``(user, password)`` of an HTTP Basic credential (the part after "Basic ")."""
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise BadRequest("the Authorization header is not valid HTTP Basic") from None
     client_id, sep, secret = decoded.partition(":")
