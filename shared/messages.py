@@ -156,6 +156,9 @@ class Introspection(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     aud: list[str] | None = None
     iss: str | None = None
     jti: str | None = None
+    #: Which kind of token this is, ``access`` or ``refresh`` (both are JWTs of ``token_type`` Bearer): a resource
+    #: server that sends no ``token_type_hint`` must accept only ``access``.
+    token_use: str | None = None
 
 
 class Jwk(msgspec.Struct, frozen=True, kw_only=True):

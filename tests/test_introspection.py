@@ -19,6 +19,7 @@ from tests.stack import Stack
 
 INTROSPECTION_FIELDS = {
     "active", "scope", "client_id", "username", "token_type", "exp", "iat", "nbf", "sub", "aud", "iss", "jti",
+    "token_use",
 }  # fmt: skip
 
 
@@ -87,6 +88,7 @@ class TestActive:
         assert (body["exp"], body["iat"], body["nbf"]) == (claims["exp"], claims["iat"], claims["nbf"])
         assert (body["sub"], body["jti"], body["iss"]) == (claims["sub"], claims["jti"], stack.gateway)
         assert body["aud"] == [stack.demo["clientId"]]
+        assert body["token_use"] == "access"
 
     async def test_hint_decides_the_kind(self, session, stack):
         """token_type_hint is honoured: a refresh token is inactive where an access token is expected, and the
@@ -99,6 +101,16 @@ class TestActive:
         assert (await introspect(session, stack, access, token_type_hint="access-token"))["active"] is True
         assert (await introspect(session, stack, refresh))["active"] is True
         assert (await introspect(session, stack, refresh, token_type_hint="nonsense"))["active"] is True
+
+    async def test_token_use_tells_the_kind_without_a_hint(self, session, stack):
+        """Without a hint both kinds are active, so ``token_use`` is what lets a resource server refuse a refresh
+        token presented as an access token."""
+        tokens = await stack_login(session, stack, "o-token-use")
+        access = await introspect(session, stack, tokens["access_token"])
+        refresh = await introspect(session, stack, tokens["refresh_token"])
+        assert (access["active"], access["token_use"]) == (True, "access")
+        assert (refresh["active"], refresh["token_use"]) == (True, "refresh")
+        assert access["token_type"] == refresh["token_type"] == "Bearer"
 
 
 class TestInactive:

@@ -47,6 +47,7 @@ def introspection(info: TokenInfo) -> Introspection:
         aud=list(info.audience),
         iss=info.issuer,
         jti=info.token_id,
+        token_use=info.kind,
     )
 
 
