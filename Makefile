@@ -84,8 +84,9 @@ create-app: install  ## make create-app ORG=acme NAME=shop
 	$(PY) -m services admin create-app --org "$(ORG)" --name "$(NAME)"
 
 .PHONY: attach-provider
-attach-provider: install  ## make attach-provider APP=shop APPID=wx... SECRET=...
-	$(PY) -m services admin attach-provider --app "$(APP)" --appid "$(APPID)" --secret "$(SECRET)"
+attach-provider: install  ## make attach-provider APP=shop APPID=wx... [SECRET_FILE=path]; else WECHAT_APP_SECRET or a prompt
+	$(if $(SECRET),$(error SECRET= is refused: it would show in ps and in make's echo; use SECRET_FILE=path, WECHAT_APP_SECRET or the prompt))
+	$(PY) -m services admin attach-provider --app "$(APP)" --appid "$(APPID)" $(if $(SECRET_FILE),--secret-file "$(SECRET_FILE)")
 
 .PHONY: list
 list: install  ## organizations, applications and providers as JSON

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,13 @@ import asyncpg
 import msgspec
 
 from services.embedded import EmbeddedPostgres
-from shared.errors import MinidoorError
+from shared.errors import BadRequest, MinidoorError
 from user_store import admin, certificates, keyring
 from user_store.keycrypto import MasterKey, master_key_from_env
 from user_store.migrate import apply_migrations
+
+#: Where ``attach-provider`` reads the AppSecret when no ``--secret-file`` is given (then stdin).
+SECRET_ENV = "WECHAT_APP_SECRET"
 
 Command = Callable[[asyncpg.Connection, argparse.Namespace], Awaitable[Any]]
 
@@ -42,10 +46,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--expire-in-hours", type=float, default=168.0)
     p.set_defaults(admin_fn=_create_app)
 
-    p = cmds.add_parser("attach-provider", help="attach a WeChat mini-program provider (appid, secret)")
+    p = cmds.add_parser(
+        "attach-provider",
+        help=f"attach a WeChat mini-program provider; the AppSecret comes from --secret-file, {SECRET_ENV} or stdin",
+    )
     p.add_argument("--app", required=True)
     p.add_argument("--appid", required=True)
-    p.add_argument("--secret", required=True)
+    p.add_argument("--secret-file", default="", help="a file holding the AppSecret ('-': stdin)")
+    # Refused: an argument shows in `ps`, in shell history and in what make echoes.
+    p.add_argument("--secret", default=None, help=argparse.SUPPRESS)
     p.add_argument("--name", default=None, help="provider name (default wechat-mp-<appid>)")
     p.set_defaults(admin_fn=_attach_provider)
 
@@ -89,10 +98,32 @@ async def _create_app(conn: asyncpg.Connection, args: argparse.Namespace) -> Any
 
 
 async def _attach_provider(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    secret = await asyncio.to_thread(read_secret, args.secret_file, os.environ)
     master = await asyncio.to_thread(_master_key)  # the secret is sealed as the user store seals it
-    return await admin.attach_miniprogram_provider(
-        conn, args.app, args.appid, args.secret, name=args.name, master=master
-    )
+    return await admin.attach_miniprogram_provider(conn, args.app, args.appid, secret, name=args.name, master=master)
+
+
+def read_secret(secret_file: str, environ: Mapping[str, str]) -> str:
+    """The AppSecret from ``secret_file`` (``-``: stdin), else ``$WECHAT_APP_SECRET``, else stdin (a hidden prompt on
+    a terminal). Never from an argument. Surrounding white space is dropped; an empty secret is an error."""
+    if secret_file == "-" or (not secret_file and not environ.get(SECRET_ENV)):
+        if sys.stdin.isatty():
+            secret = getpass.getpass("WeChat AppSecret: ")
+        else:
+            secret = sys.stdin.readline()
+        source = "stdin"
+    elif secret_file:
+        try:
+            secret = Path(secret_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"cannot read the AppSecret from {secret_file}: {exc}") from None
+        source = secret_file
+    else:
+        secret, source = environ[SECRET_ENV], SECRET_ENV
+    secret = secret.strip()
+    if not secret:
+        raise BadRequest(f"the AppSecret from {source} is empty")
+    return secret
 
 
 async def _rotate_secret(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
@@ -127,6 +158,13 @@ async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "secret", None) is not None:
+        print(
+            "error: --secret would put the AppSecret on the command line (ps, shell history, make's echo); pass it on"
+            f" stdin, in {SECRET_ENV}, or with --secret-file PATH",
+            file=sys.stderr,
+        )
+        return 2
     database_url = os.environ.get("DATABASE_URL", "")
     pg: EmbeddedPostgres | None = None
     if not database_url:

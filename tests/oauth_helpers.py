@@ -102,7 +102,7 @@ def make_app(stack: Stack, name: str, *, expire_in_hours: float = 168.0) -> dict
     """A new application of the demo organization with its own mini-program provider, known to the sandbox."""
     app = stack.admin("create-app", "--org", "demo", "--name", name, "--expire-in-hours", str(expire_in_hours))
     appid, secret = f"wx{name.replace('-', '')[:14]:0<14}", "s" * 32
-    stack.admin("attach-provider", "--app", name, "--appid", appid, "--secret", secret)
+    stack.admin("attach-provider", "--app", name, "--appid", appid, stdin=secret)
     payload = json.dumps({"appid": appid, "secret": secret}).encode()
     req = urllib.request.Request(
         stack.sandbox + "/sandbox/apps", data=payload, headers={"Content-Type": "application/json"}, method="POST"

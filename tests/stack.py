@@ -113,12 +113,14 @@ class Stack:
         except OSError:
             return ""
 
-    def admin(self, *args: str) -> Any:
-        """Run ``python -m services admin ...`` against this stack's database; returns its JSON output."""
+    def admin(self, *args: str, stdin: str = "") -> Any:
+        """Run ``python -m services admin ...`` against this stack's database, ``stdin`` on its standard input (an
+        AppSecret, say); returns its JSON output."""
         out = subprocess.run(
             [sys.executable, "-m", "services", "admin", *args],
             cwd=ROOT,
             env=self.env,
+            input=stdin.encode(),
             capture_output=True,
             timeout=60,
         )

@@ -207,7 +207,7 @@ class TestApplications:
     async def test_sign_up_disabled(self, session, stack, db):
         """An application without sign-up refuses new users with invalid_grant and writes nothing."""
         app = stack.admin("create-app", "--org", "demo", "--name", "closed-app", "--no-sign-up")
-        stack.admin("attach-provider", "--app", "closed-app", "--appid", "wxclosed0000001", "--secret", "s" * 32)
+        stack.admin("attach-provider", "--app", "closed-app", "--appid", "wxclosed0000001", stdin="s" * 32)
         async with session.post(stack.sandbox + "/sandbox/apps", json={"appid": "wxclosed0000001", "secret": "s" * 32}):
             pass
         async with session.post(stack.sandbox + "/sandbox/login", json={"appid": "wxclosed0000001"}) as resp:

@@ -81,7 +81,13 @@ async def lookup(client, client_id: str) -> tuple[int, dict[str, Any]]:
 
 
 def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+    )
+
+
+def _run_input(command: list[str], env: dict[str, str], stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
@@ -260,9 +266,8 @@ class TestWriters:
         await admin.create_organization(conn, "acme")
         await admin.create_application(conn, "acme", "shop")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASTER_KEY")}
-        env.update(DATABASE_URL=pg_url, STATE_DIR=str(tmp_path))
+        env.update(DATABASE_URL=pg_url, STATE_DIR=str(tmp_path), WECHAT_APP_SECRET=SECRET)
         command = [sys.executable, "-m", "services", "admin", "attach-provider", "--app", "shop", "--appid", APPID]
-        command += ["--secret", SECRET]
 
         refused = await asyncio.to_thread(_run, command, env)
         assert refused.returncode == 1, refused.stderr
@@ -277,6 +282,50 @@ class TestWriters:
         assert MasterKey(MASTER).open_provider_secret(row["app_secret_sealed"], str(row["id"]), row["name"]) == (
             SECRET.encode()
         )
+
+    async def test_cli_takes_the_secret_from_a_file_stdin_or_env_never_an_argument(
+        self, client, conn, pg_url, tmp_path: Path
+    ):
+        """``--secret`` is refused before anything is written, and the secret shows in no output; a file, stdin and
+        ``WECHAT_APP_SECRET`` each work; an empty secret is one error line."""
+        await admin.create_organization(conn, "acme")
+        for name in ("shop-a", "shop-b", "shop-c"):
+            await admin.create_application(conn, "acme", name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MASTER_KEY") and k != "WECHAT_APP_SECRET"}
+        env.update(DATABASE_URL=pg_url, STATE_DIR=str(tmp_path), MASTER_KEY=MASTER)
+        base = [sys.executable, "-m", "services", "admin", "attach-provider"]
+
+        refused = await asyncio.to_thread(_run, [*base, "--app", "shop-a", "--appid", APPID, "--secret", SECRET], env)
+        assert refused.returncode == 2
+        assert "--secret would put the AppSecret on the command line" in refused.stderr
+        assert SECRET not in refused.stderr + refused.stdout
+        assert await conn.fetchval("SELECT count(*) FROM providers") == 0
+
+        secret_file = tmp_path / "app-secret"
+        secret_file.write_text(SECRET + "\n")
+        by_file = await asyncio.to_thread(
+            _run, [*base, "--app", "shop-a", "--appid", "wx00000000000000a1", "--secret-file", str(secret_file)], env
+        )
+        by_stdin = await asyncio.to_thread(
+            _run_input, [*base, "--app", "shop-b", "--appid", "wx00000000000000b2"], env, SECRET + "\n"
+        )
+        by_env = await asyncio.to_thread(
+            _run, [*base, "--app", "shop-c", "--appid", "wx00000000000000c3"], {**env, "WECHAT_APP_SECRET": SECRET}
+        )
+        for done in (by_file, by_stdin, by_env):
+            assert done.returncode == 0, done.stderr
+            assert SECRET not in done.stdout + done.stderr
+        for appid in ("wx00000000000000a1", "wx00000000000000b2", "wx00000000000000c3"):
+            row = await provider_row(conn, appid)
+            assert MasterKey(MASTER).open_provider_secret(row["app_secret_sealed"], str(row["id"]), row["name"]) == (
+                SECRET.encode()
+            )
+
+        empty = await asyncio.to_thread(
+            _run_input, [*base, "--app", "shop-a", "--appid", "wx00000000000000d4"], env, ""
+        )
+        assert empty.returncode == 1
+        assert empty.stderr == "error: the AppSecret from stdin is empty\n"
 
 
 class TestEndToEnd:
