@@ -105,6 +105,13 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     master_key_file: str = ""
     #: How often the store re-reads ``signing_keys``, so a rotation or retirement applies without a restart.
     key_reload_interval: Seconds = 2.0
+    #: User names and display names nobody may take, nor anything that looks like them (``user_store/user_rules.py``).
+    reserved_names: str = (
+        "admin,administrator,root,system,sysadmin,casdoor,minidoor,support,help,security,official,staff,moderator,"
+        "wechat,weixin,tencent,service,api,null,undefined,anonymous,superuser"
+    )
+    #: Host name suffixes an avatar URL may not use: internal names of the deployment's networks.
+    avatar_forbidden_suffixes: str = "local,localhost,internal,intranet,lan,home.arpa,svc,cluster.local,corp"
 
 
 class ConfigError(MinidoorError):

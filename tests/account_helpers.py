@@ -3,10 +3,12 @@ credentials) make them, with the envelope checked on every answer."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import aiohttp
 
+from tests.oauth_helpers import claims_of, stack_login
 from tests.stack import Stack
 
 ENVELOPE_KEYS = {"status", "msg", "sub", "name", "data", "data2", "data3"}
@@ -60,3 +62,11 @@ def other_org_app(stack: Stack, org: str) -> dict[str, str]:
     stack.admin("create-org", "--name", org)
     app = stack.admin("create-app", "--org", org, "--name", f"{org}-app")
     return {"clientId": app["clientId"], "clientSecret": app["clientSecret"]}
+
+
+async def new_user(session: aiohttp.ClientSession, stack: Stack, **extra: str) -> dict[str, Any]:
+    """A fresh mini-program user: its token body plus ``openid``, ``name`` and ``id``."""
+    openid = f"o-{secrets.token_hex(6)}"
+    token = await stack_login(session, stack, openid, **extra)
+    claims = claims_of(token["access_token"])
+    return {**token, "openid": openid, "name": claims["name"], "id": claims["sub"]}

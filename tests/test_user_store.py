@@ -229,7 +229,7 @@ class TestFirstLogin:
         "avatar", ["javascript:alert(1)", "ftp://img.test/a.png", "https://", "https://a.test/" + "x" * 1024]
     )
     async def test_invalid_avatar(self, client, conn, shop, avatar):
-        """An avatar that is not an http(s) URL of at most 1024 characters is 400 and creates nothing."""
+        """An avatar that is not an https URL on a public host of at most 1024 characters is 400 and creates nothing."""
         body = await login(client, shop, avatar=avatar, status=400)
         assert body["error"] == "invalid_request"
         assert await count(conn, "users") == 0
@@ -269,12 +269,12 @@ class TestReturningLogin:
     async def test_updates_the_profile(self, client, conn, shop):
         """A non-empty username and avatar update display_name and avatar, never the user name."""
         first = await login(client, shop, username="carol")
-        await login(client, shop, username="Carol C", avatar="http://img.test/c.png")
+        await login(client, shop, username="Carol C", avatar="https://img.test/c.png")
         user = await conn.fetchrow("SELECT * FROM users")
         assert (user["name"], user["display_name"], user["avatar"]) == (
             first["user_name"],
             "Carol C",
-            "http://img.test/c.png",
+            "https://img.test/c.png",
         )
 
     async def test_empty_fields_keep_the_profile(self, client, conn, shop):

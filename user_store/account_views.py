@@ -35,7 +35,7 @@ from user_store.callers import (
 )
 from user_store.db import Conn, connection, transaction
 from user_store.http import json_response, read_json
-from user_store.keys import PG_POOL, REVOCATIONS, SIGNER
+from user_store.keys import PG_POOL, REVOCATIONS, RULES, SIGNER
 from user_store.refresh import logout as logout_tokens
 from user_store.refresh import refresh_tokens
 from user_store.tokens import revoke_user_tokens
@@ -133,11 +133,13 @@ async def update_user(request: web.Request) -> web.Response:
         columns = parse_columns(update.columns)
         owner, by, value = _target(caller, update)
         row, admin = await find_target(conn, caller, owner, by, value, "update", lock=True)
-        changes = plan_changes(dict(row), update.user, columns, admin=admin)
+        changes = plan_changes(dict(row), update.user, columns, admin=admin, rules=request.app[RULES])
         for field in ("name", "email", "phone"):
             new = changes.values.get(field)
             if new and await users.taken_by(conn, row, field, new):
-                raise Conflict(f"{field} {new!r} already exists in organization {owner!r}")
+                # A name is public in its organization; another user's email or phone is not, so it is not echoed.
+                shown = f"{field} {new!r}" if field == "name" else f"that {field}"
+                raise Conflict(f"{shown} already exists in organization {owner!r}")
         values = dict(changes.values)
         if changes.password is not None:
             values["password_hash"] = await users.hash_password(changes.password)

@@ -8,12 +8,13 @@ from aiohttp import web
 
 from shared.config import UserStoreConfig
 from user_store.db import create_pool
-from user_store.keys import CONFIG, PG_POOL
+from user_store.keys import CONFIG, PG_POOL, RULES
 from user_store.lifecycle import revocations_ctx, signing_keys_ctx
 from user_store.metrics import METRICS, UserStoreMetrics, metrics_middleware
 from user_store.middleware import error_middleware, internal_auth_middleware
 from user_store.migrate import apply_migrations
 from user_store.routes import setup_routes
+from user_store.user_rules import UserRules
 
 
 def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Application:
@@ -24,6 +25,7 @@ def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Appli
     )
     app[CONFIG] = config
     app[METRICS] = UserStoreMetrics()
+    app[RULES] = UserRules.from_config(config)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(config, tries=connect_tries)

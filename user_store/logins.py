@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import uuid
-from urllib.parse import urlsplit
 
 import asyncpg
+import msgspec
 import structlog
 
 from shared.errors import BadRequest, InvalidGrant, Unauthorized
@@ -17,18 +16,19 @@ from user_store import queries
 from user_store.db import Conn, Pool, transaction
 from user_store.signing import Signer, Subject
 from user_store.tokens import issue_tokens
+from user_store.user_rules import MAX_DISPLAY_NAME, USERNAME_RE, UserRules, normalize
 
-#: Casdoor's rule for a user name taken from the ``username`` parameter; Chinese nicknames fail it.
-USERNAME_RE = re.compile(r"^[a-zA-Z0-9]+([-._][a-zA-Z0-9]+)*$")
-MAX_NAME = 255
-MAX_AVATAR = 1024
 MAX_ID = 128
 #: How many random suffixes to try when both the username and ``wechat-<openid>`` are taken.
 _SUFFIX_TRIES = 5
 
 
-def validate_login(login: WechatLogin) -> None:
-    """Reject what must never reach the database, before any lookup."""
+def validate_login(login: WechatLogin, rules: UserRules) -> WechatLogin:
+    """Reject what must never reach the database, before any lookup; the login with its profile fields normalized.
+
+    A malformed ``username`` or ``avatar`` is a client bug: 400. A reserved name (or a look-alike) is a real
+    WeChat nickname, so it is not refused: it is not used, neither as the user name nor as the display name.
+    """
     if not login.openid or len(login.openid) > MAX_ID:
         raise BadRequest(f"openid must be 1 to {MAX_ID} characters")
     if not login.appid or len(login.appid) > MAX_ID:
@@ -37,22 +37,16 @@ def validate_login(login: WechatLogin) -> None:
         raise BadRequest(f"unionid must be at most {MAX_ID} characters")
     if len(login.session_key) > MAX_ID:
         raise BadRequest(f"session_key must be at most {MAX_ID} characters")
-    if len(login.username) > MAX_NAME:
-        raise BadRequest(f"username must be at most {MAX_NAME} characters")
-    if not all(ch.isprintable() for ch in login.username):
+    username = normalize(login.username)
+    if len(username) > MAX_DISPLAY_NAME:
+        raise BadRequest(f"username must be at most {MAX_DISPLAY_NAME} characters")
+    if not all(ch.isprintable() for ch in username):
         raise BadRequest("username must be printable text")
-    if login.avatar and not _is_http_url(login.avatar):
-        raise BadRequest(f"avatar must be an http(s) URL of at most {MAX_AVATAR} characters")
-
-
-def _is_http_url(value: str) -> bool:
-    if len(value) > MAX_AVATAR or any(ch.isspace() or not ch.isprintable() for ch in value):
-        return False
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    if rules.is_reserved(username):
+        structlog.contextvars.bind_contextvars(reserved_username_dropped=True)
+        username = ""
+    rules.avatar("avatar", login.avatar)
+    return login if username == login.username else msgspec.structs.replace(login, username=username)
 
 
 def _lock_key(*parts: str) -> int:
@@ -60,9 +54,9 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-async def login_wechat(pool: Pool, signer: Signer, login: WechatLogin) -> LoginResult:
+async def login_wechat(pool: Pool, signer: Signer, login: WechatLogin, rules: UserRules) -> LoginResult:
     """Find or create the user behind a WeChat identity and mint their tokens, all in one transaction."""
-    validate_login(login)
+    login = validate_login(login, rules)
     async with transaction(pool) as conn:
         app = await queries.login_application(conn, login.client_id, login.appid)
         if app is None:

@@ -13,30 +13,25 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from shared.errors import BadRequest, Forbidden
-from user_store.logins import USERNAME_RE
+from user_store.user_rules import UserRules
 from user_store.users import MASK
 
 #: Who may change a field: the user itself (and admins), admins only (an ``isAdmin`` user of the organization or
 #: the application's credentials), or nobody (computed or fixed; ignored in a body).
 Access = Literal["self", "admin", "readonly"]
 
-MAX_DISPLAY_NAME = 100
-MAX_AVATAR = 1024
-MAX_EMAIL = 254
 MIN_PASSWORD = 6
 #: argon2 hashes any length, but a bounded input keeps a request's cost bounded.
 MAX_PASSWORD = 128
 MAX_TEXT = 100
 MAX_PROPERTIES = 100
 MAX_PROPERTY_VALUE = 1000
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^[0-9]{4,20}$")
 _COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
 
-Parse = Callable[[str, object], Any]
+Parse = Callable[[str, object, UserRules], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +64,7 @@ def _text(name: str, value: object) -> str:
 
 
 def _bounded(max_len: int, *, required: bool = False, pattern: re.Pattern[str] | None = None, hint: str = "") -> Parse:
-    def parse(name: str, value: object) -> str:
+    def parse(name: str, value: object, rules: UserRules) -> str:
         text = _text(name, value)
         if required and not text.strip():
             raise BadRequest(f"{name} cannot be empty")
@@ -82,34 +77,29 @@ def _bounded(max_len: int, *, required: bool = False, pattern: re.Pattern[str] |
     return parse
 
 
-def _avatar(name: str, value: object) -> str:
-    text = _text(name, value)
-    if not text:
-        return text
-    try:
-        parts = urlsplit(text)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        valid = False
-    if not valid or len(text) > MAX_AVATAR or " " in text:
-        raise BadRequest(f"{name} must be an http(s) URL of at most {MAX_AVATAR} characters")
-    return text
+def _avatar(name: str, value: object, rules: UserRules) -> str:
+    return rules.avatar(name, _text(name, value))
 
 
-def _user_name(name: str, value: object) -> str:
-    text = _text(name, value)
-    if len(text) > 255 or not USERNAME_RE.match(text):
-        raise BadRequest(f"{name} is invalid: letters and digits, separated by single '-', '_' or '.'")
-    return text
+def _email(name: str, value: object, rules: UserRules) -> str:
+    return rules.email(name, _text(name, value))
 
 
-def _flag(name: str, value: object) -> bool:
+def _display_name(name: str, value: object, rules: UserRules) -> str:
+    return rules.display_name(name, _text(name, value), required=True)
+
+
+def _user_name(name: str, value: object, rules: UserRules) -> str:
+    return rules.user_name(name, _text(name, value))
+
+
+def _flag(name: str, value: object, rules: UserRules) -> bool:
     if not isinstance(value, bool):
         raise BadRequest(f"{name} must be true or false")
     return value
 
 
-def _properties(name: str, value: object) -> dict[str, str]:
+def _properties(name: str, value: object, rules: UserRules) -> dict[str, str]:
     if not isinstance(value, dict):
         raise BadRequest(f"{name} must be an object of strings")
     if len(value) > MAX_PROPERTIES:
@@ -120,7 +110,7 @@ def _properties(name: str, value: object) -> dict[str, str]:
     return dict(value)
 
 
-def _password(name: str, value: object) -> str:
+def _password(name: str, value: object, rules: UserRules | None = None) -> str:
     text = _text(name, value)
     if not MIN_PASSWORD <= len(text) <= MAX_PASSWORD:
         raise BadRequest(f"{name} must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
@@ -130,9 +120,9 @@ def _password(name: str, value: object) -> str:
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
-        Field("displayName", "self", "display_name", _bounded(MAX_DISPLAY_NAME, required=True)),
+        Field("displayName", "self", "display_name", _display_name),
         Field("avatar", "self", "avatar", _avatar),
-        Field("email", "self", "email", _bounded(MAX_EMAIL, pattern=_EMAIL, hint="expected name@domain")),
+        Field("email", "self", "email", _email),
         Field("phone", "self", "phone", _bounded(20, pattern=_PHONE, hint="digits only; the region is countryCode")),
         Field("countryCode", "self", "country_code", _bounded(2, pattern=_COUNTRY_CODE, hint="two capitals, e.g. CN")),
         Field("password", "self", "password_hash", _password),
@@ -182,7 +172,7 @@ def parse_columns(columns: str) -> list[str] | None:
 
 
 def plan_changes(
-    stored: Mapping[str, Any], body: Mapping[str, Any], columns: list[str] | None, *, admin: bool
+    stored: Mapping[str, Any], body: Mapping[str, Any], columns: list[str] | None, *, admin: bool, rules: UserRules
 ) -> Changes:
     """What to write to ``stored`` (a users row with ``organization``) for this body.
 
@@ -206,7 +196,7 @@ def plan_changes(
             continue
         if value == stored[spec.column]:
             continue  # what was read, sent back: even a value the rules now refuse (an empty displayName)
-        parsed = _text(name, value) if spec.parse is None else spec.parse(name, value)
+        parsed = _text(name, value) if spec.parse is None else spec.parse(name, value, rules)
         if parsed == stored[spec.column]:
             continue
         if spec.access == "admin" and not admin:
