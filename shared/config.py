@@ -105,6 +105,10 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     master_key_file: str = ""
     #: How often the store re-reads ``signing_keys``, so a rotation or retirement applies without a restart.
     key_reload_interval: Seconds = 2.0
+    #: argon2id hashes computed at once (64 MiB and a core each), outside any transaction or pool connection.
+    password_hash_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    #: Password changes of one user in flight at once; more answer 429.
+    password_changes_per_user: Annotated[int, msgspec.Meta(ge=1)] = 3
 
 
 class ConfigError(MinidoorError):

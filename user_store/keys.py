@@ -9,6 +9,7 @@ from shared.config import UserStoreConfig
 from user_store.keycrypto import MasterKey
 from user_store.revocations import Revocations
 from user_store.signing import Signer
+from user_store.users import PasswordHashing
 
 CONFIG = web.AppKey("config", UserStoreConfig)
 PG_POOL: web.AppKey[asyncpg.Pool[asyncpg.Record]] = web.AppKey("pg_pool")
@@ -17,3 +18,5 @@ SIGNER = web.AppKey("signer", Signer)
 MASTER_KEY: web.AppKey[MasterKey | None] = web.AppKey("master_key")
 #: Broadcasts revocations and key changes to every verifier (a no-op without ``REDIS_URL``).
 REVOCATIONS = web.AppKey("revocations", Revocations)
+#: Hashes new passwords outside any transaction, with bounded concurrency (``users.PasswordHashing``).
+PASSWORD_HASHING = web.AppKey("password_hashing", PasswordHashing)
