@@ -67,11 +67,11 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         await limiter.check(limits.code, code)
     try:
         return await handler(request)
-    except InvalidToken:
-        await limiter.check(limits.bad_tokens, ip)
-        raise
-    except Unauthorized:
-        if client_path or request.path in _ACCOUNT_CLIENT_PATHS:
+    except Unauthorized as exc:
+        # From the user store an invalid token comes back as an Unauthorized carrying invalid_token.
+        if exc.error == InvalidToken.error:
+            await limiter.check(limits.bad_tokens, ip)
+        elif client_path or request.path in _ACCOUNT_CLIENT_PATHS:
             client_id = await _client_id(request)
             await limiter.check(limits.ip_failures, ip)
             if client_id:

@@ -34,6 +34,9 @@ class Stack:
         self.state_dir = state_dir
         self.gateway_port, self.user_store_port, self.sandbox_port = free_ports(3)
         self.env = {k: v for k, v in os.environ.items() if k not in _STACK_VARS}
+        # Every test request comes from 127.0.0.1, so the per-IP limits are raised; a test's own env may lower
+        # them again (tests/test_rate_limits.py).
+        self.env.update(PER_IP_LIMITS_RAISED)
         self.env.update(
             STATE_DIR=str(state_dir),
             GATEWAY_PORT=str(self.gateway_port),
@@ -41,9 +44,6 @@ class Stack:
             WECHAT_SANDBOX_PORT=str(self.sandbox_port),
             LOG_FORMAT="json",
             LOG_LEVEL="info",
-            # Every test request comes from 127.0.0.1, so the per-IP limits are raised; tests/test_rate_limits.py
-            # starts its own stack with low ones.
-            **PER_IP_LIMITS_RAISED,
             **env,
         )
         self.log_path = state_dir / "stack.log"
