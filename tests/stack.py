@@ -15,17 +15,12 @@ from typing import Any
 
 import psutil
 
+from services.bench.stack import ONE_ADDRESS_LIMITS
 from services.demo import READY_BANNER
 from services.ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 # Variables of the developer's shell that would steer the stack away from what a test asked for.
-#: Per-IP rate limits high enough for tests, benchmarks and load tests that send everything from one address.
-PER_IP_LIMITS_RAISED = {
-    "RATE_LIMIT_TOKEN_PER_IP": "10000000",
-    "RATE_LIMIT_AUTH_FAILURES_PER_IP": "10000000",
-    "RATE_LIMIT_BAD_TOKENS_PER_IP": "10000000",
-}
 _STACK_VARS = ("DATABASE_URL", "REDIS_URL", "WECHAT_API_BASE", "STATE_DIR", "KEY_PREFIX", "INTERNAL_TOKEN")
 
 
@@ -36,7 +31,7 @@ class Stack:
         self.env = {k: v for k, v in os.environ.items() if k not in _STACK_VARS}
         # Every test request comes from 127.0.0.1, so the per-IP limits are raised; a test's own env may lower
         # them again (tests/test_rate_limits.py).
-        self.env.update(PER_IP_LIMITS_RAISED)
+        self.env.update(ONE_ADDRESS_LIMITS)
         self.env.update(
             STATE_DIR=str(state_dir),
             GATEWAY_PORT=str(self.gateway_port),
