@@ -40,6 +40,7 @@ limited_stack = _stack_fixture(
     RATE_LIMIT_AUTH_FAILURES_PER_IP="5",
     RATE_LIMIT_BAD_TOKENS_PER_IP="4",
     RATE_LIMIT_USER_UPDATES="3",
+    RATE_LIMIT_PER_WECHAT_USER="3",
 )
 
 
@@ -189,6 +190,23 @@ async def test_code_replays_limited(session, limited_stack):
     ]
     print("same code 4 times:", statuses)
     assert statuses[0] == 200 and 429 not in statuses[:3] and statuses[3] == 429
+
+
+async def test_logins_per_wechat_user(session, limited_stack):
+    """One WeChat user's 4th login in a minute (fresh codes, new IPs) answers 429 with Retry-After, counted by the
+    auth worker after jscode2session; another user is unaffected."""
+    openid = f"o-{secrets.token_hex(6)}"
+    results = []
+    for _ in range(4):
+        body = {"appid": limited_stack.demo["wechatAppId"], "openid": openid}
+        async with session.post(limited_stack.sandbox + "/sandbox/login", json=body) as resp:
+            code = (await resp.json())["code"]
+        form = {"tag": "wechat_miniprogram", "client_id": limited_stack.demo["clientId"], "code": code}
+        results.append(await post(session, limited_stack.token_url, data=form, headers=from_ip(new_ip())))
+    print("same WeChat user 4 times:", [(status, retry) for status, _body, retry in results])
+    assert [status for status, _body, _retry in results] == [200, 200, 200, 429]
+    assert results[3][2] is not None and "wechat_user" in results[3][1]["error_description"]
+    await stack_login(session, limited_stack, f"o-{secrets.token_hex(6)}")
 
 
 async def test_unknown_client_ids_per_ip(session, limited_stack):
