@@ -89,9 +89,9 @@ async def test_peek_spends_nothing(redis_client, key_prefix):
         await limiter.peek(limit, "k")
 
 
-async def test_budget_shared_between_clients_and_keys_hashed(redis_client, key_prefix):
+async def test_budget_shared_between_clients_and_keys_hashed(redis_client, redis_url, key_prefix):
     """Two limiters (two processes' clients) on one Redis share a key's budget; Redis holds only its hash."""
-    other = aioredis.Redis.from_url(_url_of(redis_client))
+    other = aioredis.Redis.from_url(redis_url)
     try:
         a, b = RateLimiter(redis_client, Keys(key_prefix)), RateLimiter(other, Keys(key_prefix))
         limit = Limit("shared", 2, 60)
@@ -103,11 +103,6 @@ async def test_budget_shared_between_clients_and_keys_hashed(redis_client, key_p
         assert names == [f"{key_prefix}:ratelimit:shared:{short_hash('203.0.113.9')}"]
     finally:
         await other.aclose()
-
-
-def _url_of(client: aioredis.Redis) -> str:
-    kw = client.connection_pool.connection_kwargs
-    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 async def test_redis_outage_fails_open_or_closed_per_limit(key_prefix):
