@@ -30,6 +30,7 @@ from shared.messages import (
     WechatLogin,
     WechatSession,
 )
+from shared.ratelimit import Limit, RateLimiter
 from shared.user_store_client import UserStoreClient
 
 T = TypeVar("T")
@@ -62,8 +63,12 @@ class JobHandler:
         user_store: UserStoreClient,
         wechat: WechatClient,
         metrics: WorkerMetrics,
+        *,
+        per_wechat_user: Limit | None = None,
     ) -> None:
         self.records = ExchangeRecords(redis)
+        self._limiter = RateLimiter(redis, keys, on_limited=lambda name: metrics.rate_limited.labels(name).inc())
+        self._per_wechat_user = per_wechat_user
         self._keys = keys
         self._user_store = user_store
         self._wechat = wechat
@@ -142,6 +147,12 @@ class JobHandler:
             username=job.username,
             avatar=job.avatar,
         )
+        if self._per_wechat_user is not None:
+            try:
+                # Per WeChat user, which only jscode2session reveals; fails open (a login needs no limiter).
+                await self._limiter.check(self._per_wechat_user, f"{provider.appid}:{session.openid}")
+            except MinidoorError as exc:
+                return await self._final(job, key, exc, path)
         try:
             login_result = await self._login(login, job)
         except Unavailable as exc:

@@ -21,6 +21,9 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.rate_limited = Counter(
+            "minidoor_worker_rate_limited", "Logins refused with 429 by a rate limit", ["limit"], registry=r
+        )
         self.in_flight = Gauge("minidoor_worker_jobs_in_flight", "Jobs this worker holds right now", registry=r)
         self.reclaimed = Counter(
             "minidoor_worker_reclaimed_jobs", "Jobs taken over from a worker that stopped touching them", registry=r

@@ -36,6 +36,7 @@ from auth_worker.wechat import WechatClient
 from shared.config import WorkerConfig
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, LoginSucceeded, job_decoder
+from shared.ratelimit import Limit
 from shared.runtime import new_event_loop, pending_tasks
 from shared.user_store_client import UserStoreClient
 
@@ -191,7 +192,8 @@ class Worker:
             breaker=CircuitBreaker(cfg.wechat_breaker_failures, cfg.wechat_breaker_reset),
             metrics=self.metrics,
         )
-        self._handler = JobHandler(self.redis, self.keys, user_store, wechat, self.metrics)
+        per_user = Limit("wechat_user", cfg.rate_limit_per_wechat_user, 60)
+        self._handler = JobHandler(self.redis, self.keys, user_store, wechat, self.metrics, per_wechat_user=per_user)
         if cfg.worker_http_port and self._status is None:
             self._status = await start_status_server(self, cfg.worker_http_host, cfg.worker_http_port)
 

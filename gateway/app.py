@@ -13,6 +13,7 @@ from redis.backoff import NoBackoff
 from gateway import keys
 from gateway.applications import ApplicationCache
 from gateway.jobs import JobPublisher
+from gateway.limits import LIMITS, GatewayLimits, limits_ctx, rate_limit_middleware
 from gateway.metrics import METRICS, GatewayMetrics, metrics_middleware
 from gateway.middleware import error_middleware, request_context
 from gateway.oauth import verifier_ctx
@@ -26,13 +27,16 @@ from shared.user_store_client import UserStoreClient
 
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, metrics_middleware, error_middleware], client_max_size=config.max_body_bytes
+        middlewares=[request_context, metrics_middleware, error_middleware, rate_limit_middleware],
+        client_max_size=config.max_body_bytes,
     )
     app[keys.CONFIG] = config
     app[METRICS] = GatewayMetrics()
     app[keys.REDIS_KEYS] = Keys(config.key_prefix)
+    app[LIMITS] = GatewayLimits(config)
     setup_routes(app)
     app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(limits_ctx)
     app.cleanup_ctx.append(_user_store)
     app.cleanup_ctx.append(_replies)
     app.cleanup_ctx.append(verifier_ctx)

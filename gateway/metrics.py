@@ -57,6 +57,9 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "minidoor_gateway_rate_limited", "Requests refused with 429 by a rate limit", ["limit"], registry=r
+        )
         self.stream_length = Gauge("minidoor_stream_length", "Jobs in the code-exchange stream", registry=r)
         self.stream_pending = Gauge(
             "minidoor_stream_pending", "Jobs taken by a worker, not yet acknowledged", registry=r

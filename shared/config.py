@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from shared.errors import MinidoorError
+from shared.ratelimit import parse_networks
 
 
 class Secret(str):
@@ -31,6 +32,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 #: published before the delivery, by whichever gateway: no job may wait longer (``auth_worker/exchange.py``).
 MAX_LOGIN_TIMEOUT = 60.0
 LoginTimeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_LOGIN_TIMEOUT)]
+RateCount = Annotated[int, msgspec.Meta(ge=0)]
 LogLevel = Annotated[str, msgspec.Meta(pattern="(?i)^(debug|info|warning|error)$")]
 LogFormat = Annotated[str, msgspec.Meta(pattern="^(json|console|auto)$")]
 
@@ -63,6 +65,24 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     shutdown_grace: Seconds = 10.0
     #: The ``iss`` the gateway's token verifier expects: the user store's ``ISSUER``.
     issuer: str = "http://127.0.0.1:8000"
+    #: Proxies whose ``X-Forwarded-For`` is believed: CIDRs separated by commas. Empty: the peer is the client.
+    trusted_proxies: str = ""
+    #: Rate limits (README "Rate limits"); each a number of requests per its period, 0 = off. Per-IP ones are
+    #: generous because mobile carriers put many users behind one address.
+    rate_limit_token_per_ip: RateCount = 600  # token endpoint requests per IP per minute
+    rate_limit_per_code: RateCount = 10  # tries of one wx.login() code per 5 minutes
+    rate_limit_client_failures: RateCount = 30  # failed authentications of one client_id per minute
+    rate_limit_auth_failures_per_ip: RateCount = 60  # failed client authentications (unknown ids too) per IP/min
+    rate_limit_bad_tokens_per_ip: RateCount = 60  # forged or dead bearer tokens per IP per minute
+    rate_limit_user_updates: RateCount = 20  # profile and password changes of one user per minute
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"TRUSTED_PROXIES: {exc}") from None
 
 
 class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
@@ -78,6 +98,8 @@ class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     #: Consecutive failed WeChat calls that open the circuit breaker, and how long it then fails fast.
     wechat_breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
     wechat_breaker_reset: Seconds = 5.0
+    #: Logins of one WeChat user (openid, per appid) per minute, counted after jscode2session; 0 = off.
+    rate_limit_per_wechat_user: RateCount = 20
     #: A job left untouched this long by its worker (dead or stuck) is claimed by another (XAUTOCLAIM); well
     #: inside LOGIN_TIMEOUT, so a crashed worker's clients still get their answer in time.
     claim_idle: Seconds = 2.5
@@ -112,6 +134,10 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     )
     #: Host name suffixes an avatar URL may not use: internal names of the deployment's networks.
     avatar_forbidden_suffixes: str = "local,localhost,internal,intranet,lan,home.arpa,svc,cluster.local,corp"
+    #: argon2id hashes computed at once (64 MiB and a core each), outside any transaction or pool connection.
+    password_hash_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    #: Password changes of one user in flight at once; more answer 429.
+    password_changes_per_user: Annotated[int, msgspec.Meta(ge=1)] = 3
 
 
 class ConfigError(MinidoorError):

@@ -31,6 +31,10 @@ class Keys:
         digest = hashlib.sha256(code.encode()).hexdigest()
         return f"{self.prefix}:exchange:{appid}:{client_id}:{digest}"
 
+    def rate_limit(self, limit: str, key_hash: str) -> str:
+        """One key's GCRA state under one limit (``shared/ratelimit.py``); the key is hashed by the caller."""
+        return f"{self.prefix}:ratelimit:{limit}:{key_hash}"
+
     @staticmethod
     def delivered_answer(record: str) -> str:
         """Where a record's final answer moves once delivered, kept only while jobs published before the delivery

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from services.bench.stack import ONE_ADDRESS_LIMITS, ONE_ADDRESS_NOTE
 from services.demo import Demo, seed_demo
 from services.embedded import EmbeddedRedis, with_database
 from services.ports import free_ports
@@ -212,7 +213,10 @@ class Cluster:
             USER_STORE_URL=f"http://127.0.0.1:{ports['user_store']}",
             SHUTDOWN_GRACE="8",
             ISSUER=gateway_url,
+            # The load comes from one address: the per-IP rate limits are raised (ONE_ADDRESS_NOTE).
+            **ONE_ADDRESS_LIMITS,
         )
+        print(ONE_ADDRESS_NOTE, file=sys.stderr)
         self.sandbox = Proc(
             "sandbox",
             "services.wechat_sandbox",

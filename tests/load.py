@@ -2,7 +2,8 @@
 
 Each login gets a fresh code from the sandbox (which is never faulted), then posts it to a gateway. Like a load
 balancer, a login whose connection is refused or dropped before any answer goes to the next gateway, with the
-same code. Every login ends as a token, a clear error (an OAuth JSON error with its status), or lost.
+same code. Every login ends as a token, a clear error (an OAuth JSON error with its status), or lost. All of it
+comes from 127.0.0.1, so the cluster raises the per-IP rate limits (``tests/cluster.py``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from services.bench.stack import ONE_ADDRESS_LIMITS
 from services.demo import READY_BANNER
 from services.ports import free_ports
 
@@ -28,6 +29,9 @@ class Stack:
         self.state_dir = state_dir
         self.gateway_port, self.user_store_port, self.sandbox_port = free_ports(3)
         self.env = {k: v for k, v in os.environ.items() if k not in _STACK_VARS}
+        # Every test request comes from 127.0.0.1, so the per-IP limits are raised; a test's own env may lower
+        # them again (tests/test_rate_limits.py).
+        self.env.update(ONE_ADDRESS_LIMITS)
         self.env.update(
             STATE_DIR=str(state_dir),
             GATEWAY_PORT=str(self.gateway_port),

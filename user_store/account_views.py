@@ -35,7 +35,7 @@ from user_store.callers import (
 )
 from user_store.db import Conn, connection, transaction
 from user_store.http import json_response, read_json
-from user_store.keys import PG_POOL, REVOCATIONS, RULES, SIGNER
+from user_store.keys import PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
 from user_store.refresh import logout as logout_tokens
 from user_store.refresh import refresh_tokens
 from user_store.tokens import revoke_user_tokens
@@ -128,12 +128,16 @@ async def get_users(request: web.Request) -> web.Response:
 async def update_user(request: web.Request) -> web.Response:
     """Casdoor's update-user, as a partial update: only the fields in ``columns``, else in the body, change."""
     update = await read_json(request, _update_decoder)
+    password_hash = await _hash_new_password(request, update)
     async with transaction(request.app[PG_POOL]) as conn:
         caller = await _caller(request, conn, update)
         columns = parse_columns(update.columns)
         owner, by, value = _target(caller, update)
         row, admin = await find_target(conn, caller, owner, by, value, "update", lock=True)
         changes = plan_changes(dict(row), update.user, columns, admin=admin, rules=request.app[RULES])
+        if changes.password is not None and (password_hash is None or password_hash[0] != str(row["id"])):
+            # The row changed between the unlocked check and the lock (another user now has that name).
+            raise Conflict("the user changed during the update; retry")
         for field in ("name", "email", "phone"):
             new = changes.values.get(field)
             if new and await users.taken_by(conn, row, field, new):
@@ -141,8 +145,8 @@ async def update_user(request: web.Request) -> web.Response:
                 shown = f"{field} {new!r}" if field == "name" else f"that {field}"
                 raise Conflict(f"{shown} already exists in organization {owner!r}")
         values = dict(changes.values)
-        if changes.password is not None:
-            values["password_hash"] = await users.hash_password(changes.password)
+        if changes.password is not None and password_hash is not None:
+            values["password_hash"] = password_hash[1]
         if values:
             await users.write_user(conn, row["id"], values)
         if values.get("is_forbidden") or values.get("is_deleted"):
@@ -150,6 +154,25 @@ async def update_user(request: web.Request) -> web.Response:
             await revoke_user_tokens(conn, request.app[REVOCATIONS], row["id"])
     structlog.contextvars.bind_contextvars(user_id=str(row["id"]), changed=sorted(values))
     return json_response(UpdateResult(affected=bool(values)))
+
+
+async def _hash_new_password(request: web.Request, update: UserUpdate) -> tuple[str, str] | None:
+    """``(user id, hash)`` when the update sets a password, else None. The caller and the target are checked first
+    on a short connection without a lock, then the hash is computed holding no connection: tens of milliseconds
+    of argon2 must not hold a row lock or a pool slot that other tenants need. ``update_user`` checks both again
+    under the lock."""
+    if "password" not in update.user:
+        return None
+    async with connection(request.app[PG_POOL]) as conn:
+        caller = await authenticate(conn, request.app[SIGNER], update.credentials)
+        columns = parse_columns(update.columns)
+        owner, by, value = _target(caller, update)
+        row, admin = await find_target(conn, caller, owner, by, value, "update")
+    changes = plan_changes(dict(row), update.user, columns, admin=admin, rules=request.app[RULES])
+    if changes.password is None:
+        return None
+    user_id = str(row["id"])
+    return user_id, await request.app[PASSWORD_HASHING].hash(user_id, changes.password)
 
 
 def _target(caller: Caller, update: UserUpdate) -> tuple[str, Lookup, str]:

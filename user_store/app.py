@@ -8,13 +8,14 @@ from aiohttp import web
 
 from shared.config import UserStoreConfig
 from user_store.db import create_pool
-from user_store.keys import CONFIG, PG_POOL, RULES
+from user_store.keys import CONFIG, PASSWORD_HASHING, PG_POOL, RULES
 from user_store.lifecycle import revocations_ctx, signing_keys_ctx
 from user_store.metrics import METRICS, UserStoreMetrics, metrics_middleware
 from user_store.middleware import error_middleware, internal_auth_middleware
 from user_store.migrate import apply_migrations
 from user_store.routes import setup_routes
 from user_store.user_rules import UserRules
+from user_store.users import PasswordHashing
 
 
 def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Application:
@@ -39,7 +40,14 @@ def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Appli
         yield
         await pool.close()
 
+    async def password_hashing(app: web.Application) -> AsyncIterator[None]:
+        hashing = PasswordHashing(config.password_hash_concurrency, config.password_changes_per_user)
+        app[PASSWORD_HASHING] = hashing
+        yield
+        hashing.close()
+
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(password_hashing)
     app.cleanup_ctx.append(revocations_ctx)
     app.cleanup_ctx.append(signing_keys_ctx)
     setup_routes(app)

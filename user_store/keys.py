@@ -10,6 +10,7 @@ from user_store.keycrypto import MasterKey
 from user_store.revocations import Revocations
 from user_store.signing import Signer
 from user_store.user_rules import UserRules
+from user_store.users import PasswordHashing
 
 CONFIG = web.AppKey("config", UserStoreConfig)
 PG_POOL: web.AppKey[asyncpg.Pool[asyncpg.Record]] = web.AppKey("pg_pool")
@@ -20,3 +21,5 @@ MASTER_KEY: web.AppKey[MasterKey | None] = web.AppKey("master_key")
 REVOCATIONS = web.AppKey("revocations", Revocations)
 #: What valid names, emails and avatars are, built once from the config.
 RULES = web.AppKey("user_rules", UserRules)
+#: Hashes new passwords outside any transaction, with bounded concurrency (``users.PasswordHashing``).
+PASSWORD_HASHING = web.AppKey("password_hashing", PasswordHashing)

@@ -19,6 +19,16 @@ from services.ports import free_ports
 _START_TIMEOUT = 120.0
 
 
+#: Benchmarks, load tests and test stacks send everything from 127.0.0.1: the per-IP rate limits (README "Rate
+#: limits") would refuse them at once, so they are raised. The per-client, per-code and per-user ones stay.
+ONE_ADDRESS_LIMITS = {
+    "RATE_LIMIT_TOKEN_PER_IP": "10000000",
+    "RATE_LIMIT_AUTH_FAILURES_PER_IP": "10000000",
+    "RATE_LIMIT_BAD_TOKENS_PER_IP": "10000000",
+}
+ONE_ADDRESS_NOTE = "note: per-IP rate limits raised (RATE_LIMIT_*_PER_IP=10000000): all traffic comes from one address"
+
+
 class BenchStack:
     """Started by ``start()``, stopped (with everything it started) by ``stop()``."""
 
@@ -35,6 +45,7 @@ class BenchStack:
             "STATE_DIR": str(self.state_dir),
             "KEY_PREFIX": f"bench-{os.getpid()}",
             "LOG_FORMAT": "json",
+            **ONE_ADDRESS_LIMITS,
             **env,
         }
         self.demo: dict[str, Any] = {}
@@ -48,6 +59,7 @@ class BenchStack:
         return self._process.pid
 
     def start(self) -> BenchStack:
+        print(ONE_ADDRESS_NOTE, file=sys.stderr)
         log = (self.state_dir / "stack.log").open("ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "services", "run"], env=self.env, stdout=log, stderr=subprocess.STDOUT
