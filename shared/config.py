@@ -105,6 +105,13 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     master_key_file: str = ""
     #: How often the store re-reads ``signing_keys``, so a rotation or retirement applies without a restart.
     key_reload_interval: Seconds = 2.0
+    #: Audit events older than this many days are deleted (``user_store/audit.py``), hourly and at start.
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 180
+    #: The audit writer inserts its queue every AUDIT_FLUSH_INTERVAL seconds or AUDIT_BATCH_SIZE events, whichever
+    #: comes first; beyond AUDIT_QUEUE_SIZE waiting events new ones are dropped (counted), never waited for.
+    audit_flush_interval: Seconds = 0.2
+    audit_batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
+    audit_queue_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000
 
 
 class ConfigError(MinidoorError):

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from shared.config import UserStoreConfig
+from user_store.audit import AuditWriter
 from user_store.keycrypto import MasterKey
 from user_store.revocations import Revocations
 from user_store.signing import Signer
@@ -17,3 +18,5 @@ SIGNER = web.AppKey("signer", Signer)
 MASTER_KEY: web.AppKey[MasterKey | None] = web.AppKey("master_key")
 #: Broadcasts revocations and key changes to every verifier (a no-op without ``REDIS_URL``).
 REVOCATIONS = web.AppKey("revocations", Revocations)
+#: Queues audit events for the batched INSERT (``user_store/audit.py``).
+AUDIT = web.AppKey("audit", AuditWriter)
