@@ -18,7 +18,7 @@ import asyncio
 import ipaddress
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -26,6 +26,7 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
+from shared.errors import BadRequest
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, AuditEvent, audit_decoder
 from user_store.db import CONNECTION_ERRORS, Conn, Pool
@@ -39,6 +40,8 @@ PRUNE_EVERY = 3600.0
 #: A stream entry pending this long with a consumer (a store that died before its XACK) is claimed by another.
 _CLAIM_IDLE_MS = 30_000
 _MAX_TEXT = 256
+
+_line_encoder = msgspec.json.Encoder()
 
 _INSERT = """
     INSERT INTO audit_events (at, action, outcome, actor_kind, actor_id, target_user_id, organization, application,
@@ -298,3 +301,25 @@ async def prune_forever(pool: Pool, retention_days: int) -> None:
         except CONNECTION_ERRORS as exc:
             log.warning("audit_prune_failed", error=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(PRUNE_EVERY)
+
+
+def parse_since(value: str) -> datetime:
+    """An ISO 8601 time (``2026-12-01T00:00Z``, ``2026-12-01``); without an offset it is UTC."""
+    try:
+        since = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"SINCE {value!r} is not an ISO 8601 time, e.g. 2026-12-01T00:00Z") from None
+    return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+
+
+async def read_events(conn: Conn, *, organization: str = "", since: datetime | None = None) -> AsyncIterator[bytes]:
+    """Each matching event as one JSON line, oldest first; read through a cursor (call inside a transaction)."""
+    query = """
+        SELECT at, action, outcome, actor_kind, actor_id, target_user_id::text AS target_user_id, organization,
+               application, client_id, host(client_ip) AS client_ip, request_id, details
+        FROM audit_events
+        WHERE ($1 = '' OR organization = $1) AND ($2::timestamptz IS NULL OR at >= $2)
+        ORDER BY at, id
+    """
+    async for row in conn.cursor(query, organization, since):
+        yield _line_encoder.encode({k: ("" if v is None else v) for k, v in row.items()}) + b"\n"
