@@ -41,13 +41,17 @@ PRUNE_EVERY = 3600.0
 _CLAIM_IDLE_MS = 30_000
 _MAX_TEXT = 256
 
-_line_encoder = msgspec.json.Encoder()
+_json_encoder = msgspec.json.Encoder()
 
 _INSERT = """
     INSERT INTO audit_events (at, action, outcome, actor_kind, actor_id, target_user_id, organization, application,
                               client_id, client_ip, request_id, details)
-    SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
-                         $8::text[], $9::text[], $10::inet[], $11::text[], $12::jsonb[])
+    SELECT at, action, outcome, actor_kind, actor_id, target_user_id, organization, application, client_id, client_ip,
+           request_id, details::jsonb
+    FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
+                $8::text[], $9::text[], $10::inet[], $11::text[], $12::text[])
+         AS e(at, action, outcome, actor_kind, actor_id, target_user_id, organization, application, client_id,
+              client_ip, request_id, details)
 """
 
 
@@ -83,7 +87,8 @@ def _columns(events: Sequence[AuditEvent]) -> list[list[Any]]:
             e.client_id[:_MAX_TEXT],
             _ip(e.client_ip),
             e.request_id[:_MAX_TEXT],
-            e.details,
+            # Encoded here, not by a pool codec: the admin CLI's plain connection writes through this too.
+            _json_encoder.encode(e.details).decode(),
         )
         for col, value in zip(cols, row, strict=True):
             col.append(value)
@@ -316,10 +321,12 @@ async def read_events(conn: Conn, *, organization: str = "", since: datetime | N
     """Each matching event as one JSON line, oldest first; read through a cursor (call inside a transaction)."""
     query = """
         SELECT at, action, outcome, actor_kind, actor_id, target_user_id::text AS target_user_id, organization,
-               application, client_id, host(client_ip) AS client_ip, request_id, details
+               application, client_id, host(client_ip) AS client_ip, request_id, details::text AS details
         FROM audit_events
         WHERE ($1 = '' OR organization = $1) AND ($2::timestamptz IS NULL OR at >= $2)
         ORDER BY at, id
     """
     async for row in conn.cursor(query, organization, since):
-        yield _line_encoder.encode({k: ("" if v is None else v) for k, v in row.items()}) + b"\n"
+        line = {k: ("" if v is None else v) for k, v in row.items()}
+        line["details"] = msgspec.Raw(row["details"].encode())  # already JSON: embedded as it is
+        yield _json_encoder.encode(line) + b"\n"
