@@ -119,7 +119,7 @@ _DRAIN_ERRORS: tuple[type[BaseException], ...] = (aioredis.RedisError, *CONNECTI
 
 
 class AuditWriter:
-    """The batching writer; ``run`` is its background task, ``close`` flushes what is left."""
+    """The batching writer; ``run`` is its background task, ``flush`` writes what is left once it is cancelled."""
 
     def __init__(
         self,
