@@ -92,6 +92,7 @@ class TestEventsOfAStack:
         assert profile["details"] == {"fields": ["display_name"]}
         (revoked,) = await wait_for_event(db, action="token_revoked", actor_id=stack.demo["clientId"])
         assert revoked["details"]["kind"] == "refresh" and revoked["details"]["revoked"] >= 1
+        assert revoked["target_user_id"] == uuid.UUID(user_id) and revoked["organization"] == "demo"
         (logout,) = await wait_for_event(db, action="logout", target_user_id=user_id)
         assert logout["organization"] == "demo" and logout["details"]["revoked"] >= 1
         (admin,) = await wait_for_event(db, action="admin.create_org", organization=org)

@@ -86,6 +86,9 @@ async def revoke(request: web.Request) -> web.Response:
             "token_revoked",
             actor_kind="client",
             actor_id=found.client_id,
+            target_user_id=found.user_id,
+            organization=found.organization,
+            application=found.application,
             client_id=found.client_id,
             details={"kind": found.kind, "family_id": found.family_id, "revoked": len(revoked)},
         )
