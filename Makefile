@@ -108,6 +108,10 @@ list-keys: install  ## signing keys and their status as JSON
 certificate: install  ## make certificate APP=shop: the PEM a Casdoor server SDK verifies tokens with
 	$(PY) -m services admin certificate --app "$(APP)" --pem
 
+.PHONY: audit
+audit: install  ## the audit log as JSON lines, oldest first: make audit [ORG=acme] [SINCE=2026-12-01T00:00Z]
+	$(PY) -m services admin audit $(if $(ORG),--org "$(ORG)") $(if $(SINCE),--since "$(SINCE)")
+
 .PHONY: clean
 clean:
 	rm -rf $(VENV) $(SDK_VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -194,7 +194,10 @@ class JobHandler:
         return await _retry_unavailable(
             job,
             lambda: self._user_store.login_wechat(
-                login, request_id=job.request_id, timeout=job.deadline - _DELIVERY_RESERVE - time.time()
+                login,
+                request_id=job.request_id,
+                timeout=job.deadline - _DELIVERY_RESERVE - time.time(),
+                client_ip=job.client_ip,
             ),
         )
 

@@ -85,7 +85,9 @@ async def update_user(request: web.Request) -> web.Response:
         user_id=params.get("userId", ""),
         columns=params.get("columns", ""),
     )
-    result = await request.app[keys.USER_STORE].update_user(update, request_id=request[keys.REQUEST_ID])
+    result = await request.app[keys.USER_STORE].update_user(
+        update, request_id=request[keys.REQUEST_ID], client_ip=request.remote or ""
+    )
     return envelope.ok("Affected" if result.affected else "Unaffected")
 
 
@@ -107,7 +109,9 @@ async def logout(request: web.Request) -> web.Response:
     params = await read_params(request)
     hint = params.get("id_token_hint", "")
     req = LogoutRequest(credentials=credentials(request, params, required=not hint), id_token_hint=hint)
-    result = await request.app[keys.USER_STORE].logout(req, request_id=request[keys.REQUEST_ID])
+    result = await request.app[keys.USER_STORE].logout(
+        req, request_id=request[keys.REQUEST_ID], client_ip=request.remote or ""
+    )
     return envelope.ok(result.user)
 
 

@@ -110,7 +110,15 @@ class JobPublisher:
         self._mark_delivered = redis.register_script(_MARK_DELIVERED)
 
     async def exchange(
-        self, *, request_id: str, client_id: str, code: str, username: str, avatar: str, timeout: float
+        self,
+        *,
+        request_id: str,
+        client_id: str,
+        code: str,
+        username: str,
+        avatar: str,
+        timeout: float,
+        client_ip: str = "",
     ) -> Reply:
         """Publish the job and wait for a worker's reply, at most ``timeout`` seconds in all."""
         job = CodeExchangeJob(
@@ -120,6 +128,7 @@ class JobPublisher:
             code=code,
             username=username,
             avatar=avatar,
+            client_ip=client_ip,
             reply_to=self._replies.stream,
             deadline=time.time() + timeout,
         )

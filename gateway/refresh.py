@@ -29,7 +29,9 @@ async def refresh_grant(request: web.Request, params: dict[str, str]) -> web.Res
         refresh_token=refresh_token,
         scope=params.get("scope", ""),
     )
-    token = await request.app[keys.USER_STORE].refresh(req, request_id=request[keys.REQUEST_ID])
+    token = await request.app[keys.USER_STORE].refresh(
+        req, request_id=request[keys.REQUEST_ID], client_ip=request.remote or ""
+    )
     return web.Response(
         body=_json.encode(token),
         content_type="application/json",

@@ -1,7 +1,9 @@
-"""``python -m services admin ...``: manage organizations, applications and WeChat mini-program providers.
+"""``python -m services admin ...``: manage organizations, applications and WeChat mini-program providers, and
+read the audit log.
 
 It talks to ``DATABASE_URL``, or to the embedded PostgreSQL under ``STATE_DIR`` (started for the command if the
-stack is not running). Output is JSON on stdout; errors are one line on stderr and exit code 1.
+stack is not running). Output is JSON on stdout; errors are one line on stderr and exit code 1. Each command that
+changes something writes its audit event in its own transaction (actor: the OS user running it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import msgspec
 
 from services.embedded import EmbeddedPostgres
 from shared.errors import BadRequest, MinidoorError
-from user_store import admin, certificates, keyring
+from shared.messages import AuditEvent
+from user_store import admin, audit, certificates, keyring
 from user_store.keycrypto import MasterKey, master_key_from_env
 from user_store.migrate import apply_migrations
 
@@ -86,21 +89,56 @@ def add_parser(sub: Any) -> None:
     p = cmds.add_parser("list", help="organizations, applications and providers")
     p.set_defaults(admin_fn=_list)
 
+    p = cmds.add_parser("audit", help="the audit log, one JSON line per event, oldest first")
+    p.add_argument("--org", default="", help="only this organization's events")
+    p.add_argument("--since", default="", help="only events at or after this ISO 8601 time, e.g. 2026-12-01T00:00Z")
+    p.set_defaults(admin_fn=_audit)
+
+
+def _admin_event(action: str, **fields: Any) -> AuditEvent:
+    try:
+        actor = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's arbitrary uid)
+        actor = str(os.getuid())
+    return AuditEvent(action=action, actor_kind="admin", actor_id=actor, **fields)
+
+
+async def _record(conn: asyncpg.Connection, action: str, **fields: Any) -> None:
+    await audit.insert_events(conn, [_admin_event(action, **fields)])
+
 
 async def _create_org(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
-    return await admin.create_organization(conn, args.name, display_name=args.display_name)
+    org = await admin.create_organization(conn, args.name, display_name=args.display_name)
+    await _record(conn, "admin.create_org", organization=org.name)
+    return org
 
 
 async def _create_app(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
-    return await admin.create_application(
+    app = await admin.create_application(
         conn, args.org, args.name, enable_sign_up=not args.no_sign_up, expire_in_hours=args.expire_in_hours
     )
+    await _record(
+        conn, "admin.create_app", organization=app.organization, application=app.name, client_id=app.client_id
+    )
+    return app
 
 
 async def _attach_provider(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     secret = await asyncio.to_thread(read_secret, args.secret_file, os.environ)
     master = await asyncio.to_thread(_master_key)  # the secret is sealed as the user store seals it
-    return await admin.attach_miniprogram_provider(conn, args.app, args.appid, secret, name=args.name, master=master)
+    provider = await admin.attach_miniprogram_provider(
+        conn, args.app, args.appid, secret, name=args.name, master=master
+    )
+    app = await admin.get_application(conn, args.app)
+    await _record(
+        conn,
+        "admin.attach_provider",
+        organization=app.organization,
+        application=app.name,
+        client_id=app.client_id,
+        details={"provider": provider.name, "appid": args.appid},
+    )
+    return provider
 
 
 def read_secret(secret_file: str, environ: Mapping[str, str]) -> str:
@@ -127,7 +165,12 @@ def read_secret(secret_file: str, environ: Mapping[str, str]) -> str:
 
 
 async def _rotate_secret(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
-    return {"application": args.app, "clientSecret": await admin.rotate_client_secret(conn, args.app)}
+    secret = await admin.rotate_client_secret(conn, args.app)
+    app = await admin.get_application(conn, args.app)
+    await _record(
+        conn, "admin.rotate_secret", organization=app.organization, application=app.name, client_id=app.client_id
+    )
+    return {"application": args.app, "clientSecret": secret}
 
 
 def _master_key() -> MasterKey | None:
@@ -137,11 +180,15 @@ def _master_key() -> MasterKey | None:
 
 async def _rotate_keys(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     master = await asyncio.to_thread(_master_key)
-    return await keyring.rotate_keys(conn, master, activate_in=args.activate_in)
+    key = await keyring.rotate_keys(conn, master, activate_in=args.activate_in)
+    await _record(conn, "admin.rotate_keys", details={"kid": key.kid, "activate_in_s": args.activate_in})
+    return key
 
 
 async def _retire_key(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
-    return await keyring.retire_key(conn, args.kid)
+    key = await keyring.retire_key(conn, args.kid)
+    await _record(conn, "admin.retire_key", details={"kid": key.kid})
+    return key
 
 
 async def _list_keys(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
@@ -157,6 +204,13 @@ async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     return await admin.list_all(conn)
 
 
+async def _audit(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    since = audit.parse_since(args.since) if args.since else None
+    async for line in audit.read_events(conn, organization=args.org, since=since):
+        sys.stdout.buffer.write(line)
+    return b""
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "secret", None) is not None:
         print(
@@ -165,6 +219,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if getattr(args, "since", ""):
+        try:  # before any database is started: a typo is one line on stderr at once
+            audit.parse_since(args.since)
+        except MinidoorError as exc:
+            print(f"error: {exc.description}", file=sys.stderr)
+            return 1
     database_url = os.environ.get("DATABASE_URL", "")
     pg: EmbeddedPostgres | None = None
     if not database_url:

@@ -138,6 +138,13 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     password_hash_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     #: Password changes of one user in flight at once; more answer 429.
     password_changes_per_user: Annotated[int, msgspec.Meta(ge=1)] = 3
+    #: Audit events older than this many days are deleted (``user_store/audit.py``), hourly and at start.
+    audit_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 180
+    #: The audit writer inserts its queue every AUDIT_FLUSH_INTERVAL seconds or AUDIT_BATCH_SIZE events, whichever
+    #: comes first; beyond AUDIT_QUEUE_SIZE waiting events new ones are dropped (counted), never waited for.
+    audit_flush_interval: Seconds = 0.2
+    audit_batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
+    audit_queue_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000
 
 
 class ConfigError(MinidoorError):

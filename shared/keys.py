@@ -16,6 +16,10 @@ class Keys:
         self.revoked_tokens = f"{prefix}:tokens:revoked"
         #: Pub/sub channel of ``shared.messages.TokenEvent``: revocations and signing-key changes.
         self.token_events = f"{prefix}:tokens:events"
+        #: ``shared.messages.AuditEvent`` from processes without a database (rate-limit trips at the gateway or the
+        #: worker, ``shared/audit.py``); the user stores drain it into ``audit_events`` as one consumer group.
+        self.audit_stream = f"{prefix}:stream:audit"
+        self.audit_group = "audit-writers"
 
     def reply_stream(self, gateway_id: str) -> str:
         """Each gateway process reads its replies from a stream of its own."""

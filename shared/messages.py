@@ -26,6 +26,8 @@ class CodeExchangeJob(msgspec.Struct, frozen=True, kw_only=True, tag="code_excha
     deadline: float
     username: str = ""
     avatar: str = ""
+    #: The mini program's IP as the gateway saw it, for the audit log; empty from gateways older than it.
+    client_ip: str = ""
 
 
 class TokenResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -355,3 +357,31 @@ class LogoutResult(msgspec.Struct, frozen=True, kw_only=True):
     #: ``owner/name`` of the user logged out.
     user: str
     revoked: int
+
+
+# --- Redis stream: audit events from processes without a database -> user store ---------------------------------
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True, tag="audit_event.v1"):
+    """One row of ``audit_events``, for ``shared.audit.publish_audit`` (``Keys.audit_stream``). Never a secret:
+    ``details`` holds names, counts and limits, not tokens, codes or passwords."""
+
+    action: str
+    outcome: str = "ok"
+    #: Unix time (seconds) of the event; 0: when the user store writes it.
+    at: float = 0.0
+    #: ``user``, ``client``, ``admin`` or ``system``, and the id it names (a user id, a client_id, ...).
+    actor_kind: str = ""
+    actor_id: str = ""
+    #: A user's uuid, or empty.
+    target_user_id: str = ""
+    organization: str = ""
+    application: str = ""
+    client_id: str = ""
+    client_ip: str = ""
+    request_id: str = ""
+    details: dict[str, str | int | float | bool | list[str]] = {}
+
+
+AuditMessage = AuditEvent
+audit_decoder = msgspec.msgpack.Decoder(AuditMessage)

@@ -75,6 +75,8 @@ _logout_decoder = msgspec.json.Decoder(LogoutResult)
 _encoder = msgspec.json.Encoder()
 
 REQUEST_ID_HEADER = "X-Request-Id"
+#: The end user's IP as the gateway saw it, for the user store's audit log; sent on the calls that are audited.
+CLIENT_IP_HEADER = "X-Client-IP"
 
 
 class UserStoreClient:
@@ -95,7 +97,7 @@ class UserStoreClient:
         return await self._call("GET", path, _provider_decoder, request_id=request_id)
 
     async def login_wechat(
-        self, login: WechatLogin, *, request_id: str = "", timeout: float | None = None
+        self, login: WechatLogin, *, request_id: str = "", timeout: float | None = None, client_ip: str = ""
     ) -> LoginResult:
         return await self._call(
             "POST",
@@ -104,14 +106,16 @@ class UserStoreClient:
             body=login,
             request_id=request_id,
             timeout=timeout,
+            client_ip=client_ip,
         )
 
     async def introspect(self, request: TokenRequest, *, request_id: str = "") -> Introspection:
         path = "/internal/tokens/introspect"
         return await self._call("POST", path, _introspection_decoder, body=request, request_id=request_id)
 
-    async def revoke(self, request: TokenRequest, *, request_id: str = "") -> None:
-        await self._call("POST", "/internal/tokens/revoke", _any_decoder, body=request, request_id=request_id)
+    async def revoke(self, request: TokenRequest, *, request_id: str = "", client_ip: str = "") -> None:
+        path = "/internal/tokens/revoke"
+        await self._call("POST", path, _any_decoder, body=request, request_id=request_id, client_ip=client_ip)
 
     async def get_jwks(self, *, request_id: str = "") -> JwkSet:
         return await self._call("GET", "/internal/keys/jwks", _jwks_decoder, request_id=request_id)
@@ -120,8 +124,9 @@ class UserStoreClient:
         path = "/internal/openid-configuration"
         return await self._call("GET", path, _discovery_decoder, request_id=request_id)
 
-    async def refresh(self, request: RefreshRequest, *, request_id: str = "") -> TokenResponse:
-        return await self._call("POST", "/internal/tokens/refresh", _token_decoder, body=request, request_id=request_id)
+    async def refresh(self, request: RefreshRequest, *, request_id: str = "", client_ip: str = "") -> TokenResponse:
+        path = "/internal/tokens/refresh"
+        return await self._call("POST", path, _token_decoder, body=request, request_id=request_id, client_ip=client_ip)
 
     async def get_account(self, query: UserQuery, *, request_id: str = "") -> Account:
         path = "/internal/account/get-account"
@@ -139,13 +144,13 @@ class UserStoreClient:
         path = "/internal/account/get-users"
         return await self._call("POST", path, _users_decoder, body=query, request_id=request_id)
 
-    async def update_user(self, update: UserUpdate, *, request_id: str = "") -> UpdateResult:
+    async def update_user(self, update: UserUpdate, *, request_id: str = "", client_ip: str = "") -> UpdateResult:
         path = "/internal/account/update-user"
-        return await self._call("POST", path, _update_decoder, body=update, request_id=request_id)
+        return await self._call("POST", path, _update_decoder, body=update, request_id=request_id, client_ip=client_ip)
 
-    async def logout(self, request: LogoutRequest, *, request_id: str = "") -> LogoutResult:
+    async def logout(self, request: LogoutRequest, *, request_id: str = "", client_ip: str = "") -> LogoutResult:
         path = "/internal/account/logout"
-        return await self._call("POST", path, _logout_decoder, body=request, request_id=request_id)
+        return await self._call("POST", path, _logout_decoder, body=request, request_id=request_id, client_ip=client_ip)
 
     async def _call(
         self,
@@ -156,10 +161,13 @@ class UserStoreClient:
         body: Any = None,
         request_id: str = "",
         timeout: float | None = None,
+        client_ip: str = "",
     ) -> T:
         headers = dict(self._headers)
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
+        if client_ip:
+            headers[CLIENT_IP_HEADER] = client_ip
         data = None
         if body is not None:
             data = _encoder.encode(body)

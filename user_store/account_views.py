@@ -7,6 +7,10 @@ once, on every gateway.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
@@ -35,7 +39,7 @@ from user_store.callers import (
 )
 from user_store.db import Conn, connection, transaction
 from user_store.http import json_response, read_json
-from user_store.keys import PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
+from user_store.keys import AUDIT, PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
 from user_store.refresh import logout as logout_tokens
 from user_store.refresh import refresh_tokens
 from user_store.tokens import revoke_user_tokens
@@ -149,10 +153,12 @@ async def update_user(request: web.Request) -> web.Response:
             values["password_hash"] = password_hash[1]
         if values:
             await users.write_user(conn, row["id"], values)
+        revoked = 0
         if values.get("is_forbidden") or values.get("is_deleted"):
             # As Casdoor: a forbidden or deleted user's tokens die with the change.
-            await revoke_user_tokens(conn, request.app[REVOCATIONS], row["id"])
+            revoked = len(await revoke_user_tokens(conn, request.app[REVOCATIONS], row["id"]))
     structlog.contextvars.bind_contextvars(user_id=str(row["id"]), changed=sorted(values))
+    _audit_update(request, caller, row, owner, changes.values, password=changes.password is not None, revoked=revoked)
     return json_response(UpdateResult(affected=bool(values)))
 
 
@@ -173,6 +179,35 @@ async def _hash_new_password(request: web.Request, update: UserUpdate) -> tuple[
         return None
     user_id = str(row["id"])
     return user_id, await request.app[PASSWORD_HASHING].hash(user_id, changes.password)
+
+
+def _audit_update(
+    request: web.Request,
+    caller: Caller,
+    row: asyncpg.Record,
+    owner: str,
+    values: Mapping[str, Any],
+    *,
+    password: bool,
+    revoked: int,
+) -> None:
+    """A profile change names its columns, never their values (an email or a phone is personal data); a password
+    change is an event of its own, so ``make audit`` shows it plainly."""
+    who = {
+        "actor_kind": "user" if caller.is_user else "client",
+        "actor_id": caller.user_id if caller.is_user else caller.client_id,
+        "target_user_id": str(row["id"]),
+        "organization": owner,
+        "client_id": caller.client_id,
+    }
+    audit = request.app[AUDIT]
+    if values:
+        details: dict[str, Any] = {"fields": sorted(values)}
+        if revoked:
+            details["revoked"] = revoked
+        audit.record("user_updated", details=details, **who)
+    if password:
+        audit.record("password_changed", **who)
 
 
 def _target(caller: Caller, update: UserUpdate) -> tuple[str, Lookup, str]:
@@ -201,12 +236,13 @@ async def logout(request: web.Request) -> web.Response:
             if req.credentials.client_id
             else PLEASE_LOGIN
         )
-    user, revoked = await logout_tokens(request.app[PG_POOL], request.app[REVOCATIONS], tokens)
+    user, revoked = await logout_tokens(request.app[PG_POOL], request.app[REVOCATIONS], tokens, request.app[AUDIT])
     return json_response(LogoutResult(user=user, revoked=revoked))
 
 
 async def refresh(request: web.Request) -> web.Response:
     req = await read_json(request, _refresh_decoder)
     structlog.contextvars.bind_contextvars(client_id=req.client_id)
-    response = await refresh_tokens(request.app[PG_POOL], request.app[SIGNER], request.app[REVOCATIONS], req)
+    app = request.app
+    response = await refresh_tokens(app[PG_POOL], app[SIGNER], app[REVOCATIONS], req, app[AUDIT])
     return json_response(response)

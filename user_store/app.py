@@ -9,7 +9,7 @@ from aiohttp import web
 from shared.config import UserStoreConfig
 from user_store.db import create_pool
 from user_store.keys import CONFIG, PASSWORD_HASHING, PG_POOL, RULES
-from user_store.lifecycle import revocations_ctx, signing_keys_ctx
+from user_store.lifecycle import audit_ctx, revocations_ctx, signing_keys_ctx
 from user_store.metrics import METRICS, UserStoreMetrics, metrics_middleware
 from user_store.middleware import error_middleware, internal_auth_middleware
 from user_store.migrate import apply_migrations
@@ -50,5 +50,6 @@ def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Appli
     app.cleanup_ctx.append(password_hashing)
     app.cleanup_ctx.append(revocations_ctx)
     app.cleanup_ctx.append(signing_keys_ctx)
+    app.cleanup_ctx.append(audit_ctx)
     setup_routes(app)
     return app

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from shared.config import UserStoreConfig
+from user_store.audit import AuditWriter
 from user_store.keycrypto import MasterKey
 from user_store.revocations import Revocations
 from user_store.signing import Signer
@@ -23,3 +24,5 @@ REVOCATIONS = web.AppKey("revocations", Revocations)
 RULES = web.AppKey("user_rules", UserRules)
 #: Hashes new passwords outside any transaction, with bounded concurrency (``users.PasswordHashing``).
 PASSWORD_HASHING = web.AppKey("password_hashing", PasswordHashing)
+#: Queues audit events for the batched INSERT (``user_store/audit.py``).
+AUDIT = web.AppKey("audit", AuditWriter)

@@ -13,6 +13,7 @@ import structlog
 from shared.errors import BadRequest, InvalidGrant, Unauthorized
 from shared.messages import LoginResult, WechatLogin
 from user_store import queries
+from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
 from user_store.signing import Signer, Subject
 from user_store.tokens import issue_tokens
@@ -54,8 +55,11 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-async def login_wechat(pool: Pool, signer: Signer, login: WechatLogin, rules: UserRules) -> LoginResult:
-    """Find or create the user behind a WeChat identity and mint their tokens, all in one transaction."""
+async def login_wechat(
+    pool: Pool, signer: Signer, login: WechatLogin, rules: UserRules, audit: AuditWriter | None = None
+) -> LoginResult:
+    """Find or create the user behind a WeChat identity and mint their tokens, all in one transaction; the audit
+    event is queued after the commit (``audit``), not written in it."""
     login = validate_login(login, rules)
     async with transaction(pool) as conn:
         app = await queries.login_application(conn, login.client_id, login.appid)
@@ -95,6 +99,17 @@ async def login_wechat(pool: Pool, signer: Signer, login: WechatLogin, rules: Us
         )
     # Carried by the request's canonical log line rather than a line of its own.
     structlog.contextvars.bind_contextvars(user_id=subject.user_id, created=created)
+    if audit is not None:
+        audit.record(
+            "login",
+            actor_kind="user",
+            actor_id=subject.user_id,
+            target_user_id=subject.user_id,
+            organization=app["organization"],
+            application=app["name"],
+            client_id=app["client_id"],
+            details={"method": "wechat_miniprogram", "user": "new" if created else "returning"},
+        )
     return LoginResult(user_id=subject.user_id, user_name=subject.user_name, created=created, token=minted.response)
 
 

@@ -31,6 +31,13 @@ class UserStoreMetrics:
             "minidoor_user_store_logins", "WeChat logins that minted a token, by user: created or returning",
             ["user"], registry=r,
         )  # fmt: skip
+        self.audit_written = Counter(
+            "minidoor_user_store_audit_written", "Audit events inserted into audit_events", registry=r
+        )
+        self.audit_dropped = Counter(
+            "minidoor_user_store_audit_dropped", "Audit events lost, by reason: queue_full or insert_failed",
+            ["reason"], registry=r,
+        )  # fmt: skip
 
 
 METRICS = web.AppKey("metrics", UserStoreMetrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 import time
 import uuid
@@ -14,7 +15,7 @@ from aiohttp.typedefs import Handler
 
 from shared.errors import MinidoorError, Unauthorized
 from shared.messages import ErrorBody
-from shared.user_store_client import REQUEST_ID_HEADER
+from shared.user_store_client import CLIENT_IP_HEADER, REQUEST_ID_HEADER
 from user_store.keys import CONFIG
 
 log = structlog.get_logger()
@@ -45,6 +46,13 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return response
 
 
+def _client_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value)) if value else ""
+    except ValueError:
+        return ""
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind the request id, render every error as ``ErrorBody``, and log one line per request."""
@@ -55,6 +63,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else request.path
     structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, route=route)
+    if client_ip := _client_ip(request.headers.get(CLIENT_IP_HEADER, "")):
+        # The end user's address as the gateway saw it: for the audit log (user_store/audit.py) and this log line.
+        structlog.contextvars.bind_contextvars(client_ip=client_ip)
     start = time.perf_counter()
     response: web.StreamResponse
     try:

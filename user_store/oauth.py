@@ -11,7 +11,7 @@ from shared.errors import BadRequest
 from shared.messages import Introspection, OpenIdConfiguration, TokenRequest
 from user_store.db import connection, transaction
 from user_store.http import json_response, read_json
-from user_store.keys import CONFIG, PG_POOL, REVOCATIONS, SIGNER
+from user_store.keys import AUDIT, CONFIG, PG_POOL, REVOCATIONS, SIGNER
 from user_store.signing import ALGORITHM, SCOPE
 from user_store.tokens import (
     TokenInfo,
@@ -82,6 +82,17 @@ async def revoke(request: web.Request) -> web.Response:
             else:
                 revoked = await revoke_token(conn, revocations, found.token_id)
             structlog.contextvars.bind_contextvars(revoked=len(revoked))
+    if found is not None:  # queued once committed
+        request.app[AUDIT].record(
+            "token_revoked",
+            actor_kind="client",
+            actor_id=found.client_id,
+            target_user_id=found.user_id,
+            organization=found.organization,
+            application=found.application,
+            client_id=found.client_id,
+            details={"kind": found.kind, "family_id": found.family_id, "revoked": len(revoked)},
+        )
     return json_response({})
 
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import asyncpg
 import structlog
 
 from shared.errors import BadRequest, InvalidGrant, InvalidToken, MinidoorError
-from shared.messages import RefreshRequest, TokenResponse
+from shared.messages import RefreshRequest, RevokedToken, TokenResponse
 from user_store import queries
+from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
 from user_store.revocations import Revocations
 from user_store.signing import Signer, Subject, token_hash
 from user_store.tokens import (
+    FoundToken,
     authenticate_client,
     find_token,
     issue_tokens,
@@ -48,9 +51,11 @@ _ROW = """
 """
 
 
-async def refresh_tokens(pool: Pool, signer: Signer, revocations: Revocations, req: RefreshRequest) -> TokenResponse:
+async def refresh_tokens(
+    pool: Pool, signer: Signer, revocations: Revocations, req: RefreshRequest, audit: AuditWriter | None = None
+) -> TokenResponse:
     """New tokens for a live refresh token of ``req.client_id``; ``InvalidGrant`` (400) for any other token,
-    ``Unauthorized`` (401) for a client secret that is sent and wrong."""
+    ``Unauthorized`` (401) for a client secret that is sent and wrong. A rotation and a replay are audited."""
     if not req.refresh_token:
         raise BadRequest("refresh_token is missing")
     verified = verify_jwt(signer, req.refresh_token)
@@ -60,6 +65,7 @@ async def refresh_tokens(pool: Pool, signer: Signer, revocations: Revocations, r
     if claims.get("tokenType") != "refresh-token":
         raise InvalidGrant("the token is not a refresh token")
     replayed: str | None = None
+    revoked: list[RevokedToken] = []
     response: TokenResponse | None = None
     async with transaction(pool) as conn:
         if req.client_secret:
@@ -86,10 +92,29 @@ async def refresh_tokens(pool: Pool, signer: Signer, revocations: Revocations, r
             if row["refresh_expires_at"] <= datetime.now(UTC):
                 raise InvalidGrant("the refresh token has expired; log in again")
             response = await _rotate(conn, signer, revocations, row)
+    _audit_refresh(audit, row, replayed=response is None, revoked=len(revoked))
     if response is None:
         log.warning("refresh_token_replayed", family_id=replayed)
         raise InvalidGrant("the refresh token was already used; every token of this login is revoked, log in again")
     return response
+
+
+def _audit_refresh(audit: AuditWriter | None, row: asyncpg.Record, *, replayed: bool, revoked: int) -> None:
+    if audit is None:
+        return
+    details: dict[str, str | int] = {"family_id": str(row["family_id"])}
+    if replayed:
+        details["revoked"] = revoked
+    audit.record(
+        "refresh_replayed" if replayed else "token_refreshed",
+        outcome="denied" if replayed else "ok",
+        actor_kind="user",
+        actor_id=str(row["user_id"]),
+        target_user_id=str(row["user_id"]),
+        organization=row["organization"],
+        client_id=row["client_id"],
+        details=details,
+    )
 
 
 def _check_scope(requested: str, granted: str) -> None:
@@ -130,26 +155,47 @@ async def _rotate(conn: Conn, signer: Signer, revocations: Revocations, row: asy
     return minted.response
 
 
-async def logout(pool: Pool, revocations: Revocations, tokens: list[str]) -> tuple[str, int]:
+async def logout(
+    pool: Pool, revocations: Revocations, tokens: list[str], audit: AuditWriter | None = None
+) -> tuple[str, int]:
     """Revoke the login (the whole refresh family) of each token; returns ``owner/name`` and how many rows died.
 
     A token is found by its sha256 among those we issued, so only the exact string we minted matches; one already
     revoked or expired still does (logging out twice is fine). Anything else is ``InvalidToken``.
     """
     user, count = "", 0
+    events: list[tuple[asyncpg.Record, FoundToken, int]] = []
     async with transaction(pool) as conn:
         for token in dict.fromkeys(tokens):
             found = await find_token(conn, token)
             if found is None:
                 raise InvalidToken("the token is not one minidoor issued; nothing to log out")
             with queries.translate("token"):
-                user = await conn.fetchval(
-                    """
-                    SELECT o.name || '/' || u.name FROM tokens t JOIN users u ON u.id = t.user_id
+                # The row exists: find_token just read it in this transaction.
+                owner = cast(
+                    asyncpg.Record,
+                    await conn.fetchrow(
+                        """
+                    SELECT o.name AS organization, u.name, u.id FROM tokens t JOIN users u ON u.id = t.user_id
                     JOIN organizations o ON o.id = u.organization_id WHERE t.id = $1
                     """,
-                    uuid.UUID(found.token_id),
+                        uuid.UUID(found.token_id),
+                    ),
                 )
-            count += len(await revoke_family(conn, revocations, found.family_id))
+            user = f"{owner['organization']}/{owner['name']}"
+            revoked = len(await revoke_family(conn, revocations, found.family_id))
+            count += revoked
+            events.append((owner, found, revoked))
     structlog.contextvars.bind_contextvars(revoked=count)
+    if audit is not None:
+        for owner, found, revoked in events:
+            audit.record(
+                "logout",
+                actor_kind="user",
+                actor_id=str(owner["id"]),
+                target_user_id=str(owner["id"]),
+                organization=owner["organization"],
+                client_id=found.client_id,
+                details={"family_id": found.family_id, "revoked": revoked},
+            )
     return user, count

@@ -88,6 +88,10 @@ class FoundToken:
     family_id: str
     kind: TokenKind
     client_id: str
+    #: For the audit log: whose token it is, in which organization and application.
+    user_id: str = ""
+    organization: str = ""
+    application: str = ""
 
 
 def kind_from_hint(hint: str) -> TokenKind | None:
@@ -175,8 +179,10 @@ async def find_token(conn: Conn, token: str) -> FoundToken | None:
     with translate("token"):
         row = await conn.fetchrow(
             """
-            SELECT t.id, t.family_id, t.access_hash = $1 AS is_access, a.client_id
+            SELECT t.id, t.family_id, t.access_hash = $1 AS is_access, a.client_id, t.user_id, a.name AS application,
+                   o.name AS organization
             FROM tokens t JOIN applications a ON a.id = t.application_id
+            JOIN organizations o ON o.id = a.organization_id
             WHERE t.access_hash = $1 OR t.refresh_hash = $1
             """,
             token_hash(token),
@@ -188,6 +194,9 @@ async def find_token(conn: Conn, token: str) -> FoundToken | None:
         family_id=str(row["family_id"]),
         kind="access" if row["is_access"] else "refresh",
         client_id=row["client_id"],
+        user_id=str(row["user_id"]),
+        organization=row["organization"],
+        application=row["application"],
     )
 
 

@@ -14,7 +14,7 @@ from shared.messages import ApplicationInfo, MiniProgramProvider, WechatLogin
 from user_store import queries
 from user_store.db import transaction
 from user_store.http import json_response, read_json
-from user_store.keys import MASTER_KEY, PG_POOL, RULES, SIGNER
+from user_store.keys import AUDIT, MASTER_KEY, PG_POOL, RULES, SIGNER
 from user_store.logins import login_wechat
 from user_store.provider_secrets import open_secret
 
@@ -83,5 +83,7 @@ async def get_miniprogram_provider(request: web.Request) -> web.Response:
 async def post_wechat_login(request: web.Request) -> web.Response:
     login = await read_json(request, _login_decoder)
     structlog.contextvars.bind_contextvars(client_id=login.client_id)
-    result = await login_wechat(request.app[PG_POOL], request.app[SIGNER], login, request.app[RULES])
+    result = await login_wechat(
+        request.app[PG_POOL], request.app[SIGNER], login, request.app[RULES], request.app[AUDIT]
+    )
     return json_response(result)
