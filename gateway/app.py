@@ -20,18 +20,21 @@ from gateway.replies import ReplyWaiter
 from gateway.routes import setup_routes
 from gateway.views import PUBLISHER
 from shared.config import GatewayConfig
+from shared.guard import harden, input_guard
 from shared.keys import Keys
 from shared.user_store_client import UserStoreClient
 
 
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, metrics_middleware, error_middleware], client_max_size=config.max_body_bytes
+        middlewares=[request_context, metrics_middleware, error_middleware, input_guard],
+        client_max_size=config.max_body_bytes,
     )
     app[keys.CONFIG] = config
     app[METRICS] = GatewayMetrics()
     app[keys.REDIS_KEYS] = Keys(config.key_prefix)
     setup_routes(app)
+    harden(app, config.body_read_timeout)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_user_store)
     app.cleanup_ctx.append(_replies)

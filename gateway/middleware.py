@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import account, envelope, keys
-from shared.errors import MinidoorError, NotFound
+from shared.errors import BadRequest, MinidoorError, NotFound
 from shared.messages import ErrorBody
 from shared.user_store_client import REQUEST_ID_HEADER
 
@@ -74,6 +74,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 404:
             return render_error(request, NotFound(f"no such endpoint: {request.method} {request.path}"))
         return render_error(request, MinidoorError(exc.reason, error="invalid_request", status=exc.status))
+    except (RecursionError, UnicodeError):
+        # Input no check foresaw (nesting, bytes that are not UTF-8): the client's fault, never a 500.
+        return render_error(request, BadRequest("the request could not be decoded"))
     except Exception:
         log.exception("unhandled_error")
         return render_error(request, MinidoorError("internal error; the request id identifies it in the logs"))

@@ -213,6 +213,8 @@ class Cluster:
             SHUTDOWN_GRACE="8",
             ISSUER=gateway_url,
         )
+        #: What a scraper of /metrics presents.
+        self.internal_token = base["INTERNAL_TOKEN"]
         self.sandbox = Proc(
             "sandbox",
             "services.wechat_sandbox",

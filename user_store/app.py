@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from shared.config import UserStoreConfig
+from shared.guard import harden, input_guard
 from user_store.db import create_pool
 from user_store.keys import CONFIG, PG_POOL
 from user_store.lifecycle import revocations_ctx, signing_keys_ctx
@@ -19,7 +20,7 @@ from user_store.routes import setup_routes
 def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Application:
     """The user store; its pool, migrations and signing keys come up in ``cleanup_ctx`` when it starts."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, internal_auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, input_guard, internal_auth_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
@@ -41,4 +42,5 @@ def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Appli
     app.cleanup_ctx.append(revocations_ctx)
     app.cleanup_ctx.append(signing_keys_ctx)
     setup_routes(app)
+    harden(app, config.body_read_timeout)
     return app

@@ -24,6 +24,8 @@ import structlog
 from aiohttp import web
 
 from shared.config import ConfigError, SandboxConfig
+from shared.errors import MinidoorError
+from shared.guard import harden, input_guard
 
 log = structlog.get_logger("wechat_sandbox")
 
@@ -309,9 +311,14 @@ async def _canonical_line(request: web.Request, handler: _Handler) -> web.Stream
     except WeChatError as exc:
         structlog.contextvars.bind_contextvars(errcode=exc.errcode)
         response = _errcode_json(exc, rid=False)
+    except MinidoorError as exc:
+        # Refused by the input guard (not UTF-8, too deep, too large, too slow): a control-style 4xx.
+        response = _errcode_json(WeChatError(40097, exc.description, status=exc.status), rid=False)
     except web.HTTPException as exc:
         _log_request(request, exc.status, started)
         raise
+    except (RecursionError, UnicodeError):
+        response = _errcode_json(WeChatError(40097, "the request could not be decoded", status=400), rid=False)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         response = _errcode_json(WeChatError(-1, status=500), rid=True)
@@ -402,7 +409,8 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
 
 def create_app(config: SandboxConfig) -> web.Application:
     """The sandbox app; raises ``ConfigError`` if ``SANDBOX_APPS`` is malformed. Does no I/O."""
-    app = web.Application(middlewares=[_canonical_line])
+    app = web.Application(middlewares=[_canonical_line, input_guard])
+    harden(app)
     app[SANDBOX] = SandboxState(config)
     app.router.add_get("/sns/jscode2session", _jscode2session)
     app.router.add_post("/sandbox/login", _login)
