@@ -81,15 +81,15 @@ def valid_client_id(value: str) -> bool:
     return _CLIENT_ID.fullmatch(value) is not None
 
 
+def log_path(request: web.Request) -> str:
+    """The path as a log line may show it: a routed path whole, any other (client-chosen) cut to 48 characters."""
+    return request.path if request.match_info.route.resource is not None else request.path[:48]
+
+
 def log_id(value: str) -> str:
     """A client-supplied identifier as it may appear in a log line: a short hash, never the value itself (an
     access token pasted as a client_id must not land in the logs)."""
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-
-
-def mask(value: str) -> str:
-    """Personal data (phone, email, openid) for a log line: its first two characters and its length."""
-    return f"{value[:2]}***({len(value)})" if value else ""
 
 
 def _check_head(request: web.Request) -> None:
