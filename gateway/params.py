@@ -56,7 +56,9 @@ def checked(params: dict[str, str]) -> dict[str, str]:
         if client_id and not valid_client_id(client_id):
             raise Unauthorized("the client_id is not a valid client id")
     for key, value in params.items():
-        check_field(key, value)
+        # Introspection answers any string it cannot verify {"active": false} (RFC 7662), however long.
+        if key != "token":
+            check_field(key, value)
     return params
 
 
