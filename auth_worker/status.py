@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.errors import MinidoorError
+from shared.guard import harden, input_guard, internal_only
 
 if TYPE_CHECKING:
     from auth_worker.worker import Worker
@@ -17,10 +22,30 @@ _STUCK_AFTER = 15.0
 _UNREADY_AFTER = 5.0
 
 _WORKER: web.AppKey[Worker] = web.AppKey("worker")
+#: Its routes take no body at all.
+_MAX_BODY = 1024
+log = structlog.get_logger()
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as a short JSON answer with its 4xx; nothing a client sends makes this port answer 500."""
+    try:
+        return await handler(request)
+    except MinidoorError as exc:
+        return web.json_response({"error": exc.error, "error_description": exc.description}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": "invalid_request", "error_description": exc.reason}, status=exc.status)
+    except Exception:
+        log.exception("status_port_error")
+        return web.json_response({"error": "server_error", "error_description": "internal error"}, status=500)
 
 
 async def start_status_server(worker: Worker, host: str, port: int) -> web.AppRunner:
-    app = web.Application()
+    app = web.Application(middlewares=[_errors, input_guard], client_max_size=_MAX_BODY)
+    harden(app, worker.config.body_read_timeout)
     app[_WORKER] = worker
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -50,5 +75,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus text format, for a scraper holding the internal credential only."""
+    internal_only(request, request.app[_WORKER].config.internal_token)
     body = generate_latest(request.app[_WORKER].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -34,6 +34,7 @@ from auth_worker.metrics import WorkerMetrics
 from auth_worker.status import start_status_server
 from auth_worker.wechat import WechatClient
 from shared.config import WorkerConfig
+from shared.guard import log_id
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, LoginSucceeded, job_decoder
 from shared.ratelimit import Limit
@@ -307,7 +308,9 @@ class Worker:
             self._finish("undecodable", start, error=str(exc))
             await self._ack(msg_id)
             return
-        structlog.contextvars.bind_contextvars(request_id=job.request_id, job_id=job.job_id, client_id=job.client_id)
+        structlog.contextvars.bind_contextvars(
+            request_id=job.request_id, job_id=job.job_id, client_id=log_id(job.client_id)
+        )
         if time.time() > job.deadline:
             self._expired(job, start)
             await self._ack(msg_id)

@@ -21,13 +21,14 @@ from gateway.replies import ReplyWaiter
 from gateway.routes import setup_routes
 from gateway.views import PUBLISHER
 from shared.config import GatewayConfig
+from shared.guard import harden, input_guard
 from shared.keys import Keys
 from shared.user_store_client import UserStoreClient
 
 
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, metrics_middleware, error_middleware, rate_limit_middleware],
+        middlewares=[request_context, metrics_middleware, error_middleware, input_guard, rate_limit_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[keys.CONFIG] = config
@@ -35,6 +36,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[keys.REDIS_KEYS] = Keys(config.key_prefix)
     app[LIMITS] = GatewayLimits(config)
     setup_routes(app)
+    harden(app, config.body_read_timeout)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(limits_ctx)
     app.cleanup_ctx.append(_user_store)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.params import FORM, basic_pair, form_fields, read_body
+from gateway.params import FORM, basic_pair, checked, form_fields, read_body
 from shared.errors import PLEASE_LOGIN, Unauthorized
 from shared.messages import Credentials
 
@@ -23,7 +23,7 @@ async def read_params(request: web.Request) -> dict[str, str]:
     params: dict[str, str] = dict(request.query)
     if request.content_type == FORM:
         params.update(form_fields(await read_body(request)))
-    return params
+    return checked(params)
 
 
 def credentials(request: web.Request, params: dict[str, str], *, required: bool = True) -> Credentials:
@@ -42,4 +42,5 @@ def credentials(request: web.Request, params: dict[str, str], *, required: bool 
         client_id, client_secret = basic_pair(value)
     if required and not client_id and not client_secret:
         raise Unauthorized(PLEASE_LOGIN)
+    checked({"client_id": client_id, "client_secret": client_secret})
     return Credentials(client_id=client_id, client_secret=client_secret)

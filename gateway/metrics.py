@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway import keys
+from shared.guard import internal_only
 from shared.keys import Keys
 
 LOGIN_PATH = "/api/login/oauth/access_token"
@@ -94,7 +95,8 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    """``GET /metrics``: Prometheus text format."""
+    """``GET /metrics``: Prometheus text format, for a scraper holding the internal credential only."""
+    internal_only(request, request.app[keys.CONFIG].internal_token)
     app = request.app
     metrics = app[METRICS]
     metrics.waiting_replies.set(app[keys.REPLIES].waiting)

@@ -13,7 +13,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import account, envelope, keys
-from shared.errors import MinidoorError, NotFound
+from shared.errors import BadRequest, MinidoorError, NotFound
+from shared.guard import log_path
 from shared.messages import ErrorBody
 from shared.user_store_client import REQUEST_ID_HEADER
 
@@ -51,7 +52,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=request.path)
+    structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=log_path(request))
     request[keys.REQUEST_ID] = request_id
     start = time.perf_counter()
     resp = await handler(request)
@@ -72,8 +73,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         if exc.status == 404:
-            return render_error(request, NotFound(f"no such endpoint: {request.method} {request.path}"))
+            return render_error(request, NotFound(f"no such endpoint: {request.method} {log_path(request)}"))
         return render_error(request, MinidoorError(exc.reason, error="invalid_request", status=exc.status))
+    except (RecursionError, UnicodeError):
+        # Input no check foresaw (nesting, bytes that are not UTF-8): the client's fault, never a 500.
+        return render_error(request, BadRequest("the request could not be decoded"))
     except Exception:
         log.exception("unhandled_error")
         return render_error(request, MinidoorError("internal error; the request id identifies it in the logs"))

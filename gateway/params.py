@@ -13,7 +13,8 @@ from urllib.parse import parse_qsl
 import msgspec
 from aiohttp import web
 
-from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from shared.errors import BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from shared.guard import check_field, valid_client_id
 
 #: The fields Casdoor takes from a JSON body.
 JSON_FIELDS = (
@@ -43,6 +44,21 @@ async def read_params(request: web.Request) -> dict[str, str]:
         for key, value in _json_fields(body, content_type).items():
             if not params.get(key):
                 params[key] = value
+    checked(params)
+    return params
+
+
+def checked(params: dict[str, str]) -> dict[str, str]:
+    """``params`` once no value is oversized and the client id could be one; a client id that cannot be valid is
+    refused here, so it never costs a user-store call (nor lands in its log)."""
+    for key in ("client_id", "clientId"):
+        client_id = params.get(key, "")
+        if client_id and not valid_client_id(client_id):
+            raise Unauthorized("the client_id is not a valid client id")
+    for key, value in params.items():
+        # Introspection answers any string it cannot verify {"active": false} (RFC 7662), however long.
+        if key != "token":
+            check_field(key, value)
     return params
 
 

@@ -44,6 +44,8 @@ class _Common(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     key_prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9:_.-]+$")] = "minidoor"
     #: Shared secret that the gateway and the workers present to the user store.
     internal_token: Secret
+    #: Seconds a client has to deliver the body its Content-Length announces; then 408.
+    body_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
 
     def __post_init__(self) -> None:
         if len(self.internal_token) < 16:

@@ -7,12 +7,26 @@ import sys
 
 import structlog
 import structlog.tracebacks
+from aiohttp.http_exceptions import HttpProcessingError
 
 _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+
+
+def _redact_aiohttp(record: logging.LogRecord) -> bool:
+    """aiohttp's own lines about a malformed request carry the raw request (its ``Authorization`` header
+    included) in the exception's message: keep the line, name the exception, drop its text and traceback."""
+    if record.name.startswith("aiohttp") and record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        if isinstance(exc, HttpProcessingError | ConnectionError):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+    return True
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", service: str = "") -> None:
@@ -52,6 +66,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", service: str = "")
             ],
         )
     )
+    handler.addFilter(_redact_aiohttp)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)

@@ -217,6 +217,8 @@ class Cluster:
             **ONE_ADDRESS_LIMITS,
         )
         print(ONE_ADDRESS_NOTE, file=sys.stderr)
+        #: What a scraper of /metrics presents.
+        self.internal_token = base["INTERNAL_TOKEN"]
         self.sandbox = Proc(
             "sandbox",
             "services.wechat_sandbox",

@@ -55,8 +55,8 @@ def assert_nothing_lost(load: Load, figures: Figures) -> None:
     assert figures.hung == 0
 
 
-async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
-    async with http.get(f"{url}/metrics") as resp:
+async def metric(http: aiohttp.ClientSession, url: str, name: str, token: str) -> float:
+    async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}) as resp:
         text = await resp.text()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -138,7 +138,8 @@ class TestFaults:
         assert "504 temporarily_unavailable" not in figures.clear_errors
         # The killed worker's jobs were taken over (by the others, or by itself once restarted under its name).
         reclaimed = [
-            await metric(http, cluster.worker_url(i), "minidoor_worker_reclaimed_jobs_total") for i in (0, 1, 2)
+            await metric(http, cluster.worker_url(i), "minidoor_worker_reclaimed_jobs_total", cluster.internal_token)
+            for i in (0, 1, 2)
         ]
         assert held_at_kill > 0 and sum(reclaimed) > 0, (held_at_kill, reclaimed)
 

@@ -119,7 +119,7 @@ class TestMetricsEndpoints:
         # A refresh grant on the same endpoint is not a mini-program login.
         resp = await gateway.post("/api/login/oauth/access_token", data={"grant_type": "refresh_token"})
         assert resp.status == 401
-        resp = await gateway.get("/metrics")
+        resp = await gateway.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = await resp.text()
@@ -135,7 +135,7 @@ class TestMetricsEndpoints:
         async with TestClient(TestServer(create_user_store(config))) as client:
             assert (await client.get("/readyz")).status == 200
             assert (await client.get("/internal/applications/nope")).status == 401
-            text = await (await client.get("/metrics")).text()
+            text = await (await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).text()
         assert 'minidoor_user_store_requests_total{route="/readyz",status="200"} 1.0' in text
         assert 'route="/internal/applications/{client_id}",status="401"} 1.0' in text
         assert "minidoor_user_store_request_duration_seconds_bucket" in text

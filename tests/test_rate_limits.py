@@ -266,7 +266,8 @@ async def test_metric_and_log_line(session, limited_stack):
     ip = new_ip()
     for _ in range(7):
         await post(session, limited_stack.token_url, data=no_code(limited_stack), headers=from_ip(ip))
-    async with session.get(limited_stack.gateway + "/metrics") as resp:
+    scraper = {"Authorization": f"Bearer {limited_stack.env['INTERNAL_TOKEN']}"}
+    async with session.get(limited_stack.gateway + "/metrics", headers=scraper) as resp:
         text = await resp.text()
     assert 'minidoor_gateway_rate_limited_total{limit="token_ip"}' in text
     lines = [json.loads(line) for line in limited_stack.log_path.read_text().splitlines() if '"rate_limited"' in line]

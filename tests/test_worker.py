@@ -506,7 +506,8 @@ class TestStatusPort:
                 assert (await resp.json())["worker"] == "worker-under-test"
             async with harness.http.get(f"{base}/readyz") as resp:
                 assert resp.status == 200
-            async with harness.http.get(f"{base}/metrics") as resp:
+            metrics_auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with harness.http.get(f"{base}/metrics", headers=metrics_auth) as resp:
                 text = await resp.text()
             assert 'minidoor_worker_jobs_total{outcome="token"} 1.0' in text
             assert 'minidoor_wechat_calls_total{outcome="ok"} 1.0' in text

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from shared.errors import PLEASE_LOGIN, BadRequest, Conflict, Unauthorized
+from shared.guard import log_id
 from shared.messages import (
     Account,
     LogoutRequest,
@@ -56,7 +57,7 @@ MAX_PAGE_SIZE = 1000
 
 async def _caller(request: web.Request, conn: Conn, query: UserQuery | UserUpdate | LogoutRequest) -> Caller:
     caller = await authenticate(conn, request.app[SIGNER], query.credentials)
-    structlog.contextvars.bind_contextvars(caller=caller.kind, client_id=caller.client_id)
+    structlog.contextvars.bind_contextvars(caller=caller.kind, client_id=log_id(caller.client_id))
     return caller
 
 
@@ -242,7 +243,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def refresh(request: web.Request) -> web.Response:
     req = await read_json(request, _refresh_decoder)
-    structlog.contextvars.bind_contextvars(client_id=req.client_id)
+    structlog.contextvars.bind_contextvars(client_id=log_id(req.client_id))
     app = request.app
     response = await refresh_tokens(app[PG_POOL], app[SIGNER], app[REVOCATIONS], req, app[AUDIT])
     return json_response(response)

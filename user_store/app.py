@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from shared.config import UserStoreConfig
+from shared.guard import harden, input_guard
 from user_store.db import create_pool
 from user_store.keys import CONFIG, PASSWORD_HASHING, PG_POOL, RULES
 from user_store.lifecycle import audit_ctx, revocations_ctx, signing_keys_ctx
@@ -21,7 +22,7 @@ from user_store.users import PasswordHashing
 def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Application:
     """The user store; its pool, migrations and signing keys come up in ``cleanup_ctx`` when it starts."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, internal_auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, input_guard, internal_auth_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
@@ -52,4 +53,5 @@ def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Appli
     app.cleanup_ctx.append(signing_keys_ctx)
     app.cleanup_ctx.append(audit_ctx)
     setup_routes(app)
+    harden(app, config.body_read_timeout)
     return app

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -30,7 +30,9 @@ from shared.errors import BadRequest
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, AuditEvent, audit_decoder
 from user_store.db import CONNECTION_ERRORS, Conn, Pool
-from user_store.metrics import UserStoreMetrics
+
+if TYPE_CHECKING:  # user_store.metrics imports the app keys, which name AuditWriter
+    from user_store.metrics import UserStoreMetrics
 
 log = structlog.get_logger()
 

@@ -77,6 +77,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         response = _from_http_exception(exc)
         outcome = "http_error"
+    except (RecursionError, UnicodeError):
+        # Input no check foresaw (nesting, bytes that are not UTF-8): the caller's fault, never a 500.
+        response = error_response(400, "invalid_request", "the request could not be decoded")
+        outcome = "invalid_request"
     except Exception:
         log.exception("unhandled_error")
         response = error_response(500, "server_error", "internal error")

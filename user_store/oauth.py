@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from shared.errors import BadRequest
+from shared.guard import log_id
 from shared.messages import Introspection, OpenIdConfiguration, TokenRequest
 from user_store.db import connection, transaction
 from user_store.http import json_response, read_json
@@ -54,7 +55,7 @@ def introspection(info: TokenInfo) -> Introspection:
 async def introspect(request: web.Request) -> web.Response:
     """Active only for a live token issued to the calling application, of the kind ``token_type_hint`` names."""
     req = await read_json(request, _request_decoder)
-    structlog.contextvars.bind_contextvars(client_id=req.client_id)
+    structlog.contextvars.bind_contextvars(client_id=log_id(req.client_id))
     async with connection(request.app[PG_POOL]) as conn:
         caller = await authenticate_client(conn, req.client_id, req.client_secret)
         info = await inspect_token(
@@ -67,7 +68,7 @@ async def introspect(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     """RFC 7009: 200 for unknown or dead tokens too. A refresh token takes its whole family with it."""
     req = await read_json(request, _request_decoder)
-    structlog.contextvars.bind_contextvars(client_id=req.client_id)
+    structlog.contextvars.bind_contextvars(client_id=log_id(req.client_id))
     if not req.token:
         raise BadRequest("token is missing")
     async with transaction(request.app[PG_POOL]) as conn:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from shared.config import ConfigError
 from shared.errors import Unauthorized, Unavailable
+from shared.guard import log_id
 from shared.messages import ApplicationInfo, MiniProgramProvider, WechatLogin
 from user_store import queries
 from user_store.db import transaction
@@ -40,7 +41,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def get_application(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
-    structlog.contextvars.bind_contextvars(client_id=client_id)
+    structlog.contextvars.bind_contextvars(client_id=log_id(client_id))
     async with transaction(request.app[PG_POOL]) as conn:
         row = await queries.application_info(conn, client_id)
     if row is None:
@@ -58,7 +59,7 @@ async def get_application(request: web.Request) -> web.Response:
 
 async def get_miniprogram_provider(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
-    structlog.contextvars.bind_contextvars(client_id=client_id)
+    structlog.contextvars.bind_contextvars(client_id=log_id(client_id))
     async with transaction(request.app[PG_POOL]) as conn:
         row = await queries.miniprogram_provider(conn, client_id)
     if row is None:
@@ -82,7 +83,7 @@ async def get_miniprogram_provider(request: web.Request) -> web.Response:
 
 async def post_wechat_login(request: web.Request) -> web.Response:
     login = await read_json(request, _login_decoder)
-    structlog.contextvars.bind_contextvars(client_id=login.client_id)
+    structlog.contextvars.bind_contextvars(client_id=log_id(login.client_id))
     result = await login_wechat(
         request.app[PG_POOL], request.app[SIGNER], login, request.app[RULES], request.app[AUDIT]
     )

@@ -24,6 +24,8 @@ import structlog
 from aiohttp import web
 
 from shared.config import ConfigError, SandboxConfig
+from shared.errors import MinidoorError
+from shared.guard import harden, input_guard
 
 log = structlog.get_logger("wechat_sandbox")
 
@@ -108,6 +110,8 @@ class IssuedCode:
     issued_at: float
     presented: int = 0
     exchanged: int = 0
+    #: What the exchange answered, so a test can look for it where it must never appear (the logs).
+    session_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,7 +231,8 @@ class SandboxState:
         self._take_quota(issued.openid, now)
         issued.exchanged = 1
         self.codes_exchanged += 1
-        body = {"openid": issued.openid, "session_key": base64.b64encode(secrets.token_bytes(16)).decode()}
+        issued.session_key = base64.b64encode(secrets.token_bytes(16)).decode()
+        body = {"openid": issued.openid, "session_key": issued.session_key}
         if issued.unionid:
             body["unionid"] = issued.unionid
         return body
@@ -306,9 +311,14 @@ async def _canonical_line(request: web.Request, handler: _Handler) -> web.Stream
     except WeChatError as exc:
         structlog.contextvars.bind_contextvars(errcode=exc.errcode)
         response = _errcode_json(exc, rid=False)
+    except MinidoorError as exc:
+        # Refused by the input guard (not UTF-8, too deep, too large, too slow): a control-style 4xx.
+        response = _errcode_json(WeChatError(40097, exc.description, status=exc.status), rid=False)
     except web.HTTPException as exc:
         _log_request(request, exc.status, started)
         raise
+    except (RecursionError, UnicodeError):
+        response = _errcode_json(WeChatError(40097, "the request could not be decoded", status=400), rid=False)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         response = _errcode_json(WeChatError(-1, status=500), rid=True)
@@ -381,6 +391,14 @@ async def _get_code(request: web.Request) -> web.StreamResponse:
     return web.json_response(issued.to_dict())
 
 
+async def _get_session_key(request: web.Request) -> web.StreamResponse:
+    """The session_key the exchange of a code answered ("" before it): tests look for it in the logs."""
+    issued = request.app[SANDBOX].get_code(request.match_info["code"])
+    if issued is None:
+        raise WeChatError(40029, status=404)
+    return web.json_response({"session_key": issued.session_key})
+
+
 async def _stats(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[SANDBOX].stats())
 
@@ -391,7 +409,8 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
 
 def create_app(config: SandboxConfig) -> web.Application:
     """The sandbox app; raises ``ConfigError`` if ``SANDBOX_APPS`` is malformed. Does no I/O."""
-    app = web.Application(middlewares=[_canonical_line])
+    app = web.Application(middlewares=[_canonical_line, input_guard])
+    harden(app)
     app[SANDBOX] = SandboxState(config)
     app.router.add_get("/sns/jscode2session", _jscode2session)
     app.router.add_post("/sandbox/login", _login)
@@ -399,6 +418,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_post("/sandbox/faults", _queue_fault)
     app.router.add_delete("/sandbox/faults", _clear_faults)
     app.router.add_get("/sandbox/codes/{code}", _get_code)
+    app.router.add_get("/sandbox/codes/{code}/session_key", _get_session_key)
     app.router.add_get("/sandbox/stats", _stats)
     app.router.add_get("/healthz", _healthz)
     return app

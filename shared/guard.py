@@ -1,0 +1,139 @@
+"""Hostile input stops here, before any view: every service puts ``input_guard`` inside its error middleware.
+
+What it refuses, each with a 4xx the error middleware renders: a body larger than the app's ``client_max_size``
+(read or not by the view), a body that does not arrive within ``BODY_READ_TIMEOUT`` (408), a body, query or header
+that is not UTF-8, and JSON nested deeper than ``MAX_JSON_DEPTH`` (msgspec decodes recursively). A client that
+leaves mid-body gets no answer and no log line beyond the canonical one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web, web_response
+from aiohttp.typedefs import Handler
+
+from shared.errors import BadRequest, MinidoorError, PayloadTooLarge, Unauthorized
+
+#: Deeper than any document the API takes (three levels at most), far below what exhausts the C stack.
+MAX_JSON_DEPTH = 32
+#: Seconds a client has to deliver its body, when the app sets none in ``BODY_TIMEOUT`` (``BODY_READ_TIMEOUT``).
+BODY_READ_TIMEOUT = 10.0
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_read_timeout", float)
+#: No OAuth parameter the API takes is longer: tokens are under 2 KiB, avatars URLs under 1 KiB.
+MAX_FIELD_CHARS = 4096
+#: Client ids are minted as ``secrets.token_hex(10)``; older or imported ones are letters, digits, ``_`` and ``-``.
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+#: What ``Server`` says on every response: no framework or Python version for a scanner to match.
+SERVER_NAME = "minidoor"
+
+
+class RequestTimeout(MinidoorError):
+    status = 408
+    error = "invalid_request"
+
+
+class ClientGone(BadRequest):
+    """The client closed the connection before its body arrived: nobody reads the answer, the canonical line
+    records a 400, and no traceback is logged."""
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``raw``, strings ignored; valid JSON or not."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def check_text(raw: bytes, what: str) -> str:
+    """``raw`` as UTF-8; ``BadRequest`` naming ``what`` when it is not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"the {what} is not valid UTF-8") from None
+
+
+def check_body(raw: bytes) -> None:
+    """Refuse a body that is not UTF-8 or, when it looks like JSON, nests deeper than ``MAX_JSON_DEPTH``."""
+    text = check_text(raw, "body")
+    if text.lstrip()[:1] in ("[", "{") and json_depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+def check_field(name: str, value: str) -> None:
+    if len(value) > MAX_FIELD_CHARS:
+        raise BadRequest(f"the parameter {name!r} is longer than {MAX_FIELD_CHARS} characters")
+
+
+def valid_client_id(value: str) -> bool:
+    """Whether ``value`` could be a client id at all: anything else is refused without a user-store lookup."""
+    return _CLIENT_ID.fullmatch(value) is not None
+
+
+def log_path(request: web.Request) -> str:
+    """The path as a log line may show it: a routed path whole, any other (client-chosen) cut to 48 characters."""
+    return request.path if request.match_info.route.resource is not None else request.path[:48]
+
+
+def log_id(value: str) -> str:
+    """A client-supplied identifier as it may appear in a log line: a short hash, never the value itself (an
+    access token pasted as a client_id must not land in the logs)."""
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _check_head(request: web.Request) -> None:
+    check_text(unquote_to_bytes(request.raw_path), "URL")
+    for name, value in request.raw_headers:
+        check_text(name, "header name")
+        check_text(value, "header value")
+
+
+@web.middleware
+async def input_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse hostile input before the view runs, and read every body here so its size limit holds on every
+    route. A route that takes larger bodies sets its own ``client_max_size`` on a sub-app."""
+    _check_head(request)
+    if request.content_length is not None and request.content_length > request.client_max_size:
+        raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes")
+    if request.body_exists:
+        timeout = request.app.get(BODY_TIMEOUT, BODY_READ_TIMEOUT)
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+        except (ConnectionError, OSError) as exc:
+            raise ClientGone("the client closed the connection mid-body") from exc
+        check_body(raw)
+    return await handler(request)
+
+
+def internal_only(request: web.Request, internal_token: str) -> None:
+    """``Unauthorized`` unless the request carries ``Authorization: Bearer <internal_token>``."""
+    expected = f"Bearer {internal_token}".encode()
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(given, expected):
+        raise Unauthorized("a valid internal bearer token is required", error="invalid_token")
+
+
+def harden(app: web.Application, body_read_timeout: float = BODY_READ_TIMEOUT) -> None:
+    """What every service's app gets: its body read timeout, and no version banner on any response.
+
+    aiohttp fills ``Server`` from a module constant when a response has none, also on the 400s its parser answers
+    before any app signal runs; replacing the constant is the one place that covers both.
+    """
+    web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
+    app[BODY_TIMEOUT] = body_read_timeout
