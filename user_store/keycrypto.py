@@ -35,6 +35,7 @@ _HKDF_INFO = b"minidoor signing keys v1"
 # A key of its own rather than the signing keys' key with a prefixed AAD: a blob of one purpose can then never open
 # as the other whatever the AAD values, and each purpose can move to a new version alone.
 _HKDF_INFO_PROVIDER_SECRETS = b"minidoor provider secrets v1"
+_HKDF_INFO_SESSION_KEYS = b"minidoor session keys v1"
 
 
 class WrongMasterKey(ConfigError):
@@ -44,13 +45,14 @@ class WrongMasterKey(ConfigError):
 class MasterKey:
     """AES-256-GCM under keys derived from the master secret; the secret itself is not kept."""
 
-    __slots__ = ("_aead", "_provider_aead")
+    __slots__ = ("_aead", "_provider_aead", "_session_aead")
 
     def __init__(self, secret: str) -> None:
         if len(secret) < MIN_MASTER_KEY_CHARS:
             raise ConfigError(f"the master key must be at least {MIN_MASTER_KEY_CHARS} characters")
         self._aead = _derive(secret, _HKDF_INFO)
         self._provider_aead = _derive(secret, _HKDF_INFO_PROVIDER_SECRETS)
+        self._session_aead = _derive(secret, _HKDF_INFO_SESSION_KEYS)
 
     def __repr__(self) -> str:
         return "MasterKey('**********')"
@@ -69,6 +71,13 @@ class MasterKey:
         """The plaintext of ``seal_provider_secret(plaintext, provider_id)``; ``WrongMasterKey`` naming provider
         ``name`` when this key did not seal it for this provider."""
         return _open(self._provider_aead, sealed, provider_id.encode(), f"the secret of provider {name}")
+
+    def seal_session_key(self, plaintext: bytes, row: str) -> bytes:
+        return _seal(self._session_aead, plaintext, row.encode())
+
+    def open_session_key(self, sealed: bytes, row: str) -> bytes:
+        """The plaintext of ``seal_session_key(plaintext, row)``; ``WrongMasterKey`` when this key did not seal it."""
+        return _open(self._session_aead, sealed, row.encode(), f"the session_key of {row}")
 
 
 def _derive(secret: str, info: bytes) -> AESGCM:

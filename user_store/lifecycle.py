@@ -16,6 +16,7 @@ from user_store.keyring import KeyLoader, KeyReloader, prepare_keys
 from user_store.keys import CONFIG, MASTER_KEY, PG_POOL, REVOCATIONS, SIGNER
 from user_store.provider_secrets import prepare_provider_secrets
 from user_store.revocations import Revocations
+from user_store.session_keys import prepare_session_keys
 from user_store.signing import Signer
 
 
@@ -43,6 +44,7 @@ async def signing_keys_ctx(app: web.Application) -> AsyncIterator[None]:
     async with app[PG_POOL].acquire() as conn:
         await prepare_keys(conn, master)
         await prepare_provider_secrets(conn, master)
+        await prepare_session_keys(conn, master)
         keys, current = await loader.live_keys(conn)
     signer = Signer(config.issuer, keys, current)
     app[SIGNER] = signer
