@@ -111,11 +111,18 @@ class Runner:
                 except OSError:
                     raise RuntimeError(f"port {port} is taken; set {name} to a free port") from None
 
+    def _lock_state_dir(self) -> None:
+        """Owner only: it holds the master key, the demo's client secret and Redis's append-only file. Run as root,
+        embedded PostgreSQL is pgserver's own OS user, which must traverse it (not list it) to reach its data."""
+        self.state_dir.chmod(0o711 if os.geteuid() == 0 and not self.config.database_url else 0o700)
+
     def _start_infrastructure(self) -> tuple[str, str]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir()
         database_url = self.config.database_url
         if not database_url:
             self._pg = EmbeddedPostgres(self.state_dir / "postgres")
+            self._lock_state_dir()  # pgserver opens every parent of its data dir to all when run as root
             database_url = self._pg.database_url("minidoor")
             log.info("embedded_postgres", url=database_url)
         redis_url = self.config.redis_url

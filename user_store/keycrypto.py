@@ -133,6 +133,7 @@ def ensure_master_key_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        path.chmod(0o600)  # a key file copied in with a looser mode
         return
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(new_master_secret() + "\n")
