@@ -35,8 +35,16 @@ from auth_worker.status import start_status_server
 from auth_worker.wechat import WechatClient
 from shared.config import WorkerConfig
 from shared.keys import Keys
-from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, LoginSucceeded, job_decoder
+from shared.messages import (
+    STREAM_FIELD,
+    CodeExchangeJob,
+    LoginFailed,
+    LoginSucceeded,
+    LoginSucceededSealed,
+    job_decoder,
+)
 from shared.runtime import new_event_loop, pending_tasks
+from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
 
 log = structlog.get_logger()
@@ -191,7 +199,9 @@ class Worker:
             breaker=CircuitBreaker(cfg.wechat_breaker_failures, cfg.wechat_breaker_reset),
             metrics=self.metrics,
         )
-        self._handler = JobHandler(self.redis, self.keys, user_store, wechat, self.metrics)
+        self._handler = JobHandler(
+            self.redis, self.keys, user_store, wechat, self.metrics, stream_seal(self.config.stream_seal_key)
+        )
         if cfg.worker_http_port and self._status is None:
             self._status = await start_status_server(self, cfg.worker_http_host, cfg.worker_http_port)
 
@@ -328,7 +338,7 @@ class Worker:
             return
         self.jobs_done += 1
         reply = answer.reply
-        if isinstance(reply, LoginSucceeded):
+        if isinstance(reply, LoginSucceeded | LoginSucceededSealed):
             self._finish("token", start, exchange=answer.path)
         else:
             self._finish(

@@ -93,6 +93,14 @@ class Runner:
         ensure_master_key_file(path)
         return {"MASTER_KEY_FILE": str(path)}
 
+    def _stream_seal_key(self) -> str:
+        """The gateway's and workers' Redis sealing key: the one given, else ``STATE_DIR/stream.key`` (0600)."""
+        if self.config.stream_seal_key:
+            return self.config.stream_seal_key
+        path = self.state_dir / "stream.key"
+        ensure_master_key_file(path)  # the same kind of secret: 32 random bytes, owner-only
+        return path.read_text(encoding="utf-8").strip()
+
     def _master_key(self) -> MasterKey | None:
         """The user store's master key, so the demo seed prepares the signing keys (and its certificate) as the
         store will."""
@@ -143,6 +151,7 @@ class Runner:
             "REDIS_URL": redis_url,
             "USER_STORE_URL": f"http://{HOST}:{cfg.user_store_port}",
             "SHUTDOWN_GRACE": str(cfg.shutdown_grace),
+            "STREAM_SEAL_KEY": self._stream_seal_key(),
         }
         python = sys.executable
         timeout = cfg.start_timeout

@@ -63,11 +63,15 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     shutdown_grace: Seconds = 10.0
     #: The ``iss`` the gateway's token verifier expects: the user store's ``ISSUER``.
     issuer: str = "http://127.0.0.1:8000"
+    #: Shared with the workers: opens the tokens they seal into Redis (``shared/streamseal.py``); empty: clear.
+    stream_seal_key: Secret = Secret("")
 
 
 class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     redis_url: str
     user_store_url: str
+    #: Shared with the gateways: seals session_keys and tokens written to Redis; empty: they are written in clear.
+    stream_seal_key: Secret = Secret("")
     wechat_api_base: str = "https://api.weixin.qq.com"
     #: Consumer name in the group; unique per process. Empty: hostname-pid.
     worker_name: str = ""
@@ -159,6 +163,8 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     #: Passed through to the user store; with neither, one is generated once into ``STATE_DIR/master.key``.
     master_key: str = ""
     master_key_file: str = ""
+    #: Passed to the gateway and the workers; empty: one is generated once into ``STATE_DIR/stream.key``.
+    stream_seal_key: str = ""
     gateway_port: Port = 8000
     user_store_port: Port = 8001
     wechat_sandbox_port: Port = 8002

@@ -108,6 +108,8 @@ class IssuedCode:
     issued_at: float
     presented: int = 0
     exchanged: int = 0
+    #: The session_key its exchange handed out, so a test can look for it where it must not be.
+    session_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,7 +229,8 @@ class SandboxState:
         self._take_quota(issued.openid, now)
         issued.exchanged = 1
         self.codes_exchanged += 1
-        body = {"openid": issued.openid, "session_key": base64.b64encode(secrets.token_bytes(16)).decode()}
+        issued.session_key = base64.b64encode(secrets.token_bytes(16)).decode()
+        body = {"openid": issued.openid, "session_key": issued.session_key}
         if issued.unionid:
             body["unionid"] = issued.unionid
         return body
@@ -381,6 +384,14 @@ async def _get_code(request: web.Request) -> web.StreamResponse:
     return web.json_response(issued.to_dict())
 
 
+async def _get_session_key(request: web.Request) -> web.StreamResponse:
+    """The session_key a code's exchange handed out ("" before it), for tests that look for it at rest."""
+    issued = request.app[SANDBOX].get_code(request.match_info["code"])
+    if issued is None:
+        raise WeChatError(40029, status=404)
+    return web.json_response({"session_key": issued.session_key})
+
+
 async def _stats(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[SANDBOX].stats())
 
@@ -399,6 +410,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_post("/sandbox/faults", _queue_fault)
     app.router.add_delete("/sandbox/faults", _clear_faults)
     app.router.add_get("/sandbox/codes/{code}", _get_code)
+    app.router.add_get("/sandbox/codes/{code}/session_key", _get_session_key)
     app.router.add_get("/sandbox/stats", _stats)
     app.router.add_get("/healthz", _healthz)
     return app
