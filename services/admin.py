@@ -19,7 +19,7 @@ import msgspec
 
 from services.embedded import EmbeddedPostgres
 from shared.errors import MinidoorError
-from user_store import admin, certificates, keyring
+from user_store import admin, certificates, keyring, rekey
 from user_store.keycrypto import MasterKey, master_key_from_env
 from user_store.migrate import apply_migrations
 
@@ -61,6 +61,11 @@ def add_parser(sub: Any) -> None:
         help="seconds the new key is in the JWKS before it signs, so every cache has it (default %(default)s)",
     )
     p.set_defaults(admin_fn=_rotate_keys)
+
+    p = cmds.add_parser(
+        "rotate-master-key", help="re-seal every sealed column under MASTER_KEY, reading MASTER_KEY_PREVIOUS too"
+    )
+    p.set_defaults(admin_fn=_rotate_master_key)
 
     p = cmds.add_parser("retire-key", help="remove a signing key now: the tokens it signed stop verifying")
     p.add_argument("--kid", required=True)
@@ -107,6 +112,11 @@ def _master_key() -> MasterKey | None:
 async def _rotate_keys(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     master = await asyncio.to_thread(_master_key)
     return await keyring.rotate_keys(conn, master, activate_in=args.activate_in)
+
+
+async def _rotate_master_key(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    master = await asyncio.to_thread(_master_key)
+    return await rekey.reseal_all(conn, master)
 
 
 async def _retire_key(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:

@@ -107,6 +107,10 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     #: Neither: keys stay in clear, and the store refuses to start if the database holds encrypted ones.
     master_key: Secret = Secret("")
     master_key_file: str = ""
+    #: During a master-key rollover, the old key: still opens what it sealed, never seals (``make rotate-master-key``).
+    master_key_previous: Secret = Secret("")
+    #: During an INTERNAL_TOKEN rollover, the token callers still present until they all have the new one.
+    internal_token_previous: Secret = Secret("")
     #: How often the store re-reads ``signing_keys``, so a rotation or retirement applies without a restart.
     key_reload_interval: Seconds = 2.0
 

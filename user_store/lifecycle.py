@@ -38,7 +38,7 @@ async def signing_keys_ctx(app: web.Application) -> AsyncIterator[None]:
     """Check the master key, prepare and load the keys (``ConfigError`` stops the start), seal the provider secrets
     still in clear, then reload the keys."""
     config = app[CONFIG]
-    master = load_master_key(config.master_key, config.master_key_file)
+    master = load_master_key(config.master_key, config.master_key_file, config.master_key_previous)
     app[MASTER_KEY] = master
     loader = KeyLoader(master)
     async with app[PG_POOL].acquire() as conn:
