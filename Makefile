@@ -92,6 +92,10 @@ attach-provider: install  ## make attach-provider APP=shop APPID=wx... [SECRET_F
 list: install  ## organizations, applications and providers as JSON
 	$(PY) -m services admin list
 
+.PHONY: rotate-master-key
+rotate-master-key: install  ## re-seal everything under MASTER_KEY (new), reading MASTER_KEY_PREVIOUS (old) too
+	$(PY) -m services admin rotate-master-key
+
 .PHONY: rotate-keys
 rotate-keys: install  ## new signing key, in the JWKS now, signing after ACTIVATE_IN seconds (default 90)
 	$(PY) -m services admin rotate-keys $(if $(ACTIVATE_IN),--activate-in "$(ACTIVATE_IN)")

@@ -51,6 +51,7 @@ import redis.asyncio as aioredis
 
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, Reply, WechatSession, encoder, reply_decoder, session_decoder
+from shared.streamseal import StreamSeal, open_session, seal_session
 
 #: How long a record lives: more than a code's 5 minutes, so a replay never reaches WeChat.
 RECORD_TTL_MS = 10 * 60 * 1000
@@ -150,7 +151,9 @@ class Claim:
 class ExchangeRecords:
     """The Lua scripts, registered once per Redis client; every call takes the record's key."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, seal: StreamSeal | None = None) -> None:
+        #: Seals the stored session (its session_key); answers are sealed by the job handler before they get here.
+        self._seal = seal
         self._claim = redis.register_script(_CLAIM)
         self._owner_set = redis.register_script(_OWNER_SET)
         self._finish = redis.register_script(_FINISH)
@@ -168,7 +171,7 @@ class ExchangeRecords:
         if state is State.ANSWER:
             return Claim(state=state, reply=reply_decoder.decode(raw[1]))
         if state is State.OWNER:
-            session = session_decoder.decode(raw[1]) if raw[1] else None
+            session = open_session(self._seal, session_decoder.decode(raw[1])) if raw[1] else None
             return Claim(state=state, session=session, interrupted=bool(raw[2]))
         return Claim(state=state)
 
@@ -177,7 +180,7 @@ class ExchangeRecords:
         return bool(await self._owner_set(keys=[key], args=[job_id, "calling", "1"]))
 
     async def store_session(self, key: str, session: WechatSession) -> None:
-        await self._store_session(keys=[key], args=[encoder.encode(session)])
+        await self._store_session(keys=[key], args=[encoder.encode(seal_session(self._seal, session))])
 
     async def finish(self, key: str, reply: Reply) -> Reply | None:
         """Store ``reply`` as the final answer unless one exists; return the one that stands (``reply`` itself when

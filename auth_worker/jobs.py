@@ -31,6 +31,7 @@ from shared.messages import (
     WechatSession,
 )
 from shared.ratelimit import Limit, RateLimiter
+from shared.streamseal import StreamSeal, seal_reply
 from shared.user_store_client import UserStoreClient
 
 T = TypeVar("T")
@@ -63,10 +64,12 @@ class JobHandler:
         user_store: UserStoreClient,
         wechat: WechatClient,
         metrics: WorkerMetrics,
+        seal: StreamSeal | None = None,
         *,
         per_wechat_user: Limit | None = None,
     ) -> None:
-        self.records = ExchangeRecords(redis)
+        self.records = ExchangeRecords(redis, seal)
+        self._seal = seal
         self._limiter = RateLimiter(redis, keys, on_limited=lambda name: metrics.rate_limited.labels(name).inc())
         self._per_wechat_user = per_wechat_user
         self._keys = keys
@@ -160,7 +163,9 @@ class JobHandler:
             return Answer(_failed(job, exc), "released")
         except MinidoorError as exc:
             return await self._final(job, key, exc, path)
-        return await self._finish(job, key, LoginSucceeded(job_id=job.job_id, token=login_result.token), path)
+        # Sealed from here on: the answer is kept in the exchange record and the reply stream, both in Redis.
+        succeeded = seal_reply(self._seal, LoginSucceeded(job_id=job.job_id, token=login_result.token))
+        return await self._finish(job, key, succeeded, path)
 
     async def _final(self, job: CodeExchangeJob, key: str, exc: MinidoorError, path: str) -> Answer:
         return await self._finish(job, key, _failed(job, exc), path)

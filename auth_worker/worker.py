@@ -36,9 +36,17 @@ from auth_worker.wechat import WechatClient
 from shared.config import WorkerConfig
 from shared.guard import log_id
 from shared.keys import Keys
-from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, LoginSucceeded, job_decoder
+from shared.messages import (
+    STREAM_FIELD,
+    CodeExchangeJob,
+    LoginFailed,
+    LoginSucceeded,
+    LoginSucceededSealed,
+    job_decoder,
+)
 from shared.ratelimit import Limit
 from shared.runtime import new_event_loop, pending_tasks
+from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
 
 log = structlog.get_logger()
@@ -194,7 +202,15 @@ class Worker:
             metrics=self.metrics,
         )
         per_user = Limit("wechat_user", cfg.rate_limit_per_wechat_user, 60)
-        self._handler = JobHandler(self.redis, self.keys, user_store, wechat, self.metrics, per_wechat_user=per_user)
+        self._handler = JobHandler(
+            self.redis,
+            self.keys,
+            user_store,
+            wechat,
+            self.metrics,
+            stream_seal(self.config.stream_seal_key),
+            per_wechat_user=per_user,
+        )
         if cfg.worker_http_port and self._status is None:
             self._status = await start_status_server(self, cfg.worker_http_host, cfg.worker_http_port)
 
@@ -333,7 +349,7 @@ class Worker:
             return
         self.jobs_done += 1
         reply = answer.reply
-        if isinstance(reply, LoginSucceeded):
+        if isinstance(reply, LoginSucceeded | LoginSucceededSealed):
             self._finish("token", start, exchange=answer.path)
         else:
             self._finish(

@@ -23,6 +23,7 @@ from gateway.views import PUBLISHER
 from shared.config import GatewayConfig
 from shared.guard import harden, input_guard
 from shared.keys import Keys
+from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
 
 
@@ -72,7 +73,7 @@ async def _user_store(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _replies(app: web.Application) -> AsyncIterator[None]:
-    waiter = ReplyWaiter(app[keys.REDIS], app[keys.REDIS_KEYS])
+    waiter = ReplyWaiter(app[keys.REDIS], app[keys.REDIS_KEYS], stream_seal(app[keys.CONFIG].stream_seal_key))
     app[keys.REPLIES] = waiter
     app[PUBLISHER] = JobPublisher(
         app[keys.REDIS], app[keys.REDIS_KEYS], waiter, app[keys.CONFIG].stream_max_len, app[METRICS]

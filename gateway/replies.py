@@ -15,8 +15,10 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
+from shared.errors import MinidoorError
 from shared.keys import Keys
-from shared.messages import STREAM_FIELD, Reply, reply_decoder
+from shared.messages import STREAM_FIELD, LoginFailed, Reply, reply_decoder
+from shared.streamseal import StreamSeal, open_reply
 
 log = structlog.get_logger()
 
@@ -25,8 +27,10 @@ REPLY_STREAM_TTL_MS = 10 * 60 * 1000
 
 
 class ReplyWaiter:
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, seal: StreamSeal | None = None) -> None:
         self._redis = redis
+        #: Opens the tokens workers seal (``STREAM_SEAL_KEY``): only the waiting request sees them in clear.
+        self._seal = seal
         self.stream = keys.reply_stream(uuid.uuid4().hex)
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._last_id = b"0-0"
@@ -92,6 +96,18 @@ class ReplyWaiter:
         except msgspec.DecodeError as exc:
             log.error("reply_undecodable", error=str(exc))
             return
+        try:
+            reply = open_reply(self._seal, reply)
+        except MinidoorError as exc:
+            log.error("reply_unopenable", job_id=reply.job_id, error=exc.description)
+            reply = LoginFailed(
+                job_id=reply.job_id,
+                status=exc.status,
+                error=exc.error,
+                error_description=exc.description,
+                retry_after=exc.retry_after,
+                record=reply.record,
+            )
         fut = self._futures.pop(reply.job_id, None)
         if fut is None:
             log.info("reply_unclaimed", job_id=reply.job_id)  # its request already timed out

@@ -23,7 +23,7 @@ import msgspec
 from services.embedded import EmbeddedPostgres
 from shared.errors import BadRequest, MinidoorError
 from shared.messages import AuditEvent
-from user_store import admin, audit, certificates, keyring
+from user_store import admin, audit, certificates, keyring, rekey
 from user_store.keycrypto import MasterKey, master_key_from_env
 from user_store.migrate import apply_migrations
 
@@ -73,6 +73,11 @@ def add_parser(sub: Any) -> None:
         help="seconds the new key is in the JWKS before it signs, so every cache has it (default %(default)s)",
     )
     p.set_defaults(admin_fn=_rotate_keys)
+
+    p = cmds.add_parser(
+        "rotate-master-key", help="re-seal every sealed column under MASTER_KEY, reading MASTER_KEY_PREVIOUS too"
+    )
+    p.set_defaults(admin_fn=_rotate_master_key)
 
     p = cmds.add_parser("retire-key", help="remove a signing key now: the tokens it signed stop verifying")
     p.add_argument("--kid", required=True)
@@ -183,6 +188,11 @@ async def _rotate_keys(conn: asyncpg.Connection, args: argparse.Namespace) -> An
     key = await keyring.rotate_keys(conn, master, activate_in=args.activate_in)
     await _record(conn, "admin.rotate_keys", details={"kid": key.kid, "activate_in_s": args.activate_in})
     return key
+
+
+async def _rotate_master_key(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    master = await asyncio.to_thread(_master_key)
+    return await rekey.reseal_all(conn, master)
 
 
 async def _retire_key(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:

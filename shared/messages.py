@@ -58,8 +58,17 @@ class LoginFailed(msgspec.Struct, frozen=True, kw_only=True, tag="login_failed.v
     record: str = ""
 
 
+class LoginSucceededSealed(msgspec.Struct, frozen=True, kw_only=True, tag="login_succeeded_sealed.v1"):
+    """``LoginSucceeded`` with its ``TokenResponse`` (msgpack) sealed under ``STREAM_SEAL_KEY``
+    (``shared/streamseal.py``): what a worker with that key writes to reply streams and exchange records."""
+
+    job_id: str
+    sealed: bytes
+    record: str = ""
+
+
 Job = CodeExchangeJob
-Reply = LoginSucceeded | LoginFailed
+Reply = LoginSucceeded | LoginFailed | LoginSucceededSealed
 
 #: The one field of a stream entry that holds the msgpack-encoded message.
 STREAM_FIELD = b"m"
@@ -79,7 +88,13 @@ class WechatSession(msgspec.Struct, frozen=True, kw_only=True, tag="wechat_sessi
     unionid: str = ""
 
 
-session_decoder = msgspec.msgpack.Decoder(WechatSession)
+class WechatSessionSealed(msgspec.Struct, frozen=True, kw_only=True, tag="wechat_session_sealed.v1"):
+    """``WechatSession`` (msgpack) sealed under ``STREAM_SEAL_KEY``: no session_key in clear in Redis."""
+
+    sealed: bytes
+
+
+session_decoder = msgspec.msgpack.Decoder(WechatSession | WechatSessionSealed)
 
 # --- The user store's internal HTTP API (JSON) --------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def other_org_app(stack: Stack, org: str) -> dict[str, str]:
     return {"clientId": app["clientId"], "clientSecret": app["clientSecret"]}
 
 
-async def new_user(session: aiohttp.ClientSession, stack: Stack, **extra: str) -> dict[str, Any]:
+async def new_user(session: aiohttp.ClientSession, stack: Stack, **extra: Any) -> dict[str, Any]:
     """A fresh mini-program user: its token body plus ``openid``, ``name`` and ``id``."""
     openid = f"o-{secrets.token_hex(6)}"
     token = await stack_login(session, stack, openid, **extra)

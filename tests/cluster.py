@@ -29,6 +29,7 @@ from services.demo import Demo, seed_demo
 from services.embedded import EmbeddedRedis, with_database
 from services.ports import free_ports
 from services.processes import child_setup
+from tests.stack import REUSED_WECHAT_USERS_LIMIT
 
 ROOT = Path(__file__).resolve().parent.parent
 _INHERITED_OUT = ("DATABASE_URL", "REDIS_URL", "WECHAT_API_BASE", "STATE_DIR", "KEY_PREFIX", "INTERNAL_TOKEN")
@@ -215,6 +216,8 @@ class Cluster:
             ISSUER=gateway_url,
             # The load comes from one address: the per-IP rate limits are raised (ONE_ADDRESS_NOTE).
             **ONE_ADDRESS_LIMITS,
+            # The loads reuse a few hundred openids many times a minute.
+            **REUSED_WECHAT_USERS_LIMIT,
         )
         print(ONE_ADDRESS_NOTE, file=sys.stderr)
         #: What a scraper of /metrics presents.

@@ -20,18 +20,34 @@ from tests.stack import Stack
 
 
 async def stack_login(
-    session: aiohttp.ClientSession, stack: Stack, openid: str, *, client_id: str = "", appid: str = "", **extra: str
+    session: aiohttp.ClientSession,
+    stack: Stack,
+    openid: str,
+    *,
+    client_id: str = "",
+    appid: str = "",
+    codes: list[str] | None = None,
+    **extra: str,
 ) -> dict[str, Any]:
-    """A full mini-program login (sandbox wx.login, then the gateway's token endpoint); returns the token body."""
+    """A full mini-program login (sandbox wx.login, then the gateway's token endpoint); returns the token body.
+    ``codes`` collects the wx.login() code used (``issued_session_key`` asks the sandbox what it answered)."""
     body = {"appid": appid or stack.demo["wechatAppId"], "openid": openid}
     async with session.post(stack.sandbox + "/sandbox/login", json=body) as resp:
         assert resp.status == 200, await resp.text()
         code = (await resp.json())["code"]
+    if codes is not None:
+        codes.append(code)
     form = {"tag": "wechat_miniprogram", "client_id": client_id or stack.demo["clientId"], "code": code, **extra}
     async with session.post(stack.token_url, data=form) as resp:
         token = await resp.json()
         assert resp.status == 200, token
     return dict(token)
+
+
+async def issued_session_key(session: aiohttp.ClientSession, stack: Stack, code: str) -> str:
+    """The session_key the sandbox handed out for ``code``'s exchange."""
+    async with session.get(f"{stack.sandbox}/sandbox/codes/{code}/session_key") as resp:
+        return str((await resp.json())["session_key"])
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:

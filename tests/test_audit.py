@@ -22,7 +22,7 @@ from shared.audit import AuditPublisher
 from shared.keys import Keys
 from shared.messages import STREAM_FIELD, AuditEvent, CodeExchangeJob, encoder, job_decoder
 from tests.account_helpers import api, update
-from tests.oauth_helpers import claims_of, eventually, revoke, stack_login
+from tests.oauth_helpers import claims_of, eventually, issued_session_key, revoke, stack_login
 from tests.stack import ROOT
 from user_store.audit import AuditStreamDrain, AuditWriter, insert_events, prune
 from user_store.db import _init_connection
@@ -57,9 +57,10 @@ class TestEventsOfAStack:
         each leave their row with actor, target, organization, client, client IP and request id; no token,
         password, session key or client secret appears anywhere in the table."""
         openid = f"audit-{secrets.token_hex(6)}"
-        first = await stack_login(session, stack, openid)
+        codes: list[str] = []
+        first = await stack_login(session, stack, openid, codes=codes)
         user_id = claims_of(first["access_token"])["sub"]
-        second = await stack_login(session, stack, openid)
+        second = await stack_login(session, stack, openid, codes=codes)
         async with session.post(
             stack.gateway + REFRESH_PATH,
             data={
@@ -99,7 +100,7 @@ class TestEventsOfAStack:
         assert admin["actor_kind"] == "admin" and admin["actor_id"]
 
         dump = "\n".join(row[0] for row in await db.fetch("SELECT audit_events::text FROM audit_events"))
-        session_keys = [row[0] for row in await db.fetch("SELECT session_key FROM tokens WHERE session_key <> ''")]
+        session_keys = [await issued_session_key(session, stack, code) for code in codes]
         secrets_seen = [
             *(t[k] for t in (first, second, third) for k in ("access_token", "refresh_token")),
             password,

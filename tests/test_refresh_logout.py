@@ -56,7 +56,9 @@ class TestRefresh:
         assert second["access_token"] != first["access_token"] and second["refresh_token"] != first["refresh_token"]
         assert second["id_token"] == second["access_token"] and second["scope"] == first["scope"]
         old, new = await row(db, first["access_token"]), await row(db, second["access_token"])
-        assert new["family_id"] == old["family_id"] and new["session_key"] == old["session_key"] != ""
+        # The stack has a master key: the session_key is kept sealed (0006), under the family as AAD.
+        assert new["family_id"] == old["family_id"] and new["session_key"] == old["session_key"] == ""
+        assert new["session_key_sealed"] == old["session_key_sealed"] is not None
         assert old["revoked_at"] is not None and old["replaced_by"] == new["id"]
         assert claims_of(second["access_token"])["sub"] == claims_of(first["access_token"])["sub"]
         await api(session, stack, "GET", "/api/get-account", status=401, token=first["access_token"])

@@ -4,6 +4,8 @@ and data that survives a restart."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +48,25 @@ def embedded_stack(open_tmp: Callable[[str], Path]) -> Iterator[Stack]:
         stack.stop()
 
 
+def loose_modes(state_dir: Path) -> list[str]:
+    """What under ``state_dir`` others could read: the directory beyond 0700 (0711 for root's embedded
+    PostgreSQL), any directory beyond 0700 or file beyond 0600 (PostgreSQL's own data dir may allow its group)."""
+    loose = []
+    top = stat.S_IMODE(state_dir.stat().st_mode)
+    if top != (0o711 if os.geteuid() == 0 else 0o700):
+        loose.append(f"{state_dir} {top:o}")
+    for path in state_dir.rglob("*"):
+        if path.is_socket() or path.is_symlink() or path == state_dir / "stack.log":  # the tests' own output
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        allowed = 0o700 if path.is_dir() else 0o600
+        if path.is_relative_to(state_dir / "postgres"):
+            allowed |= (allowed >> 3) & 0o050
+        if mode & ~allowed:
+            loose.append(f"{path} {mode:o}")
+    return loose
+
+
 class TestEmbeddedRun:
     def test_fresh_start_login_stop_restart(self, embedded_stack: Stack) -> None:
         """The printed demo logs in; SIGTERM exits 0 with no process left; a restart keeps users and the demo."""
@@ -62,6 +83,8 @@ class TestEmbeddedRun:
         assert stack.stop() == 0
         gone, alive = psutil.wait_procs(children, timeout=15)
         assert not alive, [p.pid for p in alive]
+        # The master key, demo.json and Redis's append-only files (session keys, tokens) are the owner's alone.
+        assert loose_modes(stack.state_dir) == [], "\n".join(loose_modes(stack.state_dir))
 
         stack.start()
         assert stack.demo["clientId"] == demo["clientId"]

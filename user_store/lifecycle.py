@@ -20,6 +20,7 @@ from user_store.keys import AUDIT, CONFIG, MASTER_KEY, PG_POOL, REVOCATIONS, SIG
 from user_store.metrics import METRICS
 from user_store.provider_secrets import prepare_provider_secrets
 from user_store.revocations import Revocations
+from user_store.session_keys import prepare_session_keys
 from user_store.signing import Signer
 
 
@@ -41,12 +42,13 @@ async def signing_keys_ctx(app: web.Application) -> AsyncIterator[None]:
     """Check the master key, prepare and load the keys (``ConfigError`` stops the start), seal the provider secrets
     still in clear, then reload the keys."""
     config = app[CONFIG]
-    master = load_master_key(config.master_key, config.master_key_file)
+    master = load_master_key(config.master_key, config.master_key_file, config.master_key_previous)
     app[MASTER_KEY] = master
     loader = KeyLoader(master)
     async with app[PG_POOL].acquire() as conn:
         await prepare_keys(conn, master)
         await prepare_provider_secrets(conn, master)
+        await prepare_session_keys(conn, master)
         keys, current = await loader.live_keys(conn)
     signer = Signer(config.issuer, keys, current)
     app[SIGNER] = signer

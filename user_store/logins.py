@@ -15,6 +15,8 @@ from shared.messages import LoginResult, WechatLogin
 from user_store import queries
 from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
+from user_store.keycrypto import MasterKey
+from user_store.session_keys import family_row, identity_row, session_key_columns
 from user_store.signing import Signer, Subject
 from user_store.tokens import issue_tokens
 from user_store.user_rules import MAX_DISPLAY_NAME, USERNAME_RE, UserRules, normalize
@@ -56,10 +58,16 @@ def _lock_key(*parts: str) -> int:
 
 
 async def login_wechat(
-    pool: Pool, signer: Signer, login: WechatLogin, rules: UserRules, audit: AuditWriter | None = None
+    pool: Pool,
+    signer: Signer,
+    login: WechatLogin,
+    rules: UserRules,
+    audit: AuditWriter | None = None,
+    master: MasterKey | None = None,
 ) -> LoginResult:
-    """Find or create the user behind a WeChat identity and mint their tokens, all in one transaction; the audit
-    event is queued after the commit (``audit``), not written in it."""
+    """Find or create the user behind a WeChat identity and mint their tokens, all in one transaction; the
+    session_key is sealed under ``master`` when there is one, and the audit event is queued after the commit
+    (``audit``), not written in it."""
     login = validate_login(login, rules)
     async with transaction(pool) as conn:
         app = await queries.login_application(conn, login.client_id, login.appid)
@@ -74,7 +82,7 @@ async def login_wechat(
             keys.append(_lock_key("wechat-unionid", str(org_id), login.unionid))
         await queries.lock_keys(conn, sorted(keys))
 
-        user, created = await _find_or_create_user(conn, app, login)
+        user, created = await _find_or_create_user(conn, app, login, master)
         if user["is_forbidden"] or user["is_deleted"]:
             raise InvalidGrant("the user is forbidden to sign in")
 
@@ -88,14 +96,17 @@ async def login_wechat(
             expire_in_hours=app["expire_in_hours"],
             refresh_expire_in_hours=app["refresh_expire_in_hours"],
         )
+        family_id = uuid.uuid4()
+        session_key, sealed = session_key_columns(master, family_row(family_id), login.session_key)
         minted = await issue_tokens(
             conn,
             signer,
             subject,
             application_id=app["id"],
             user_id=user["id"],
-            family_id=uuid.uuid4(),
-            session_key=login.session_key,
+            family_id=family_id,
+            session_key=session_key,
+            session_key_sealed=sealed,
         )
     # Carried by the request's canonical log line rather than a line of its own.
     structlog.contextvars.bind_contextvars(user_id=subject.user_id, created=created)
@@ -113,19 +124,26 @@ async def login_wechat(
     return LoginResult(user_id=subject.user_id, user_name=subject.user_name, created=created, token=minted.response)
 
 
-async def _find_or_create_user(conn: Conn, app: asyncpg.Record, login: WechatLogin) -> tuple[asyncpg.Record, bool]:
+async def _find_or_create_user(
+    conn: Conn, app: asyncpg.Record, login: WechatLogin, master: MasterKey | None
+) -> tuple[asyncpg.Record, bool]:
     org_id = app["organization_id"]
     identity = dict(organization_id=org_id, appid=login.appid, openid=login.openid, unionid=login.unionid)
+    clear, sealed = session_key_columns(master, identity_row(org_id, login.appid, login.openid), login.session_key)
     user = await queries.user_by_openid(conn, org_id, login.appid, login.openid)
     if user is not None:
-        await queries.refresh_identity(conn, session_key=login.session_key, **identity)
+        await queries.refresh_identity(conn, session_key=clear, session_key_sealed=sealed, **identity)
     elif login.unionid and (user := await queries.user_by_unionid(conn, org_id, login.unionid)) is not None:
-        await queries.insert_identity(conn, user_id=user["id"], session_key=login.session_key, **identity)
+        await queries.insert_identity(
+            conn, user_id=user["id"], session_key=clear, session_key_sealed=sealed, **identity
+        )
     else:
         if not app["enable_sign_up"]:
             raise InvalidGrant("the application does not allow to sign up new account")
         user = await _create_user(conn, app, login)
-        await queries.insert_identity(conn, user_id=user["id"], session_key=login.session_key, **identity)
+        await queries.insert_identity(
+            conn, user_id=user["id"], session_key=clear, session_key_sealed=sealed, **identity
+        )
         return user, True
     # Casdoor documents "update the profile on login" but ignores both fields for existing users; we honour it.
     if login.username or login.avatar:

@@ -98,10 +98,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def internal_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every ``/internal/*`` request must carry ``Authorization: Bearer <internal_token>``."""
+    """Every ``/internal/*`` request must carry ``Authorization: Bearer <internal_token>`` (or, during a rollover,
+    ``INTERNAL_TOKEN_PREVIOUS``)."""
     if request.path.startswith("/internal/"):
-        expected = f"Bearer {request.app[CONFIG].internal_token}".encode()
+        config = request.app[CONFIG]
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, expected):
+        tokens = [config.internal_token, *([config.internal_token_previous] if config.internal_token_previous else [])]
+        # Both compared every time, so the timing does not tell which one matched.
+        matches = [hmac.compare_digest(given, f"Bearer {token}".encode()) for token in tokens]
+        if not any(matches):
             raise Unauthorized("a valid internal bearer token is required", error="invalid_token")
     return await handler(request)

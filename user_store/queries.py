@@ -182,13 +182,22 @@ async def update_user_profile(conn: Conn, user_id: Any, display_name: str, avata
 
 
 async def insert_identity(
-    conn: Conn, *, organization_id: Any, user_id: Any, appid: str, openid: str, unionid: str, session_key: str
+    conn: Conn,
+    *,
+    organization_id: Any,
+    user_id: Any,
+    appid: str,
+    openid: str,
+    unionid: str,
+    session_key: str,
+    session_key_sealed: bytes | None = None,
 ) -> None:
     with translate("wechat identity"):
         await conn.execute(
             """
-            INSERT INTO wechat_identities (organization_id, user_id, appid, openid, unionid, session_key)
-            VALUES ($1, $2, $3, $4, nullif($5, ''), $6)
+            INSERT INTO wechat_identities (organization_id, user_id, appid, openid, unionid, session_key,
+                                           session_key_sealed)
+            VALUES ($1, $2, $3, $4, nullif($5, ''), $6, $7)
             """,
             organization_id,
             user_id,
@@ -196,18 +205,27 @@ async def insert_identity(
             openid,
             unionid,
             session_key,
+            session_key_sealed,
         )
 
 
 async def refresh_identity(
-    conn: Conn, *, organization_id: Any, appid: str, openid: str, unionid: str, session_key: str
+    conn: Conn,
+    *,
+    organization_id: Any,
+    appid: str,
+    openid: str,
+    unionid: str,
+    session_key: str,
+    session_key_sealed: bytes | None = None,
 ) -> None:
     """Store the latest session_key, and a unionid WeChat gave for the first time."""
     with translate("wechat identity"):
         await conn.execute(
             """
             UPDATE wechat_identities
-            SET session_key = $4, unionid = coalesce(unionid, nullif($5, '')), updated_at = now()
+            SET session_key = $4, unionid = coalesce(unionid, nullif($5, '')), session_key_sealed = $6,
+                updated_at = now()
             WHERE organization_id = $1 AND appid = $2 AND openid = $3
             """,
             organization_id,
@@ -215,6 +233,7 @@ async def refresh_identity(
             openid,
             session_key,
             unionid,
+            session_key_sealed,
         )
 
 
@@ -231,13 +250,14 @@ async def insert_token(
     session_key: str,
     expires_at: datetime,
     refresh_expires_at: datetime,
+    session_key_sealed: bytes | None = None,
 ) -> None:
     with translate("token"):
         await conn.execute(
             """
             INSERT INTO tokens (id, family_id, application_id, user_id, access_hash, refresh_hash, scope,
-                                session_key, expires_at, refresh_expires_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                session_key, expires_at, refresh_expires_at, session_key_sealed)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
             """,
             token_id,
             family_id,
@@ -249,4 +269,5 @@ async def insert_token(
             session_key,
             expires_at,
             refresh_expires_at,
+            session_key_sealed,
         )

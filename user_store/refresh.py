@@ -39,7 +39,8 @@ log = structlog.get_logger()
 _CONCURRENT_REFRESH_GRACE = timedelta(seconds=5)
 
 _ROW = """
-    SELECT t.id, t.family_id, t.user_id, t.application_id, t.scope, t.session_key, t.refresh_expires_at,
+    SELECT t.id, t.family_id, t.user_id, t.application_id, t.scope, t.session_key, t.session_key_sealed,
+           t.refresh_expires_at,
            t.revoked_at, t.replaced_by, u.name AS user_name, u.display_name, u.avatar, u.is_forbidden, u.is_deleted,
            a.client_id, a.expire_in_hours, a.refresh_expire_in_hours, o.name AS organization
     FROM tokens t
@@ -147,6 +148,7 @@ async def _rotate(conn: Conn, signer: Signer, revocations: Revocations, row: asy
         user_id=row["user_id"],
         family_id=row["family_id"],
         session_key=row["session_key"],
+        session_key_sealed=row["session_key_sealed"],
     )
     token_id = uuid.UUID(minted.token_id)
     with queries.translate("token"):

@@ -263,6 +263,7 @@ async def issue_tokens(
     user_id: uuid.UUID,
     family_id: uuid.UUID,
     session_key: str,
+    session_key_sealed: bytes | None = None,
 ) -> MintedTokens:
     """Mint an access/refresh pair for ``subject`` and store its row (hashes only) in ``family_id``."""
     token_id = uuid.uuid4()
@@ -277,6 +278,7 @@ async def issue_tokens(
         refresh_hash=minted.refresh_hash,
         scope=minted.response.scope,
         session_key=session_key,
+        session_key_sealed=session_key_sealed,
         expires_at=datetime.fromtimestamp(minted.expires_at, UTC),
         refresh_expires_at=datetime.fromtimestamp(minted.refresh_expires_at, UTC),
     )

@@ -84,7 +84,6 @@ async def get_miniprogram_provider(request: web.Request) -> web.Response:
 async def post_wechat_login(request: web.Request) -> web.Response:
     login = await read_json(request, _login_decoder)
     structlog.contextvars.bind_contextvars(client_id=log_id(login.client_id))
-    result = await login_wechat(
-        request.app[PG_POOL], request.app[SIGNER], login, request.app[RULES], request.app[AUDIT]
-    )
+    app = request.app
+    result = await login_wechat(app[PG_POOL], app[SIGNER], login, app[RULES], app[AUDIT], app[MASTER_KEY])
     return json_response(result)

@@ -110,7 +110,7 @@ class IssuedCode:
     issued_at: float
     presented: int = 0
     exchanged: int = 0
-    #: What the exchange answered, so a test can look for it where it must never appear (the logs).
+    #: The session_key its exchange handed out, so a test can look for it where it must not be (at rest, in logs).
     session_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -392,7 +392,7 @@ async def _get_code(request: web.Request) -> web.StreamResponse:
 
 
 async def _get_session_key(request: web.Request) -> web.StreamResponse:
-    """The session_key the exchange of a code answered ("" before it): tests look for it in the logs."""
+    """The session_key a code's exchange handed out ("" before it), for tests that look for it at rest and in logs."""
     issued = request.app[SANDBOX].get_code(request.match_info["code"])
     if issued is None:
         raise WeChatError(40029, status=404)
