@@ -9,31 +9,17 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from shared.config import Secret, UserStoreConfig
+from tests.store_helpers import TOKEN, create_store
 from user_store import admin
-from user_store.app import create_app
 from user_store.keycrypto import MasterKey, WrongMasterKey
 from user_store.rekey import reseal_all
 from user_store.session_keys import family_row, identity_row
 
 OLD, NEW = "o" * 40, "n" * 40
-TOKEN, OLD_TOKEN = "t" * 32, "p" * 32
+OLD_TOKEN = "p" * 32
 APPID = "wx-rekey-appid"
 SECRET = "wechat-app-secret-rekey"
 _DESC = {"error_description": "a valid internal bearer token is required"}
-
-
-def store(pg_url: str, master: str, previous: str = "", token_previous: str = "") -> Any:
-    return create_app(
-        UserStoreConfig(
-            internal_token=Secret(TOKEN),
-            database_url=Secret(pg_url),
-            issuer="http://issuer.test",
-            master_key=Secret(master),
-            master_key_previous=Secret(previous),
-            internal_token_previous=Secret(token_previous),
-        )
-    )
 
 
 async def lookup(client: Any, client_id: str, token: str = TOKEN) -> tuple[int, Any]:
@@ -53,7 +39,7 @@ async def login(client: Any, client_id: str) -> None:
 async def test_rollover_then_reseal(pg_url: str) -> None:
     """Data sealed under the old key is served by a store given the new key and the old as previous; after
     reseal_all every signing key, provider secret and session_key opens under the new key alone, not the old."""
-    async with TestClient(TestServer(store(pg_url, OLD))) as client:
+    async with TestClient(TestServer(create_store(pg_url, OLD))) as client:
         conn = await asyncpg.connect(pg_url)
         try:
             await admin.create_organization(conn, "acme")
@@ -62,7 +48,7 @@ async def test_rollover_then_reseal(pg_url: str) -> None:
         finally:
             await conn.close()
         await login(client, client_id)
-    async with TestClient(TestServer(store(pg_url, NEW, previous=OLD))) as client:
+    async with TestClient(TestServer(create_store(pg_url, NEW, previous=OLD))) as client:
         assert await lookup(client, client_id) == (200, {**(await lookup(client, client_id))[1], "secret": SECRET})
         await login(client, client_id)  # written under NEW while OLD rows remain
     conn = await asyncpg.connect(pg_url)
@@ -87,17 +73,17 @@ async def test_rollover_then_reseal(pg_url: str) -> None:
             assert new.open_session_key(t["session_key_sealed"], family_row(t["family_id"])) == b"sk-rekey"
     finally:
         await conn.close()
-    async with TestClient(TestServer(store(pg_url, NEW))) as client:
+    async with TestClient(TestServer(create_store(pg_url, NEW))) as client:
         status, body = await lookup(client, client_id)
         assert status == 200 and body["secret"] == SECRET
 
 
 async def test_two_internal_tokens_during_rollover(pg_url: str) -> None:
     """With INTERNAL_TOKEN_PREVIOUS set, callers holding either token are served; any other token is a 401."""
-    async with TestClient(TestServer(store(pg_url, NEW, token_previous=OLD_TOKEN))) as client:
+    async with TestClient(TestServer(create_store(pg_url, NEW, token_previous=OLD_TOKEN))) as client:
         # An unknown client is refused by the view, past the token check; a bad token is refused before it.
         assert (await lookup(client, "nope"))[1]["error"] != "invalid_token"
         assert (await lookup(client, "nope", OLD_TOKEN))[1]["error"] != "invalid_token"
         assert (await lookup(client, "nope", "x" * 32)) == (401, {"error": "invalid_token", **_DESC})
-    async with TestClient(TestServer(store(pg_url, NEW))) as client:
+    async with TestClient(TestServer(create_store(pg_url, NEW))) as client:
         assert (await lookup(client, "nope", OLD_TOKEN))[1]["error"] == "invalid_token"

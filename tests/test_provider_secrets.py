@@ -17,31 +17,24 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from shared.config import ConfigError, Secret, UserStoreConfig
+from shared.config import ConfigError, Secret
 from shared.errors import Unavailable
 from shared.user_store_client import UserStoreClient
 from tests.oauth_helpers import make_app, stack_login
 from tests.stack import ROOT, Stack
+from tests.store_helpers import TOKEN
+from tests.store_helpers import create_store as store_with
 from user_store import admin
-from user_store.app import create_app
 from user_store.keycrypto import MasterKey, WrongMasterKey
 
 MASTER = "m" * 40
 OTHER = "o" * 40
-TOKEN = "t" * 32
 APPID = "wx-sealed-appid"
 SECRET = "wechat-app-secret-0123456789abcdef"
 
 
 def create_store(pg_url: str, master: str = MASTER) -> Any:
-    return create_app(
-        UserStoreConfig(
-            internal_token=Secret(TOKEN),
-            database_url=Secret(pg_url),
-            issuer="http://issuer.test",
-            master_key=Secret(master),
-        )
-    )
+    return store_with(pg_url, master)
 
 
 @pytest.fixture(name="client")

@@ -10,26 +10,20 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from shared.config import Secret, UserStoreConfig
+from tests.store_helpers import TOKEN
+from tests.store_helpers import create_store as store_with
 from user_store import admin
 from user_store.app import create_app
 from user_store.keycrypto import MasterKey, WrongMasterKey
 from user_store.session_keys import family_row, identity_row
 
 MASTER = "m" * 40
-TOKEN = "t" * 32
 APPID = "wx-sk-appid"
 SESSION_KEY = "sk-clear-0123456789"
 
 
 def create_store(pg_url: str, master: str = MASTER) -> Any:
-    return create_app(
-        UserStoreConfig(
-            internal_token=Secret(TOKEN),
-            database_url=Secret(pg_url),
-            issuer="http://issuer.test",
-            master_key=Secret(master),
-        )
-    )
+    return store_with(pg_url, master)
 
 
 async def call(client: Any, path: str, body: dict[str, str]) -> Any:
