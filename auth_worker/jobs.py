@@ -233,13 +233,7 @@ async def _redis(job: CodeExchangeJob, call: Callable[[], Awaitable[T]]) -> T:
 
 
 def _failed(job: CodeExchangeJob, exc: MinidoorError) -> LoginFailed:
-    return LoginFailed(
-        job_id=job.job_id,
-        status=exc.status,
-        error=exc.error,
-        error_description=exc.description,
-        retry_after=exc.retry_after,
-    )
+    return LoginFailed.of(job.job_id, exc)
 
 
 def _retag(reply: Reply, job: CodeExchangeJob) -> Reply:

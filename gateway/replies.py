@@ -100,14 +100,7 @@ class ReplyWaiter:
             reply = open_reply(self._seal, reply)
         except MinidoorError as exc:
             log.error("reply_unopenable", job_id=reply.job_id, error=exc.description)
-            reply = LoginFailed(
-                job_id=reply.job_id,
-                status=exc.status,
-                error=exc.error,
-                error_description=exc.description,
-                retry_after=exc.retry_after,
-                record=reply.record,
-            )
+            reply = LoginFailed.of(reply.job_id, exc, record=reply.record)
         fut = self._futures.pop(reply.job_id, None)
         if fut is None:
             log.info("reply_unclaimed", job_id=reply.job_id)  # its request already timed out

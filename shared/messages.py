@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from shared.errors import MinidoorError
+
 # --- Redis streams: gateway -> auth worker -> gateway ------------------------------------------------------------
 
 
@@ -56,6 +58,18 @@ class LoginFailed(msgspec.Struct, frozen=True, kw_only=True, tag="login_failed.v
     retry_after: int | None = None
     #: As ``LoginSucceeded.record``; empty when the code may still be used (the failure did not spend it).
     record: str = ""
+
+    @classmethod
+    def of(cls, job_id: str, exc: MinidoorError, *, record: str = "") -> LoginFailed:
+        """The wire form of ``exc`` as the answer to job ``job_id``."""
+        return cls(
+            job_id=job_id,
+            status=exc.status,
+            error=exc.error,
+            error_description=exc.description,
+            retry_after=exc.retry_after,
+            record=record,
+        )
 
 
 class LoginSucceededSealed(msgspec.Struct, frozen=True, kw_only=True, tag="login_succeeded_sealed.v1"):
