@@ -10,7 +10,7 @@ from shared.config import Secret, UserStoreConfig
 from shared.errors import BadRequest, Forbidden
 from user_store.user_rules import UserRules
 from user_store.user_updates import FIELDS, camel, parse_columns, plan_changes
-from user_store.users import hash_password, verify_password
+from user_store.users import PasswordHashing, verify_password
 
 STORED: dict[str, Any] = {
     "organization": "demo",
@@ -167,7 +167,11 @@ class TestPasswords:
 
     async def test_argon2id_hash(self):
         """Passwords are stored as argon2id PHC strings that verify, never verbatim."""
-        hashed = await hash_password("correct horse")
+        hashing = PasswordHashing(concurrency=1, per_user=1)
+        try:
+            hashed = await hashing.hash("u-1", "correct horse")
+        finally:
+            hashing.close()
         assert hashed.startswith("$argon2id$") and "correct horse" not in hashed
         assert verify_password(hashed, "correct horse")
         assert not verify_password(hashed, "wrong horse") and not verify_password("garbage", "x")

@@ -171,11 +171,6 @@ def casdoor_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds")
 
 
-async def hash_password(password: str) -> str:
-    """An argon2id hash (PHC string); hashing costs tens of milliseconds, so it runs off the event loop."""
-    return await asyncio.to_thread(_hasher.hash, password)
-
-
 class PasswordHashing:
     """Bounded argon2id hashing: at most ``concurrency`` hashes at once (each takes 64 MiB and a core), in a thread
     pool of its own so a burst neither starves ``asyncio.to_thread`` nor holds a PostgreSQL connection; more than
