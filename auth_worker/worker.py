@@ -16,7 +16,6 @@ import faulthandler
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Any, cast
 
@@ -45,7 +44,7 @@ from shared.messages import (
     job_decoder,
 )
 from shared.ratelimit import Limit
-from shared.runtime import new_event_loop, pending_tasks
+from shared.runtime import SHUTDOWN_SLACK, arm_shutdown_watchdog, new_event_loop
 from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
 
@@ -57,8 +56,6 @@ _REPLY_STREAM_MAX_LEN = 10_000
 _REPLY_STREAM_TTL_MS = 10 * 60 * 1000
 #: The longest a stream read blocks waiting for new jobs.
 _READ_BLOCK_MAX_S = 1.0
-#: Beyond the grace period, what closing connections may take (a Redis call is bounded by its 10 s socket timeout).
-_SHUTDOWN_SLACK = 15.0
 
 
 class Worker:
@@ -110,10 +107,7 @@ class Worker:
         """``stop()``, and should the shutdown still run long after its grace period, a log line naming every
         unfinished task and where it waits, then exit 1: a stuck stop must explain itself, not hang a rollout."""
         if not self._stopping.is_set():
-            overrun = self.config.shutdown_grace + _SHUTDOWN_SLACK
-            loop.call_later(overrun, _shutdown_overran)
-            # The backstop for a loop too blocked to run that: every thread's stack on stderr, then exit 1.
-            faulthandler.dump_traceback_later(overrun + 5, exit=True)
+            arm_shutdown_watchdog(loop, "auth-worker", self.config.shutdown_grace + SHUTDOWN_SLACK)
         self.stop()
 
     def stop(self) -> None:
@@ -424,9 +418,3 @@ class Worker:
             except (aioredis.RedisError, OSError):
                 pass  # the consumer loop reports Redis trouble
             await asyncio.sleep(self.config.claim_idle / 3)
-
-
-def _shutdown_overran() -> None:
-    log.error("worker_shutdown_overran", tasks=pending_tasks())
-    sys.stderr.flush()  # where the logs go; os._exit skips the flush at exit
-    os._exit(1)

@@ -136,7 +136,8 @@ class JobPublisher:
         try:
             await self._publish_job(job, timeout)
             try:
-                reply = await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                    reply = await fut
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no auth worker answered within {timeout:g}s; call wx.login() for a new code and try again",

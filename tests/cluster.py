@@ -74,8 +74,9 @@ class Proc:
                     raise RuntimeError(f"{self.name} not ready within {timeout:.0f}s:\n{self.log_tail()}")
                 await asyncio.sleep(0.05)
 
-    async def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, and the exit code once it has exited."""
+    async def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, and the exit code once it has exited: long enough for a stuck stop's watchdog (twice
+        SHUTDOWN_GRACE plus 15 s) to log where it is stuck and exit 1."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         try:

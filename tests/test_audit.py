@@ -179,6 +179,23 @@ class TestWriter:
         assert len(rows[0]["action"]) == 256 and rows[0]["client_ip"] is None and rows[0]["target_user_id"] is None
         assert str(rows[1]["client_ip"]) == "::1" and str(rows[1]["target_user_id"]) == user_id
 
+    async def test_cancel_as_an_event_arrives_stops_the_writer(self, pool):
+        """A shutdown's cancel that lands in the same loop turn as a new event still ends ``run`` (a lost cancel
+        hung the user store's shutdown under load), and ``flush`` then writes that event."""
+        writer = AuditWriter(pool, UserStoreMetrics(), flush_interval=3600)
+        task = asyncio.create_task(writer.run())
+        writer.add(AuditEvent(action="first"))
+        for _ in range(5):  # into the inner wait for more of the batch
+            await asyncio.sleep(0)
+        writer.add(AuditEvent(action="second"))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        await writer.flush()
+        async with pool.acquire() as conn:
+            actions = [r["action"] for r in await conn.fetch("SELECT action FROM audit_events ORDER BY id")]
+        assert actions == ["first", "second"]
+
 
 class TestStreamIntake:
     async def test_published_event_is_written_then_acknowledged(self, pool, redis_client, key_prefix):

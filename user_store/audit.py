@@ -174,7 +174,10 @@ class AuditWriter:
                 if remaining <= 0:
                     break
                 try:
-                    self._batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    # Not wait_for: on Python 3.11 it swallows a cancel that lands as an event arrives, and the
+                    # shutdown then waits on this loop forever.
+                    async with asyncio.timeout(remaining):
+                        self._batch.append(await self._queue.get())
                 except TimeoutError:
                     break
             await self._flush(self._batch)

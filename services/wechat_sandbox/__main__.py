@@ -29,6 +29,7 @@ def main() -> int:
         host=config.wechat_sandbox_host,
         port=config.wechat_sandbox_port,
         port_variable="WECHAT_SANDBOX_PORT",
+        shutdown_timeout=5.0,  # every sandbox answer is immediate
         handle_signals=True,
     )
     return 0
