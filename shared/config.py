@@ -175,8 +175,9 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     avatar_forbidden_suffixes: str = "local,localhost,internal,intranet,lan,home.arpa,svc,cluster.local,corp"
     #: argon2id hashes computed at once (64 MiB and a core each), outside any transaction or pool connection.
     password_hash_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
-    #: Password changes of one user in flight at once; more answer 429.
-    password_changes_per_user: Annotated[int, msgspec.Meta(ge=1)] = 3
+    #: Password changes of one user in flight at once across every user store (``user_store/password_slots.py``);
+    #: more answer 429.
+    password_changes_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     #: Audit events older than this many days are deleted (``user_store/audit.py``), hourly and at start.
     audit_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 180
     #: The audit writer inserts its queue every AUDIT_FLUSH_INTERVAL seconds or AUDIT_BATCH_SIZE events, whichever
