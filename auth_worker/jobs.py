@@ -30,7 +30,7 @@ from shared.messages import (
     WechatLogin,
     WechatSession,
 )
-from shared.ratelimit import Limit, RateLimiter
+from shared.ratelimit import Limit, Origin, RateLimiter
 from shared.streamseal import StreamSeal, seal_reply
 from shared.user_store_client import UserStoreClient
 
@@ -66,11 +66,12 @@ class JobHandler:
         metrics: WorkerMetrics,
         seal: StreamSeal | None = None,
         *,
+        limiter: RateLimiter | None = None,
         per_wechat_user: Limit | None = None,
     ) -> None:
         self.records = ExchangeRecords(redis, seal)
         self._seal = seal
-        self._limiter = RateLimiter(redis, keys, on_limited=lambda name: metrics.rate_limited.labels(name).inc())
+        self._limiter = limiter
         self._per_wechat_user = per_wechat_user
         self._keys = keys
         self._user_store = user_store
@@ -150,10 +151,12 @@ class JobHandler:
             username=job.username,
             avatar=job.avatar,
         )
-        if self._per_wechat_user is not None:
+        if self._limiter is not None and self._per_wechat_user is not None:
+            # The gateway looked the client up before publishing the job: its client_id names an application.
+            origin = Origin(client_ip=job.client_ip, request_id=job.request_id, client_id=job.client_id)
             try:
                 # Per WeChat user, which only jscode2session reveals; fails open (a login needs no limiter).
-                await self._limiter.check(self._per_wechat_user, f"{provider.appid}:{session.openid}")
+                await self._limiter.check(self._per_wechat_user, f"{provider.appid}:{session.openid}", origin)
             except MinidoorError as exc:
                 return await self._final(job, key, exc, path)
         try:

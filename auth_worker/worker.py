@@ -32,6 +32,7 @@ from auth_worker.jobs import Answer, JobHandler
 from auth_worker.metrics import WorkerMetrics
 from auth_worker.status import start_status_server
 from auth_worker.wechat import WechatClient
+from shared.audit import AuditPublisher
 from shared.config import WorkerConfig
 from shared.guard import log_id
 from shared.keys import Keys
@@ -43,7 +44,7 @@ from shared.messages import (
     LoginSucceededSealed,
     job_decoder,
 )
-from shared.ratelimit import Limit
+from shared.ratelimit import Limit, RateLimiter, limiter_hash_key
 from shared.runtime import SHUTDOWN_SLACK, arm_shutdown_watchdog, new_event_loop
 from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
@@ -68,6 +69,7 @@ class Worker:
         self._owns_redis = redis is None
         self._session: aiohttp.ClientSession | None = None
         self._handler: JobHandler | None = None
+        self._audit: AuditPublisher | None = None
         self._status: web.AppRunner | None = None
         self._tasks: dict[asyncio.Task[None], bytes] = {}
         self._slots = asyncio.Semaphore(config.worker_concurrency)
@@ -163,6 +165,9 @@ class Worker:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._audit is not None:
+            await self._audit.close()  # before the Redis client it writes through
+            self._audit = None
         if self._redis is not None:
             try:
                 # Best effort, and short: the key expires by itself.
@@ -196,6 +201,15 @@ class Worker:
             metrics=self.metrics,
         )
         per_user = Limit("wechat_user", cfg.rate_limit_per_wechat_user, 60)
+        if self._audit is None:
+            self._audit = AuditPublisher(self.redis, self.keys)
+        limiter = RateLimiter(
+            self.redis,
+            self.keys,
+            limiter_hash_key(cfg.stream_seal_key, cfg.internal_token),
+            audit=self._audit,
+            on_limited=lambda name: self.metrics.rate_limited.labels(name).inc(),
+        )
         self._handler = JobHandler(
             self.redis,
             self.keys,
@@ -203,6 +217,7 @@ class Worker:
             wechat,
             self.metrics,
             stream_seal(self.config.stream_seal_key),
+            limiter=limiter,
             per_wechat_user=per_user,
         )
         if cfg.worker_http_port and self._status is None:

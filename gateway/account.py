@@ -86,7 +86,7 @@ async def update_user(request: web.Request) -> web.Response:
         columns=params.get("columns", ""),
     )
     result = await request.app[keys.USER_STORE].update_user(
-        update, request_id=request[keys.REQUEST_ID], client_ip=request.remote or ""
+        update, request_id=request[keys.REQUEST_ID], client_ip=request[keys.CLIENT_IP]
     )
     return envelope.ok("Affected" if result.affected else "Unaffected")
 
@@ -110,7 +110,7 @@ async def logout(request: web.Request) -> web.Response:
     hint = params.get("id_token_hint", "")
     req = LogoutRequest(credentials=credentials(request, params, required=not hint), id_token_hint=hint)
     result = await request.app[keys.USER_STORE].logout(
-        req, request_id=request[keys.REQUEST_ID], client_ip=request.remote or ""
+        req, request_id=request[keys.REQUEST_ID], client_ip=request[keys.CLIENT_IP]
     )
     return envelope.ok(result.user)
 

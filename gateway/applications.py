@@ -43,3 +43,8 @@ class ApplicationCache:
         if isinstance(value, MinidoorError):
             raise Unauthorized(value.description)
         return value
+
+    def peek(self, client_id: str) -> ApplicationInfo | None:
+        """The application of ``client_id`` if it is cached, however old; never asks the user store."""
+        hit = self._entries.get(client_id)
+        return hit[1] if hit is not None and isinstance(hit[1], ApplicationInfo) else None

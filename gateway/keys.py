@@ -25,5 +25,8 @@ VERIFIER = web.AppKey("verifier", Verifier)
 
 #: Per request: the request id bound by ``middleware.request_context``.
 REQUEST_ID = web.RequestKey("request_id", str)
+#: Per request: the client's address as ``limits.request_ip`` decided it (TRUSTED_PROXIES), set by the rate-limit
+#: middleware before any view runs; views pass it on for the audit log.
+CLIENT_IP = web.RequestKey("client_ip", str)
 #: Per request on the token endpoint: which grant it was ("wechat_miniprogram" or "refresh_token"), for metrics.
 TOKEN_GRANT = web.RequestKey("token_grant", str)

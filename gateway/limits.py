@@ -3,8 +3,9 @@
 Counted on every request: the token endpoint per client IP, and each wx.login() code (hashed). Counted on
 failures only, and checked (without spending) before the request so an address over its budget stops reaching
 the user store: failed client authentications per client_id and per IP (unknown client_ids included, so random
-ids do not hammer the user store or churn the application cache), and rejected bearer tokens per IP. Profile
-and password changes are counted per user (the bearer token's verified ``sub``).
+ids do not hammer the user store or churn the application cache), on every route that takes client credentials,
+and rejected bearer tokens per IP, wherever the token was sent. Profile and password changes are counted per user
+(the bearer token's verified ``sub``). Each trip is audited, once per limit, key and period (``Origin``).
 
 Limits counted on every request fail open when Redis is away (logins must not depend on them); those counted
 on failures fail closed, which only changes the answer to a request that already failed.
@@ -17,18 +18,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import keys
-from gateway.auth import credentials
+from gateway import account, auth, keys, params
 from gateway.metrics import LOGIN_PATH, METRICS
-from gateway.params import read_params
+from gateway.refresh import REFRESH_PATH
+from shared.audit import AuditPublisher
 from shared.config import GatewayConfig
 from shared.errors import InvalidToken, MinidoorError, Unauthorized
-from shared.ratelimit import IPNetwork, Limit, RateLimiter, client_ip, parse_networks
+from shared.messages import Credentials
+from shared.ratelimit import Limit, Origin, RateLimiter, client_ip, limiter_hash_key, parse_networks
 
 
 class GatewayLimits:
     def __init__(self, config: GatewayConfig) -> None:
         self.trusted = parse_networks(config.trusted_proxies)
+        self.hash_key = limiter_hash_key(config.stream_seal_key, config.internal_token)
         self.token_ip = Limit("token_ip", config.rate_limit_token_per_ip, 60)
         self.code = Limit("login_code", config.rate_limit_per_code, 300)
         self.client_failures = Limit("client_auth_failures", config.rate_limit_client_failures, 60, fail_open=False)
@@ -39,74 +42,113 @@ class GatewayLimits:
 
 LIMITS = web.AppKey("limits", GatewayLimits)
 LIMITER = web.AppKey("limiter", RateLimiter)
-#: Paths where a client authenticates with client_id (and a secret) in the form or HTTP Basic.
-_CLIENT_PATHS = frozenset({LOGIN_PATH, "/api/login/oauth/introspect", "/api/login/oauth/revoke"})
+AUDIT = web.AppKey("audit", AuditPublisher)
+#: OAuth endpoints where a client authenticates with client_id (and a secret) in the form, JSON or HTTP Basic.
+OAUTH_CLIENT_PATHS = frozenset({LOGIN_PATH, REFRESH_PATH, "/api/login/oauth/introspect", "/api/login/oauth/revoke"})
 _USER_UPDATE_PATH = "/api/update-user"
 
 
-def request_ip(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
-    return client_ip(request.remote, request.headers.get("X-Forwarded-For", ""), trusted)
+def request_ip(request: web.Request) -> str:
+    """The client's address: the one answer for rate limits, audit rows and the worker's jobs. ``X-Forwarded-For``
+    counts only from ``TRUSTED_PROXIES`` (``shared.ratelimit.client_ip``); every header line of it is read, as a
+    proxy may add its own line after the client's."""
+    ip = request.get(keys.CLIENT_IP)
+    if ip is None:
+        forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ()))
+        ip = client_ip(request.remote, forwarded, request.app[LIMITS].trusted)
+        request[keys.CLIENT_IP] = ip
+    return ip
 
 
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app
     limits, limiter = app[LIMITS], app[LIMITER]
-    ip = request_ip(request, limits.trusted)
-    client_path = request.path in _CLIENT_PATHS
+    ip = request_ip(request)
+    read = await _caller(request)
+    caller, code = read or (Credentials(), "")
+    known = app[keys.APPLICATIONS].peek(caller.client_id) if caller.client_id else None
+    origin = Origin.of(
+        client_ip=ip,
+        request_id=request[keys.REQUEST_ID],
+        client_id=caller.client_id,
+        application=known.name if known else "",
+        organization=known.organization if known else "",
+    )
+    # Mini programs send their client_id on the token endpoint; account routes authenticate a client only when
+    # it sent client credentials (a user sends a token), or credentials that cannot even be read.
+    client_auth = request.path in OAUTH_CLIENT_PATHS or read is None or bool(caller.client_id or caller.client_secret)
     if request.path == LOGIN_PATH:
-        await limiter.check(limits.token_ip, ip)
-    if client_path:
-        await limiter.peek(limits.ip_failures, ip)
-    has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
-    if has_bearer or "access_token" in request.query or "accessToken" in request.query:
-        await limiter.peek(limits.bad_tokens, ip)
-    if request.method == "POST" and request.path == _USER_UPDATE_PATH:
-        await _user_update(request, limiter, limits, ip)
-    if request.path == LOGIN_PATH and (code := (await read_params(request)).get("code", "")):
-        await limiter.check(limits.code, code)
+        await limiter.check(limits.token_ip, ip, origin)
+    if client_auth:
+        await limiter.peek(limits.ip_failures, ip, origin)
+    if caller.access_token or _sends_token(request):
+        await limiter.peek(limits.bad_tokens, ip, origin)
+    if request.method == "POST" and request.path == _USER_UPDATE_PATH and caller.access_token:
+        await _user_update(request, limiter, limits, caller.access_token, origin)
+    if code:
+        await limiter.check(limits.code, code, origin)
     try:
         return await handler(request)
     except Unauthorized as exc:
         # From the user store an invalid token comes back as an Unauthorized carrying invalid_token.
         if exc.error == InvalidToken.error:
-            await limiter.check(limits.bad_tokens, ip)
-        elif client_path or request.path in _ACCOUNT_CLIENT_PATHS:
-            client_id = await _client_id(request)
-            await limiter.check(limits.ip_failures, ip)
-            if client_id:
-                await limiter.check(limits.client_failures, client_id)
+            await limiter.check(limits.bad_tokens, ip, origin)
+        elif client_auth:
+            await limiter.check(limits.ip_failures, ip, origin)
+            if caller.client_id:
+                await limiter.check(limits.client_failures, caller.client_id, origin)
         raise
 
 
-async def _user_update(request: web.Request, limiter: RateLimiter, limits: GatewayLimits, ip: str) -> None:
+async def _caller(request: web.Request) -> tuple[Credentials, str] | None:
+    """The credentials the route's view will read, as it reads them, and the login code on the token endpoint;
+    None for input the view will refuse (a client id that cannot be valid, say): the view then raises inside the
+    middleware's ``try``, where the failure is counted."""
+    try:
+        if request.path in OAUTH_CLIENT_PATHS:
+            oauth = await params.read_params(request)
+            found = Credentials(client_id=oauth.get("client_id", ""), client_secret=oauth.get("client_secret", ""))
+            return found, oauth.get("code", "") if request.path == LOGIN_PATH else ""
+        if request.path in account.ENVELOPE_PATHS:
+            # update-user's body is the user object; its credentials come from the query and the headers only.
+            query = dict(request.query) if request.path == _USER_UPDATE_PATH else await auth.read_params(request)
+            return auth.credentials(request, query, required=False), ""
+    except MinidoorError:
+        return None
+    return Credentials(), ""
+
+
+def _sends_token(request: web.Request) -> bool:
+    """A bearer token on a route that is not an account route (``/metrics`` takes the internal one)."""
+    has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
+    return has_bearer or "access_token" in request.query or "accessToken" in request.query
+
+
+async def _user_update(
+    request: web.Request, limiter: RateLimiter, limits: GatewayLimits, token: str, origin: Origin
+) -> None:
     """Per user: the bearer's verified ``sub``, so nobody can spend another user's budget with a forged token.
     An application's backend (client credentials) updating its users is not limited here."""
-    caller = credentials(request, dict(request.query), required=False)
-    if not caller.access_token:
-        return
     try:
-        claims = await request.app[keys.VERIFIER].verify(caller.access_token)
+        claims = await request.app[keys.VERIFIER].verify(token)
     except InvalidToken:
         return  # the user store refuses it; the handler's failure is counted against the IP
     except MinidoorError:
         return  # the verifier is not ready: the user store still authenticates
-    await limiter.check(limits.user_updates, str(claims.get("sub", "")))
-
-
-async def _client_id(request: web.Request) -> str:
-    if request.path in _CLIENT_PATHS:
-        return (await read_params(request)).get("client_id", "")
-    return credentials(request, dict(request.query), required=False).client_id
-
-
-#: Envelope routes a backend may call with client credentials.
-_ACCOUNT_CLIENT_PATHS = frozenset({"/api/get-account", "/api/get-user", "/api/get-users", "/api/update-user"})
+    await limiter.check(limits.user_updates, str(claims.get("sub", "")), origin)
 
 
 async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
+    audit = AuditPublisher(app[keys.REDIS], app[keys.REDIS_KEYS])
+    app[AUDIT] = audit
     app[LIMITER] = RateLimiter(
-        app[keys.REDIS], app[keys.REDIS_KEYS], on_limited=lambda name: metrics.rate_limited.labels(name).inc()
+        app[keys.REDIS],
+        app[keys.REDIS_KEYS],
+        app[LIMITS].hash_key,
+        audit=audit,
+        on_limited=lambda name: metrics.rate_limited.labels(name).inc(),
     )
     yield
+    await audit.close()

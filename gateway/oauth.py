@@ -49,7 +49,9 @@ async def introspect(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/revoke`` (RFC 7009): 200 with an empty body, for unknown tokens too."""
     req = _token_request(await read_params(request))
-    await request.app[keys.USER_STORE].revoke(req, request_id=request[keys.REQUEST_ID], client_ip=request.remote or "")
+    await request.app[keys.USER_STORE].revoke(
+        req, request_id=request[keys.REQUEST_ID], client_ip=request[keys.CLIENT_IP]
+    )
     return web.Response(status=200, headers=_NO_STORE)
 
 

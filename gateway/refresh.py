@@ -12,6 +12,8 @@ from shared.errors import BadRequest, MinidoorError, Unauthorized
 from shared.messages import RefreshRequest
 
 GRANT_TYPE = "refresh_token"
+#: Casdoor's dedicated refresh endpoint; the token endpoint takes the grant too.
+REFRESH_PATH = "/api/login/oauth/refresh_token"
 _json = msgspec.json.Encoder()
 
 
@@ -30,7 +32,7 @@ async def refresh_grant(request: web.Request, params: dict[str, str]) -> web.Res
         scope=params.get("scope", ""),
     )
     token = await request.app[keys.USER_STORE].refresh(
-        req, request_id=request[keys.REQUEST_ID], client_ip=request.remote or ""
+        req, request_id=request[keys.REQUEST_ID], client_ip=request[keys.CLIENT_IP]
     )
     return web.Response(
         body=_json.encode(token),

@@ -10,7 +10,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/login/oauth/access_token", views.access_token)
     app.router.add_post("/api/login/oauth/introspect", oauth.introspect)
     app.router.add_post("/api/login/oauth/revoke", oauth.revoke)
-    app.router.add_post("/api/login/oauth/refresh_token", refresh.refresh_token)
+    app.router.add_post(refresh.REFRESH_PATH, refresh.refresh_token)
     for method, path, handler in account.ROUTES:
         app.router.add_route(method, path, handler)
     app.router.add_get("/.well-known/jwks", oauth.jwks)

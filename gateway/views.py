@@ -59,7 +59,7 @@ async def access_token(request: web.Request) -> web.Response:
         username=params.get("username", ""),
         avatar=params.get("avatar", ""),
         timeout=config.login_timeout,
-        client_ip=request.remote or "",
+        client_ip=request[keys.CLIENT_IP],
     )
     match reply:
         case LoginSucceeded(token=token):

@@ -1,10 +1,10 @@
 """Audit events from processes without a database (the gateway, the auth workers): fire-and-forget onto a stream.
 
-A rate limiter that trips calls, from a request or a job::
+The rate limiter publishes its trips this way (``shared/ratelimit.py``, once per limit, key and period)::
 
     publisher = AuditPublisher(redis, Keys(config.key_prefix))   # once per process, next to its Redis client
     publisher.publish(AuditEvent(action="rate_limited", outcome="denied", client_id=..., client_ip=...,
-                                 request_id=..., details={"limit": "login_per_ip", "window_s": 60}))
+                                 request_id=..., details={"limit": "token_ip", "window_s": 60}))
     ...
     await publisher.close()                                       # at shutdown: waits briefly for what is in flight
 

@@ -35,6 +35,29 @@ LoginTimeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_LOGIN_TIMEOUT)]
 RateCount = Annotated[int, msgspec.Meta(ge=0)]
 LogLevel = Annotated[str, msgspec.Meta(pattern="(?i)^(debug|info|warning|error)$")]
 LogFormat = Annotated[str, msgspec.Meta(pattern="^(json|console|auto)$")]
+#: The shortest INTERNAL_TOKEN (and INTERNAL_TOKEN_PREVIOUS), and the shortest key that derives AES keys:
+#: STREAM_SEAL_KEY, MASTER_KEY, MASTER_KEY_PREVIOUS (``shared/streamseal.py``, ``user_store/keycrypto.py``).
+MIN_TOKEN_CHARS = 16
+MIN_KEY_CHARS = 32
+
+
+def check_secret(name: str, value: str, min_chars: int, *, required: bool = False) -> None:
+    """``ValueError`` naming the variable when a secret is too short to be one (or missing, when ``required``):
+    raised from a config's ``__post_init__``, it stops the process at start with one line, not at first use."""
+    if not value and not required:
+        return
+    if len(value) < min_chars:
+        raise ValueError(f"{name} must be at least {min_chars} characters")
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
+    """``ValueError`` when a set URL has none of ``schemes``; the value is never echoed (it may hold a password)."""
+    if value and value.partition("://")[0].lower() not in schemes:
+        raise ValueError(f"{name} must be a URL starting {' or '.join(f'{s}://' for s in schemes)}")
 
 
 class _Common(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
@@ -48,8 +71,7 @@ class _Common(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     body_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
 
     def __post_init__(self) -> None:
-        if len(self.internal_token) < 16:
-            raise ValueError("INTERNAL_TOKEN must be at least 16 characters")
+        check_secret("INTERNAL_TOKEN", self.internal_token, MIN_TOKEN_CHARS, required=True)
 
 
 class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
@@ -83,7 +105,8 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-
+        check_secret("STREAM_SEAL_KEY", self.stream_seal_key, MIN_KEY_CHARS)
+        check_url("REDIS_URL", self.redis_url, _REDIS_SCHEMES)
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as exc:
@@ -114,6 +137,11 @@ class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     worker_http_host: str = "127.0.0.1"
     worker_http_port: Port = 0
     shutdown_grace: Seconds = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_secret("STREAM_SEAL_KEY", self.stream_seal_key, MIN_KEY_CHARS)
+        check_url("REDIS_URL", self.redis_url, _REDIS_SCHEMES)
 
 
 class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
@@ -147,8 +175,9 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     avatar_forbidden_suffixes: str = "local,localhost,internal,intranet,lan,home.arpa,svc,cluster.local,corp"
     #: argon2id hashes computed at once (64 MiB and a core each), outside any transaction or pool connection.
     password_hash_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
-    #: Password changes of one user in flight at once; more answer 429.
-    password_changes_per_user: Annotated[int, msgspec.Meta(ge=1)] = 3
+    #: Password changes of one user in flight at once across every user store (``user_store/password_slots.py``);
+    #: more answer 429.
+    password_changes_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     #: Audit events older than this many days are deleted (``user_store/audit.py``), hourly and at start.
     audit_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 180
     #: The audit writer inserts its queue every AUDIT_FLUSH_INTERVAL seconds or AUDIT_BATCH_SIZE events, whichever
@@ -156,6 +185,16 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     audit_flush_interval: Seconds = 0.2
     audit_batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
     audit_queue_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_secret("INTERNAL_TOKEN_PREVIOUS", self.internal_token_previous, MIN_TOKEN_CHARS)
+        check_secret("MASTER_KEY", self.master_key, MIN_KEY_CHARS)
+        check_secret("MASTER_KEY_PREVIOUS", self.master_key_previous, MIN_KEY_CHARS)
+        check_url("DATABASE_URL", self.database_url, _POSTGRES_SCHEMES)
+        check_url("REDIS_URL", self.redis_url, _REDIS_SCHEMES)
+        if self.master_key and self.master_key_file:
+            raise ValueError("set MASTER_KEY or MASTER_KEY_FILE, not both")
 
 
 class ConfigError(MinidoorError):
@@ -222,6 +261,16 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     #: How long each process may take to become ready.
     start_timeout: Seconds = 60.0
     shutdown_grace: Seconds = 10.0
+
+    def __post_init__(self) -> None:
+        # Passed through to the services: refused here, before anything starts, rather than by a child.
+        check_secret("INTERNAL_TOKEN", self.internal_token, MIN_TOKEN_CHARS)
+        check_secret("STREAM_SEAL_KEY", self.stream_seal_key, MIN_KEY_CHARS)
+        check_secret("MASTER_KEY", self.master_key, MIN_KEY_CHARS)
+        check_url("DATABASE_URL", self.database_url, _POSTGRES_SCHEMES)
+        check_url("REDIS_URL", self.redis_url, _REDIS_SCHEMES)
+        if self.master_key and self.master_key_file:
+            raise ValueError("set MASTER_KEY or MASTER_KEY_FILE, not both")
 
 
 def load_config_or_exit(config_type: type[C], prog: str) -> C:

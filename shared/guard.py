@@ -14,7 +14,7 @@ import hmac
 import re
 from urllib.parse import unquote_to_bytes
 
-from aiohttp import web, web_response
+from aiohttp import web, web_protocol, web_request, web_response
 from aiohttp.typedefs import Handler
 
 from shared.errors import BadRequest, MinidoorError, PayloadTooLarge, Unauthorized
@@ -32,6 +32,9 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 #: What ``Server`` says on every response: no framework or Python version for a scanner to match.
 SERVER_NAME = "minidoor"
+#: The whole body of the 4xx aiohttp's parser answers for a request it cannot read (a NUL byte in a header, an
+#: oversized line, a bad method): aiohttp's own page quotes the offending raw line, an Authorization header say.
+PARSER_ERROR_BODY = b'{"error":"invalid_request","error_description":"the request is malformed and was not read"}'
 
 
 class RequestTimeout(MinidoorError):
@@ -129,11 +132,34 @@ def internal_only(request: web.Request, internal_token: str) -> None:
         raise Unauthorized("a valid internal bearer token is required", error="invalid_token")
 
 
-def harden(app: web.Application, body_read_timeout: float = BODY_READ_TIMEOUT) -> None:
-    """What every service's app gets: its body read timeout, and no version banner on any response.
+_aiohttp_handle_error = web_protocol.RequestHandler.handle_error
 
-    aiohttp fills ``Server`` from a module constant when a response has none, also on the 400s its parser answers
-    before any app signal runs; replacing the constant is the one place that covers both.
+
+def _handle_error(
+    self: web_protocol.RequestHandler,
+    request: web_request.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """aiohttp's ``handle_error`` (its log line, redacted by ``shared.logs``, and its checks), with a fixed body
+    when it was given the parser's message: that message holds the raw request line or header it refused."""
+    resp = _aiohttp_handle_error(self, request, status, exc, message)
+    if message is None:
+        return resp  # its own 500 and 504 pages say nothing of the request
+    safe = web.Response(status=status, body=PARSER_ERROR_BODY, content_type="application/json")
+    safe.force_close()
+    return safe
+
+
+def harden(app: web.Application, body_read_timeout: float = BODY_READ_TIMEOUT) -> None:
+    """What every service's app gets: its body read timeout, no version banner and no echo of a refused request.
+
+    Both answers come from aiohttp's module level, not the app: ``Server`` is filled from a module constant when a
+    response has none, also on the 400s its parser answers before any app signal runs, and those 400s are built
+    by ``RequestHandler.handle_error``, which no middleware sees. Replacing the two is the one place that covers
+    every service.
     """
     web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
+    web_protocol.RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]
     app[BODY_TIMEOUT] = body_read_timeout

@@ -39,6 +39,10 @@ class Keys:
         """One key's GCRA state under one limit (``shared/ratelimit.py``); the key is hashed by the caller."""
         return f"{self.prefix}:ratelimit:{limit}:{key_hash}"
 
+    def rate_limit_audited(self, limit: str, key_hash: str) -> str:
+        """Set for one period by a key's first refusal under a limit: later refusals in the period are not audited."""
+        return f"{self.prefix}:ratelimit-audited:{limit}:{key_hash}"
+
     @staticmethod
     def delivered_answer(record: str) -> str:
         """Where a record's final answer moves once delivered, kept only while jobs published before the delivery

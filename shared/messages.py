@@ -392,7 +392,7 @@ class LogoutResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AuditEvent(msgspec.Struct, frozen=True, kw_only=True, tag="audit_event.v1"):
-    """One row of ``audit_events``, for ``shared.audit.publish_audit`` (``Keys.audit_stream``). Never a secret:
+    """One row of ``audit_events``, for ``shared.audit.AuditPublisher`` (``Keys.audit_stream``). Never a secret:
     ``details`` holds names, counts and limits, not tokens, codes or passwords."""
 
     action: str

@@ -7,31 +7,44 @@ only asks whether a key is over its limit, spending nothing (for limits that cou
 checked first, and only a failure is counted).
 
 Redis trouble: a limit with ``fail_open`` lets the request through (logins must not depend on the limiter
-more than on the job stream); one without raises ``Unavailable``. Keys are hashed: no IP, code or client id
-appears in Redis or in logs.
+more than on the job stream); one without raises ``Unavailable``. Keys are HMAC'd under a key only the gateways
+and workers hold (``limiter_hash_key``): no IP, code or client id appears in Redis or in logs, and a guessed one
+cannot be confirmed from them (an unkeyed hash of an IPv4 address is undone by trying all 2^32).
+
+A trip is audited: the first refusal of a key under a limit in each period publishes one ``rate_limited``
+``AuditEvent`` (``shared/audit.py``), with the ``Origin`` the caller passed. The same script call that refuses
+sets the period's marker, so an allowed request costs nothing more and a flood of refusals leaves one row.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
+import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
 import msgspec
 import redis.asyncio as aioredis
 import structlog
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shared.audit import AuditPublisher
 from shared.errors import RateLimited, Unavailable
+from shared.guard import log_id
 from shared.keys import Keys
+from shared.messages import AuditEvent
 
 log = structlog.get_logger()
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# GCRA: the key holds the theoretical arrival time (TAT, ms). ARGV: emission interval (ms), tolerance (ms, the
-# whole period: a full burst), cost (0 = peek). Returns {allowed, retry_after_ms}. Redis's clock, not the
-# callers': replicas with skewed clocks still agree.
+# GCRA: KEYS[1] holds the theoretical arrival time (TAT, ms). ARGV: emission interval (ms), tolerance (ms, the
+# whole period: a full burst), cost (0 = peek). Returns {allowed, retry_after_ms, first_refusal}: a refusal sets
+# KEYS[2] for one period, and only the one that set it is audited. Redis's clock, not the callers': replicas with
+# skewed clocks still agree.
 _GCRA = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -44,12 +57,13 @@ local new_tat = tat + interval * cost
 local allow_at = new_tat - tolerance
 if cost == 0 then allow_at = tat + interval - tolerance end
 if allow_at > now_ms then
-  return {0, allow_at - now_ms}
+  local first = redis.call('SET', KEYS[2], 1, 'NX', 'PX', math.max(1, math.ceil(tolerance)))
+  return {0, allow_at - now_ms, first and 1 or 0}
 end
 if cost > 0 then
   redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil(new_tat - now_ms)))
 end
-return {1, 0}
+return {1, 0, 0}
 """
 
 
@@ -62,36 +76,84 @@ class Limit(msgspec.Struct, frozen=True):
     fail_open: bool = True
 
 
-def short_hash(value: str) -> str:
-    """What logs and keys carry instead of an IP, a code or an id."""
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
+class Origin(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a limited request came from, for the audit row of a trip. Never a secret: ``client_id`` is a known
+    application's id, or the log-safe hash of whatever was sent (``Origin.of``)."""
+
+    client_ip: str = ""
+    request_id: str = ""
+    client_id: str = ""
+    application: str = ""
+    organization: str = ""
+
+    @classmethod
+    def of(
+        cls, *, client_ip: str, request_id: str, client_id: str = "", application: str = "", organization: str = ""
+    ) -> Origin:
+        """``client_id`` kept as it is when ``application`` names the application it belongs to, else hashed: an
+        unknown id may be anything, a secret pasted in the wrong field included."""
+        safe_id = client_id if application or not client_id else log_id(client_id)
+        return cls(
+            client_ip=client_ip,
+            request_id=request_id,
+            client_id=safe_id,
+            application=application,
+            organization=organization,
+        )
+
+
+_HKDF_INFO = b"minidoor rate-limit keys v1"
+
+
+def limiter_hash_key(stream_seal_key: str, internal_token: str) -> bytes:
+    """The HMAC key of rate-limit keys, derived (HKDF, a purpose of its own) from ``STREAM_SEAL_KEY``, else from
+    ``INTERNAL_TOKEN``: secrets every gateway and worker already share, so no setting of its own. The seal key is
+    preferred because it never leaves these processes. Changing the secret starts every budget afresh (during a
+    rolling change the replicas count apart for one period at most)."""
+    secret = stream_seal_key or internal_token
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret.encode())
+
+
+def keyed_hash(hash_key: bytes, value: str) -> str:
+    """What Redis keys and log lines carry instead of an IP, a code or an id."""
+    return hmac.new(hash_key, value.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, on_limited: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        hash_key: bytes,
+        *,
+        audit: AuditPublisher | None = None,
+        on_limited: Callable[[str], None] | None = None,
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        self._hash_key = hash_key
         self._script = redis.register_script(_GCRA)
+        self._audit = audit
         self._on_limited = on_limited
 
-    async def check(self, limit: Limit, key: str) -> None:
+    async def check(self, limit: Limit, key: str, origin: Origin | None = None) -> None:
         """Spend one request of ``key``'s budget; ``RateLimited`` when it is spent."""
-        await self._run(limit, key, 1)
+        await self._run(limit, key, 1, origin)
 
-    async def peek(self, limit: Limit, key: str) -> None:
+    async def peek(self, limit: Limit, key: str, origin: Origin | None = None) -> None:
         """``RateLimited`` if ``key`` is over ``limit`` now, spending nothing."""
-        await self._run(limit, key, 0)
+        await self._run(limit, key, 0, origin)
 
-    async def _run(self, limit: Limit, key: str, cost: int) -> None:
+    async def _run(self, limit: Limit, key: str, cost: int, origin: Origin | None) -> None:
         if limit.count <= 0 or not key:
             return
-        hashed = short_hash(key)
+        hashed = keyed_hash(self._hash_key, key)
         interval_ms = limit.period * 1000 / limit.count
         try:
-            allowed, retry_ms = cast(
+            allowed, retry_ms, first = cast(
                 Sequence[int],
                 await self._script(
-                    keys=[self._keys.rate_limit(limit.name, hashed)],
+                    keys=[self._keys.rate_limit(limit.name, hashed), self._keys.rate_limit_audited(limit.name, hashed)],
                     args=[interval_ms, limit.period * 1000, cost],
                 ),
             )
@@ -103,11 +165,34 @@ class RateLimiter:
         if allowed:
             return
         retry_after = max(1, -(-int(retry_ms) // 1000))
-        # The hook for the audit log: one line per refusal, with the limit and a hash of the key only.
-        log.info("rate_limited", limit=limit.name, key=hashed, retry_after=retry_after)
+        log.info("rate_limited", limit=limit.name, key=hashed, retry_after=retry_after, audited=bool(first))
+        if first and self._audit is not None:
+            self._audit.publish(_trip_event(limit, hashed, retry_after, origin or Origin()))
         if self._on_limited is not None:
             self._on_limited(limit.name)
         raise RateLimited(f"too many requests ({limit.name}); retry in {retry_after} s", retry_after=retry_after)
+
+
+def _trip_event(limit: Limit, hashed: str, retry_after: int, origin: Origin) -> AuditEvent:
+    """The row of a trip: the limit, its window and the keyed hash of what was limited (the log lines' ``key``),
+    never the IP, code or id itself beyond the origin's own columns."""
+    return AuditEvent(
+        action="rate_limited",
+        outcome="denied",
+        at=time.time(),
+        client_ip=origin.client_ip,
+        request_id=origin.request_id,
+        client_id=origin.client_id,
+        application=origin.application,
+        organization=origin.organization,
+        details={
+            "limit": limit.name,
+            "count": limit.count,
+            "window_s": limit.period,
+            "retry_after": retry_after,
+            "key": hashed,
+        },
+    )
 
 
 def parse_networks(value: str) -> tuple[IPNetwork, ...]:

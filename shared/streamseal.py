@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shared.config import MIN_KEY_CHARS
 from shared.errors import Unavailable
 from shared.messages import (
     LoginSucceeded,
@@ -27,7 +28,6 @@ from shared.messages import (
     WechatSessionSealed,
 )
 
-MIN_KEY_CHARS = 32
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 _TOKEN = b"token"

@@ -159,7 +159,8 @@ class TestUpdateSelf:
         assert (await account(session, stack, user["access_token"]))["displayName"] == "Round Trip"
 
     async def test_password_is_hashed(self, session, stack, db):
-        """A new password is stored as an argon2id hash and shown as "***"; sending "***" keeps it."""
+        """A new password is stored as an argon2id hash and shown as "***"; sending "***" keeps it; the change
+        holds no slot of the per-user cap once it is answered."""
         user = await new_user(session, stack)
         await update(session, stack, {"password": "s3cret-pass"}, token=user["access_token"])
         stored = await db.fetchval("SELECT password_hash FROM users WHERE id = $1::uuid", user["id"])
@@ -168,6 +169,8 @@ class TestUpdateSelf:
         assert data["password"] == "***" and data["passwordType"] == "argon2id"
         assert (await update(session, stack, data, token=user["access_token"]))["data"] == "Unaffected"
         assert await db.fetchval("SELECT password_hash FROM users WHERE id = $1::uuid", user["id"]) == stored
+        # The change's slot of the per-user cap (user_store/password_slots.py) was given back.
+        assert await db.fetchval("SELECT count(*) FROM password_change_slots WHERE user_id = $1::uuid", user["id"]) == 0
 
     async def test_columns(self, session, stack):
         """``columns`` (snake_case or camelCase) limits the write; an unknown column is a clear 400."""

@@ -15,7 +15,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from services.ports import free_port
 from shared.errors import BadRequest
-from shared.guard import MAX_JSON_DEPTH, check_body, json_depth, log_id, valid_client_id
+from shared.guard import MAX_JSON_DEPTH, PARSER_ERROR_BODY, check_body, json_depth, log_id, valid_client_id
 from shared.logs import _redact_aiohttp
 from tests.conftest import _stack_fixture
 
@@ -234,6 +234,27 @@ class TestPublicSurface:
                 answer = await raw_http(port, request)
                 server = answer.headers.get("server", "")
                 assert "aiohttp" not in server and "Python" not in server, (port, request, server)
+
+    @pytest.mark.parametrize(
+        "request_bytes",
+        [
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer SECRET\x00\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer SECRET" + b"s" * 9000 + b"\r\n\r\n",
+            b"G\x00ET /healthz?access_token=SECRET HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /healthz?access_token=SECRET\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ],
+        ids=["nul-in-header", "oversized-header", "bad-method", "nul-in-target"],
+    )
+    async def test_parser_errors_do_not_echo_the_request(self, hostile, request_bytes):
+        """A request aiohttp's parser refuses gets a fixed JSON 400 on every service: aiohttp's own page quotes
+        the raw line, a bearer token included."""
+        secret = "hostile-" + secrets.token_urlsafe(12)
+        ports = [hostile.gateway_port, hostile.user_store_port, hostile.sandbox_port, WORKER_PORT]
+        for port in ports:
+            answer = await raw_http(port, request_bytes.replace(b"SECRET", secret.encode()))
+            assert answer.status == 400, (port, answer.body)
+            assert answer.body == PARSER_ERROR_BODY and secret.encode() not in answer.body, (port, answer.body)
+            assert answer.headers["content-type"].startswith("application/json")
 
 
 def _log_entries(stack: Any) -> list[dict[str, Any]]:

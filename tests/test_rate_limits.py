@@ -7,6 +7,7 @@ the per-IP budgets of one test never reach another's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import secrets
@@ -21,13 +22,20 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.account import ENVELOPE_PATHS
+from gateway.app import create_app
+from gateway.limits import OAUTH_CLIENT_PATHS
 from services.ports import free_ports
+from shared.audit import AuditPublisher
+from shared.config import GatewayConfig, Secret
 from shared.errors import RateLimited, Unavailable
+from shared.guard import log_id
 from shared.keys import Keys
-from shared.ratelimit import Limit, RateLimiter, client_ip, parse_networks, short_hash
+from shared.messages import STREAM_FIELD, audit_decoder
+from shared.ratelimit import Limit, Origin, RateLimiter, client_ip, keyed_hash, limiter_hash_key, parse_networks
 from tests.account_helpers import ENVELOPE_KEYS, bearer, other_org_app
 from tests.conftest import _stack_fixture
-from tests.oauth_helpers import basic, stack_login
+from tests.oauth_helpers import basic, claims_of, eventually, stack_login
 from tests.stack import ROOT, Stack
 
 limited_stack = _stack_fixture(
@@ -57,6 +65,15 @@ async def post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple
         return resp.status, await resp.json(content_type=None), resp.headers.get("Retry-After")
 
 
+HASH_KEY = limiter_hash_key("s" * 32, "")
+
+
+def stack_hash_key(stack: Stack) -> bytes:
+    """The key the stack's gateway and workers hash limit keys with: from the runner's generated seal key."""
+    seal = stack.env.get("STREAM_SEAL_KEY") or (stack.state_dir / "stream.key").read_text().strip()
+    return limiter_hash_key(seal, stack.env["INTERNAL_TOKEN"])
+
+
 def no_code(stack: Stack) -> dict[str, str]:
     """A token request the endpoint answers 400 (no code): counted per IP, never a failed authentication."""
     return {"tag": "wechat_miniprogram", "client_id": stack.demo["clientId"]}
@@ -67,7 +84,7 @@ def no_code(stack: Stack) -> dict[str, str]:
 
 async def test_burst_then_refused(redis_client, key_prefix):
     """A limit of 3 per minute allows a burst of 3, then raises RateLimited with a Retry-After of seconds."""
-    limiter = RateLimiter(redis_client, Keys(key_prefix))
+    limiter = RateLimiter(redis_client, Keys(key_prefix), HASH_KEY)
     limit = Limit("unit", 3, 60)
     for _ in range(3):
         await limiter.check(limit, "k")
@@ -79,7 +96,7 @@ async def test_burst_then_refused(redis_client, key_prefix):
 
 async def test_peek_spends_nothing(redis_client, key_prefix):
     """``peek`` never spends budget; it refuses once ``check`` has spent it all."""
-    limiter = RateLimiter(redis_client, Keys(key_prefix))
+    limiter = RateLimiter(redis_client, Keys(key_prefix), HASH_KEY)
     limit = Limit("unit", 2, 60)
     for _ in range(10):
         await limiter.peek(limit, "k")
@@ -90,17 +107,20 @@ async def test_peek_spends_nothing(redis_client, key_prefix):
 
 
 async def test_budget_shared_between_clients_and_keys_hashed(redis_client, redis_url, key_prefix):
-    """Two limiters (two processes' clients) on one Redis share a key's budget; Redis holds only its hash."""
+    """Two limiters (two processes' clients) on one Redis share a key's budget; Redis holds only its HMAC under
+    the shared key: not the IP, nor its plain sha256, which anyone could compute for every IPv4 address."""
     other = aioredis.Redis.from_url(redis_url)
     try:
-        a, b = RateLimiter(redis_client, Keys(key_prefix)), RateLimiter(other, Keys(key_prefix))
+        a, b = RateLimiter(redis_client, Keys(key_prefix), HASH_KEY), RateLimiter(other, Keys(key_prefix), HASH_KEY)
         limit = Limit("shared", 2, 60)
         await a.check(limit, "203.0.113.9")
         await b.check(limit, "203.0.113.9")
         with pytest.raises(RateLimited):
             await a.check(limit, "203.0.113.9")
         names = [key.decode() async for key in redis_client.scan_iter(match=f"{key_prefix}:ratelimit:*")]
-        assert names == [f"{key_prefix}:ratelimit:shared:{short_hash('203.0.113.9')}"]
+        assert names == [f"{key_prefix}:ratelimit:shared:{keyed_hash(HASH_KEY, '203.0.113.9')}"]
+        assert hashlib.sha256(b"203.0.113.9").hexdigest()[:16] not in names[0] and "203.0.113.9" not in names[0]
+        assert keyed_hash(limiter_hash_key("", "t" * 16), "203.0.113.9") != keyed_hash(HASH_KEY, "203.0.113.9")
     finally:
         await other.aclose()
 
@@ -111,7 +131,7 @@ async def test_redis_outage_fails_open_or_closed_per_limit(key_prefix):
     (port,) = free_ports(1)
     dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=0.5)
     try:
-        limiter = RateLimiter(dead, Keys(key_prefix))
+        limiter = RateLimiter(dead, Keys(key_prefix), HASH_KEY)
         await limiter.check(Limit("open", 1, 60), "k")
         await limiter.check(Limit("open", 1, 60), "k")
         await limiter.peek(Limit("closed", 1, 60, fail_open=False), "k")
@@ -271,7 +291,7 @@ async def test_metric_and_log_line(session, limited_stack):
         text = await resp.text()
     assert 'minidoor_gateway_rate_limited_total{limit="token_ip"}' in text
     lines = [json.loads(line) for line in limited_stack.log_path.read_text().splitlines() if '"rate_limited"' in line]
-    assert any(line.get("key") == short_hash(ip) for line in lines)
+    assert any(line.get("key") == keyed_hash(stack_hash_key(limited_stack), ip) for line in lines)
     assert ip not in limited_stack.log_path.read_text()
 
 
@@ -284,6 +304,8 @@ def second_gateway(limited_stack: Stack) -> Iterator[str]:
         "GATEWAY_PORT": str(port),
         "USER_STORE_URL": f"http://127.0.0.1:{limited_stack.user_store_port}",
         "ISSUER": limited_stack.gateway,
+        # The runner generated the replicas' shared seal key; a replica without it could not open sealed logins.
+        "STREAM_SEAL_KEY": (limited_stack.state_dir / "stream.key").read_text().strip(),
     }
     proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -311,3 +333,212 @@ async def test_limit_shared_between_gateways(session, limited_stack, second_gate
     statuses = [(await post(session, url, data=no_code(limited_stack), headers=from_ip(ip)))[0] for url in urls]
     print("after 6 across two gateways:", statuses)
     assert statuses == [429, 429]
+
+
+async def test_forged_bearer_tokens_on_userinfo_and_logout(session, limited_stack):
+    """Forged bearer tokens on /api/userinfo and /api/logout (in the header, the query or a form body) spend the
+    per-IP bad-token budget as on the other account routes: 4 answer 401, then 429 in Casdoor's envelope."""
+    ip = new_ip()
+    url = limited_stack.gateway
+    forged = f"forged.{secrets.token_hex(8)}.token"
+    calls: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", "/api/userinfo", {"headers": bearer(forged)}),
+        ("POST", "/api/logout", {"data": {"access_token": forged}}),
+        ("GET", "/api/logout", {"params": {"accessToken": forged}}),
+        ("POST", "/api/userinfo", {"data": {"accessToken": forged}}),
+        ("POST", "/api/logout", {"data": {"access_token": forged}}),
+    ]
+    statuses, body = [], {}
+    for method, path, kwargs in calls:
+        headers = {**kwargs.pop("headers", {}), **from_ip(ip)}
+        async with session.request(method, url + path, headers=headers, **kwargs) as resp:
+            statuses.append(resp.status)
+            body = await resp.json(content_type=None)
+    print("forged tokens on userinfo/logout:", statuses, body)
+    assert statuses == [401] * 4 + [429] and set(body) == ENVELOPE_KEYS and "bad_tokens_ip" in body["msg"]
+    # Over its budget, the address is refused before the user store is asked, even with a live token in a form.
+    user = await stack_login(session, limited_stack, f"o-{secrets.token_hex(6)}")
+    for path in ("/api/userinfo", "/api/logout"):
+        form = {"accessToken": user["access_token"]}
+        async with session.post(url + path, data=form, headers=from_ip(ip)) as resp:
+            assert resp.status == 429, (path, await resp.text())
+
+
+@pytest.mark.parametrize("path", ["/api/login/oauth/refresh_token", "/api/userinfo", "/api/logout"])
+async def test_wrong_client_secrets_on_every_client_route(session, limited_stack, path):
+    """A wrong client secret counts as a failed client authentication on every route that takes client
+    credentials, the refresh endpoint and the account routes included: 4 answer 4xx, the 5th 429."""
+    app = other_org_app(limited_stack, f"org-{secrets.token_hex(4)}")
+    refresh_token = ""
+    if path.endswith("refresh_token"):
+        # The secret is checked once the refresh token verifies: any live one of ours will do.
+        refresh_token = (await stack_login(session, limited_stack, f"o-{secrets.token_hex(6)}"))["refresh_token"]
+    statuses = []
+    for _ in range(5):
+        headers = {**basic(app["clientId"], "x" * 40), **from_ip(new_ip())}
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token} if refresh_token else {}
+        status, _body, _ = await post(session, limited_stack.gateway + path, data=form, headers=headers)
+        statuses.append(status)
+    print(path, "wrong secrets:", statuses)
+    assert statuses == [401] * 4 + [429]
+
+
+def test_every_credential_route_counts_client_failures():
+    """Every gateway route that reads client credentials is one where failed client authentications count: the
+    OAuth client endpoints and all of Casdoor's account routes. A new route must be placed on one side."""
+    config = GatewayConfig(internal_token=Secret("t" * 16), redis_url="redis://unused", user_store_url="http://x")
+    paths = {route.resource.canonical for route in create_app(config).router.routes() if route.resource}
+    without_credentials = {"/.well-known/jwks", "/.well-known/openid-configuration", "/healthz", "/readyz", "/metrics"}
+    assert paths - without_credentials == OAUTH_CLIENT_PATHS | ENVELOPE_PATHS
+
+
+# --- trips in the audit log --------------------------------------------------------------------------------------
+
+
+async def test_trip_published_once_per_key_and_period(redis_client, key_prefix):
+    """A key's first refusal under a limit publishes one ``rate_limited`` audit event carrying the origin; more
+    refusals (and peeks) of that key in the period publish nothing, another key publishes its own, an allowed
+    request none. An unknown client id is recorded hashed."""
+    keys = Keys(key_prefix)
+    publisher = AuditPublisher(redis_client, keys)
+    limiter = RateLimiter(redis_client, keys, HASH_KEY, audit=publisher)
+    limit = Limit("unit", 2, 60)
+    origin = Origin.of(client_ip="203.0.113.9", request_id="req-1", client_id="maybe-a-secret")
+    for _ in range(2):
+        await limiter.check(limit, "a", origin)
+    for _ in range(5):
+        with pytest.raises(RateLimited):
+            await limiter.check(limit, "a", origin)
+    with pytest.raises(RateLimited):
+        await limiter.peek(limit, "a", origin)
+    for _ in range(2):
+        await limiter.check(limit, "b")
+    with pytest.raises(RateLimited):
+        await limiter.check(limit, "b")
+    await publisher.close()
+    entries = await redis_client.xrange(keys.audit_stream)
+    events = [audit_decoder.decode(fields[STREAM_FIELD]) for _id, fields in entries]
+    assert [event.details["key"] for event in events] == [keyed_hash(HASH_KEY, "a"), keyed_hash(HASH_KEY, "b")]
+    first = events[0]
+    assert first.action == "rate_limited" and first.outcome == "denied" and first.at > 0
+    assert first.client_ip == "203.0.113.9" and first.request_id == "req-1"
+    assert first.client_id == log_id("maybe-a-secret") and "maybe-a-secret" not in str(events)
+    assert first.details["limit"] == "unit" and first.details["window_s"] == 60 and first.details["count"] == 2
+
+
+def audit_rows(stack: Stack, **match: Any) -> list[dict[str, Any]]:
+    """``make audit``'s JSON lines whose fields equal ``match``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "services", "admin", "audit"], cwd=ROOT, env=stack.env, capture_output=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    return [row for row in rows if all(row.get(k) == v for k, v in match.items())]
+
+
+async def wait_for_rows(stack: Stack, **match: Any) -> list[dict[str, Any]]:
+    """The rows matching ``match``, once there is one (the user store drains the audit stream in batches)."""
+    rows: list[dict[str, Any]] = []
+
+    async def check() -> bool:
+        rows[:] = await asyncio.to_thread(audit_rows, stack, **match)
+        return bool(rows)
+
+    await eventually(check, 20, f"audit rows {match}", interval=0.3)
+    return rows
+
+
+async def trip_token_ip(session: aiohttp.ClientSession, stack: Stack, ip: str, request_id: str, times: int) -> None:
+    """Spend ``ip``'s 6 token requests, then send ``times`` more (refused), the first of them as ``request_id``."""
+    for i in range(6 + times):
+        headers = {**from_ip(ip), **({"X-Request-Id": request_id} if i == 6 else {})}
+        status, _body, _ = await post(session, stack.token_url, data=no_code(stack), headers=headers)
+        assert status == (400 if i < 6 else 429)
+
+
+async def test_trips_are_audited_once_per_window(session, limited_stack):
+    """Ten refusals of one address in a minute leave one ``rate_limited`` row in ``make audit``: the limit, its
+    window, the address, the first refusal's request id and the keyed hash of the address, never the address as
+    a key. The demo client_id is known to the gateway, so the row names its application."""
+    ip, request_id = new_ip(), f"trip-{secrets.token_hex(4)}"
+    await trip_token_ip(session, limited_stack, ip, request_id, times=10)
+    # A later trip of another address: once its row is in, every earlier event of the stream is too.
+    later = f"later-{secrets.token_hex(4)}"
+    await trip_token_ip(session, limited_stack, new_ip(), later, times=1)
+    await wait_for_rows(limited_stack, action="rate_limited", request_id=later)
+    rows = audit_rows(limited_stack, action="rate_limited", client_ip=ip)
+    assert len(rows) == 1, rows
+    (row,) = rows
+    assert row["outcome"] == "denied" and row["request_id"] == request_id
+    assert row["details"]["limit"] == "token_ip" and row["details"]["window_s"] == 60
+    assert row["details"]["key"] == keyed_hash(stack_hash_key(limited_stack), ip)
+    assert row["client_id"] == limited_stack.demo["clientId"] and row["organization"] == "demo"
+
+
+async def test_code_trip_names_no_code(session, limited_stack):
+    """A replayed code's trip is audited under ``login_code`` with the client and the address of the refused
+    try; the code itself is in no row, only its keyed hash."""
+    body = {"appid": limited_stack.demo["wechatAppId"], "openid": f"o-{secrets.token_hex(6)}"}
+    async with session.post(limited_stack.sandbox + "/sandbox/login", json=body) as resp:
+        code = (await resp.json())["code"]
+    form = {"tag": "wechat_miniprogram", "client_id": limited_stack.demo["clientId"], "code": code}
+    ip, request_id = new_ip(), f"code-{secrets.token_hex(4)}"
+    for i in range(4):
+        headers = {**from_ip(ip), **({"X-Request-Id": request_id} if i == 3 else {})}
+        await post(session, limited_stack.token_url, data=form, headers=headers)
+    (row,) = await wait_for_rows(limited_stack, action="rate_limited", request_id=request_id)
+    assert row["details"]["limit"] == "login_code" and row["client_ip"] == ip
+    assert row["details"]["key"] == keyed_hash(stack_hash_key(limited_stack), code)
+    assert code not in json.dumps(audit_rows(limited_stack))
+
+
+async def test_worker_trip_is_audited(session, limited_stack):
+    """The auth worker's per-WeChat-user limit is audited too, with the job's client, address and request id."""
+    openid, ip, request_id = f"o-{secrets.token_hex(6)}", new_ip(), f"wx-{secrets.token_hex(4)}"
+    for i in range(4):
+        body = {"appid": limited_stack.demo["wechatAppId"], "openid": openid}
+        async with session.post(limited_stack.sandbox + "/sandbox/login", json=body) as resp:
+            code = (await resp.json())["code"]
+        form = {"tag": "wechat_miniprogram", "client_id": limited_stack.demo["clientId"], "code": code}
+        headers = {**from_ip(ip if i == 3 else new_ip()), **({"X-Request-Id": request_id} if i == 3 else {})}
+        status, _body, _ = await post(session, limited_stack.token_url, data=form, headers=headers)
+    assert status == 429
+    (row,) = await wait_for_rows(limited_stack, action="rate_limited", request_id=request_id)
+    assert row["details"]["limit"] == "wechat_user" and row["client_ip"] == ip
+    assert row["client_id"] == limited_stack.demo["clientId"] and openid not in json.dumps(row)
+
+
+async def _login_from(session: aiohttp.ClientSession, stack: Stack, headers: dict[str, str]) -> str:
+    """A fresh user's login sent with ``headers``; returns the user's id."""
+    body = {"appid": stack.demo["wechatAppId"], "openid": f"o-{secrets.token_hex(6)}"}
+    async with session.post(stack.sandbox + "/sandbox/login", json=body) as resp:
+        code = (await resp.json())["code"]
+    form = {"tag": "wechat_miniprogram", "client_id": stack.demo["clientId"], "code": code}
+    status, token, _ = await post(session, stack.token_url, data=form, headers=headers)
+    assert status == 200, token
+    return str(claims_of(token["access_token"])["sub"])
+
+
+async def test_audit_client_ip_follows_trusted_proxies(session, limited_stack):
+    """Audit rows record the address the limits use: behind the trusted proxy (127.0.0.1) the right-most
+    untrusted hop of X-Forwarded-For; from any other peer (127.0.0.2 here) the header is a forgery, and the
+    peer itself is recorded, on a login row and on a trip row alike."""
+    ip = new_ip()
+    user_id = await _login_from(session, limited_stack, from_ip(ip))
+    (row,) = await wait_for_rows(limited_stack, action="login", target_user_id=user_id)
+    assert row["client_ip"] == ip
+
+    forged = {"X-Forwarded-For": new_ip()}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as untrusted:
+        user_id = await _login_from(untrusted, limited_stack, forged)
+        (row,) = await wait_for_rows(limited_stack, action="login", target_user_id=user_id)
+        assert row["client_ip"] == "127.0.0.2"
+        request_id = f"forged-{secrets.token_hex(4)}"
+        for i in range(6):  # one login spent already: the 6th request from 127.0.0.2 is its 7th
+            headers = {**forged, **({"X-Request-Id": request_id} if i == 5 else {})}
+            status, _body, _ = await post(
+                untrusted, limited_stack.token_url, data=no_code(limited_stack), headers=headers
+            )
+        assert status == 429
+    (trip,) = await wait_for_rows(limited_stack, action="rate_limited", request_id=request_id)
+    assert trip["client_ip"] == "127.0.0.2" and forged["X-Forwarded-For"] not in json.dumps(audit_rows(limited_stack))

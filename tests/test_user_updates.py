@@ -167,9 +167,9 @@ class TestPasswords:
 
     async def test_argon2id_hash(self):
         """Passwords are stored as argon2id PHC strings that verify, never verbatim."""
-        hashing = PasswordHashing(concurrency=1, per_user=1)
+        hashing = PasswordHashing(concurrency=1)
         try:
-            hashed = await hashing.hash("u-1", "correct horse")
+            hashed = await hashing.hash("correct horse")
         finally:
             hashing.close()
         assert hashed.startswith("$argon2id$") and "correct horse" not in hashed

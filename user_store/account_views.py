@@ -28,7 +28,7 @@ from shared.messages import (
     UserQuery,
     UserUpdate,
 )
-from user_store import users
+from user_store import password_slots, users
 from user_store.callers import (
     Caller,
     authenticate,
@@ -40,7 +40,7 @@ from user_store.callers import (
 )
 from user_store.db import Conn, connection, transaction
 from user_store.http import json_response, read_json
-from user_store.keys import AUDIT, PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
+from user_store.keys import AUDIT, CONFIG, PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
 from user_store.refresh import logout as logout_tokens
 from user_store.refresh import refresh_tokens
 from user_store.tokens import revoke_user_tokens
@@ -170,16 +170,21 @@ async def _hash_new_password(request: web.Request, update: UserUpdate) -> tuple[
     under the lock."""
     if "password" not in update.user:
         return None
-    async with connection(request.app[PG_POOL]) as conn:
+    pool = request.app[PG_POOL]
+    async with connection(pool) as conn:
         caller = await authenticate(conn, request.app[SIGNER], update.credentials)
         columns = parse_columns(update.columns)
         owner, by, value = _target(caller, update)
         row, admin = await find_target(conn, caller, owner, by, value, "update")
-    changes = plan_changes(dict(row), update.user, columns, admin=admin, rules=request.app[RULES])
-    if changes.password is None:
-        return None
-    user_id = str(row["id"])
-    return user_id, await request.app[PASSWORD_HASHING].hash(user_id, changes.password)
+        changes = plan_changes(dict(row), update.user, columns, admin=admin, rules=request.app[RULES])
+        if changes.password is None:
+            return None
+        user_id = str(row["id"])
+        slot = await password_slots.claim(conn, user_id, request.app[CONFIG].password_changes_per_user)
+    try:
+        return user_id, await request.app[PASSWORD_HASHING].hash(changes.password)
+    finally:
+        await password_slots.release(pool, slot)
 
 
 def _audit_update(

@@ -42,7 +42,7 @@ def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Appli
         await pool.close()
 
     async def password_hashing(app: web.Application) -> AsyncIterator[None]:
-        hashing = PasswordHashing(config.password_hash_concurrency, config.password_changes_per_user)
+        hashing = PasswordHashing(config.password_hash_concurrency)
         app[PASSWORD_HASHING] = hashing
         yield
         hashing.close()

@@ -23,9 +23,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
-from shared.config import ConfigError
+from shared.config import MIN_KEY_CHARS, ConfigError
 
-MIN_MASTER_KEY_CHARS = 32
 KEY_BITS = 2048
 #: Casdoor's built-in certificate lives 20 years; ours are only a container for the public key, so the same.
 CERT_VALIDITY = timedelta(days=20 * 365)
@@ -48,8 +47,8 @@ class MasterKey:
     __slots__ = ("_aead", "_provider_aead", "_session_aead", "previous")
 
     def __init__(self, secret: str, previous: MasterKey | None = None) -> None:
-        if len(secret) < MIN_MASTER_KEY_CHARS:
-            raise ConfigError(f"the master key must be at least {MIN_MASTER_KEY_CHARS} characters")
+        if len(secret) < MIN_KEY_CHARS:
+            raise ConfigError(f"the master key must be at least {MIN_KEY_CHARS} characters")
         self._aead = _derive(secret, _HKDF_INFO)
         self._provider_aead = _derive(secret, _HKDF_INFO_PROVIDER_SECRETS)
         self._session_aead = _derive(secret, _HKDF_INFO_SESSION_KEYS)

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -18,7 +15,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from shared.errors import Conflict, NotFound, RateLimited
+from shared.errors import Conflict, NotFound
 from shared.messages import CasdoorOrganization, CasdoorUser
 from user_store.db import Conn
 from user_store.queries import translate
@@ -173,33 +170,16 @@ def casdoor_time(value: datetime) -> str:
 
 class PasswordHashing:
     """Bounded argon2id hashing: at most ``concurrency`` hashes at once (each takes 64 MiB and a core), in a thread
-    pool of its own so a burst neither starves ``asyncio.to_thread`` nor holds a PostgreSQL connection; more than
-    ``per_user`` changes of one user in flight at once answer 429 before they queue."""
+    pool of its own so a burst neither starves ``asyncio.to_thread`` nor holds a PostgreSQL connection. How many
+    changes of one user may wait here is capped across replicas by ``user_store.password_slots``."""
 
-    def __init__(self, concurrency: int, per_user: int) -> None:
+    def __init__(self, concurrency: int) -> None:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="argon2")
         self._slots = asyncio.Semaphore(concurrency)
-        self._per_user = per_user
-        self._in_flight: Counter[str] = Counter()
 
-    @contextmanager
-    def _claim(self, user_id: str) -> Iterator[None]:
-        if self._in_flight[user_id] >= self._per_user:
-            raise RateLimited(
-                f"more than {self._per_user} password changes of this user at once; retry later", retry_after=1
-            )
-        self._in_flight[user_id] += 1
-        try:
-            yield
-        finally:
-            self._in_flight[user_id] -= 1
-            if not self._in_flight[user_id]:
-                del self._in_flight[user_id]
-
-    async def hash(self, user_id: str, password: str) -> str:
-        with self._claim(user_id):
-            async with self._slots:
-                return await asyncio.get_running_loop().run_in_executor(self._executor, _hasher.hash, password)
+    async def hash(self, password: str) -> str:
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, _hasher.hash, password)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
