@@ -26,7 +26,8 @@ def _int(params: dict[str, str], name: str) -> int:
     value = params.get(name, "")
     if not value:
         return 0
-    if not value.isdigit() or len(value) > 9:
+    # isascii too: str.isdigit() is true of "²", which int() refuses (a 500 that fuzzing found).
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise BadRequest(f"{name} must be a positive whole number")
     return int(value)
 

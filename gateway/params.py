@@ -116,6 +116,9 @@ def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
 
 def basic_pair(encoded: str) -> tuple[str, str]:
     """``(user, password)`` of an HTTP Basic credential (the part after "Basic ")."""
+    # A str with non-ASCII makes b64decode raise a plain ValueError (not binascii.Error): the 500 fuzzing found.
+    if not encoded.isascii():
+        raise BadRequest("the Authorization header is not valid HTTP Basic")
     try:
         decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):

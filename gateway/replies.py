@@ -35,11 +35,15 @@ class ReplyWaiter:
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._last_id = b"0-0"
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reply-reader")
 
     async def stop(self) -> None:
+        # Also a flag: redis-py can swallow the cancellation of a blocking XREAD (see ``Verifier.close``); the loop
+        # sees the flag within its 1 s block.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -68,7 +72,7 @@ class ReplyWaiter:
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 batches = cast(
                     list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],

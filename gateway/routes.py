@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import account, oauth, refresh, views
+from gateway import account, oauth, openapi, refresh, views
 from gateway.metrics import metrics_view
 
 
@@ -18,3 +18,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/metrics", metrics_view)
+    openapi.setup_openapi(app)

@@ -141,6 +141,7 @@ class Verifier:
         self._refresh_lock = asyncio.Lock()
         self._revoked: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.revocation_live = False
 
     async def start(self) -> None:
@@ -150,6 +151,9 @@ class Verifier:
             self._spawn(self._listen())
 
     async def close(self) -> None:
+        # redis-py's pub/sub read can swallow a cancellation that lands as its read timeout fires (Python 3.11's
+        # asyncio.timeout); the flag ends the listener at its next read all the same.
+        self._closing = True
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:
             task.cancel()
@@ -226,12 +230,12 @@ class Verifier:
     async def _listen(self) -> None:
         assert self._redis is not None and self._redis_keys is not None
         backoff = 0.1
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self._redis_keys.token_events)
                 pruned = time.monotonic()
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "subscribe":
                         # Also after redis-py reconnects by itself: whatever was published meanwhile is in the set.
