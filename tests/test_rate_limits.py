@@ -388,7 +388,14 @@ def test_every_credential_route_counts_client_failures():
     OAuth client endpoints and all of Casdoor's account routes. A new route must be placed on one side."""
     config = GatewayConfig(internal_token=Secret("t" * 16), redis_url="redis://unused", user_store_url="http://x")
     paths = {route.resource.canonical for route in create_app(config).router.routes() if route.resource}
-    without_credentials = {"/.well-known/jwks", "/.well-known/openid-configuration", "/healthz", "/readyz", "/metrics"}
+    without_credentials = {
+        "/.well-known/jwks",
+        "/.well-known/openid-configuration",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/openapi.json",
+    }
     assert paths - without_credentials == OAUTH_CLIENT_PATHS | ENVELOPE_PATHS
 
 
