@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import keys
+from gateway.account import ENVELOPE_PATHS
 from gateway.auth import credentials
 from gateway.metrics import LOGIN_PATH, METRICS
 from gateway.params import read_params
@@ -39,8 +40,11 @@ class GatewayLimits:
 
 LIMITS = web.AppKey("limits", GatewayLimits)
 LIMITER = web.AppKey("limiter", RateLimiter)
-#: Paths where a client authenticates with client_id (and a secret) in the form or HTTP Basic.
-_CLIENT_PATHS = frozenset({LOGIN_PATH, "/api/login/oauth/introspect", "/api/login/oauth/revoke"})
+#: Paths where a client authenticates with client_id (and a secret) in the form or HTTP Basic. The dedicated refresh
+#: endpoint checks a secret as the refresh grant of the token endpoint does, so its failures count alike.
+_CLIENT_PATHS = frozenset(
+    {LOGIN_PATH, "/api/login/oauth/introspect", "/api/login/oauth/revoke", "/api/login/oauth/refresh_token"}
+)
 _USER_UPDATE_PATH = "/api/update-user"
 
 
@@ -58,8 +62,11 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         await limiter.check(limits.token_ip, ip)
     if client_path:
         await limiter.peek(limits.ip_failures, ip)
+    # Only the account routes read bearer tokens: one sent to /.well-known/jwks is no credential to refuse.
     has_bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
-    if has_bearer or "access_token" in request.query or "accessToken" in request.query:
+    if request.path in ENVELOPE_PATHS and (
+        has_bearer or "access_token" in request.query or "accessToken" in request.query
+    ):
         await limiter.peek(limits.bad_tokens, ip)
     if request.method == "POST" and request.path == _USER_UPDATE_PATH:
         await _user_update(request, limiter, limits, ip)
