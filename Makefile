@@ -49,6 +49,10 @@ test: install sdk-venv
 chaos: install  ## only the fault tests (also part of `make test`); prints their figures
 	$(PY) -m pytest tests/test_faults.py -s $(PYTEST_ARGS)
 
+.PHONY: fuzz
+fuzz: install  ## only the schemathesis and hypothesis fuzz tests (also part of `make test`), with their figures
+	$(PY) -m pytest tests/test_fuzz.py tests/test_parsers_fuzz.py -s $(PYTEST_ARGS)
+
 .PHONY: bench
 bench: install  ## introspections/s, verifications/s, logins/s and CPU-ms per login, each beside a baseline (~1 min)
 	$(PY) -m services.bench $(BENCH_ARGS)
@@ -118,7 +122,7 @@ audit: install  ## the audit log as JSON lines, oldest first: make audit [ORG=ac
 
 .PHONY: clean
 clean:
-	rm -rf $(VENV) $(SDK_VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(SDK_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: clean-state

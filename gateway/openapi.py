@@ -59,7 +59,8 @@ _RETRY_AFTER: Doc = {
 #: Status -> why, for every error a route may answer. The input guard's 400/408/413 hold on every route.
 _WHY = {
     400: "Bad input: a missing or malformed parameter, an unreadable body, a URL, header or body that is not UTF-8, "
-    "JSON nested deeper than 32 levels, a parameter over 4096 characters.",
+    "JSON nested deeper than 32 levels, a parameter over 4096 characters. A request line or header over 8190 bytes "
+    "is refused by the HTTP server itself, in plain text.",
     401: "No, unknown or wrong credentials.",
     403: "Not allowed.",
     404: "No such user.",
@@ -76,10 +77,19 @@ _GUARD = (400, 408, 413)
 _ENVELOPE_ERRORS = (*_GUARD, 401, 429, 503)
 
 
+def _error_content(schema: Doc, status: int) -> Doc:
+    """A request aiohttp cannot parse (a request line or header over 8190 bytes, bytes that are not HTTP) is refused
+    before any route is known, with the one fixed OAuth-shaped body of ``shared.guard.PARSER_ERROR_BODY``: a 400
+    of an envelope route may have that shape too."""
+    if status == 400 and schema != _ref("ErrorBody"):
+        return _json_content({"anyOf": [schema, _ref("ErrorBody")]})
+    return _json_content(schema)
+
+
 def _oauth_error(status: int) -> Doc:
     response: Doc = {
         "description": _WHY[status] + " OAuth error JSON.",
-        "content": _json_content(_ref("ErrorBody")),
+        "content": _error_content(_ref("ErrorBody"), status),
     }
     headers: Doc = {}
     if status == 401:
@@ -96,7 +106,7 @@ def _oauth_error(status: int) -> Doc:
 def _envelope_error(status: int) -> Doc:
     response: Doc = {
         "description": _WHY[status] + ' Casdoor\'s envelope with status "error" (Casdoor itself answers HTTP 200).',
-        "content": _json_content(_ref("ErrorEnvelope")),
+        "content": _error_content(_ref("ErrorEnvelope"), status),
     }
     headers: Doc = {}
     if status == 401:
@@ -189,24 +199,28 @@ _TOKEN_FIELDS = {
     "client_id": "The application's client id, when not sent with HTTP Basic.",
     "client_secret": "The application's client secret, when not sent with HTTP Basic.",
 }
-#: What the account links pass on: the token the login or refresh answered.
+#: What the account links pass on: the token the login or refresh answered, as ``accessToken``, the parameter
+#: Casdoor (and ``gateway.auth``) reads first.
 _TOKEN_LINKS: Doc = {
     "GetAccount": {
         "operationId": "getAccount",
-        "parameters": {"query.access_token": "$response.body#/access_token"},
+        "parameters": {"query.accessToken": "$response.body#/access_token"},
     },
     "GetUserinfo": {
         "operationId": "getUserinfo",
-        "parameters": {"query.access_token": "$response.body#/access_token"},
+        "parameters": {"query.accessToken": "$response.body#/access_token"},
     },
     "UpdateUser": {
         "operationId": "updateUser",
-        "parameters": {"query.access_token": "$response.body#/access_token"},
+        "parameters": {"query.accessToken": "$response.body#/access_token"},
     },
     "Logout": {
         "operationId": "postLogout",
-        "parameters": {"query.access_token": "$response.body#/access_token"},
+        "parameters": {"query.accessToken": "$response.body#/access_token"},
     },
+    # The client credentials are the backend's own (HTTP Basic), not the mini program's.
+    "Introspect": {"operationId": "introspect", "requestBody": {"token": "$response.body#/access_token"}},
+    "Revoke": {"operationId": "revoke", "requestBody": {"token": "$response.body#/refresh_token"}},
     "Refresh": {
         "operationId": "refreshToken",
         "requestBody": {
@@ -321,14 +335,14 @@ def _account_operations() -> Doc:
             "operationId": "getUser",
             "parameters": {
                 "query.id": "{$response.body#/data/owner}/{$response.body#/data/name}",
-                "query.access_token": "$request.query.access_token",
+                "query.accessToken": "$request.query.accessToken",
             },
         },
         "GetUsers": {
             "operationId": "getUsers",
             "parameters": {
                 "query.owner": "$response.body#/data/owner",
-                "query.access_token": "$request.query.access_token",
+                "query.accessToken": "$request.query.accessToken",
             },
         },
     }

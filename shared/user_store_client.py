@@ -31,7 +31,8 @@ import aiohttp
 import msgspec
 
 from shared.config import Secret
-from shared.errors import MinidoorError, Unavailable, error_from_wire
+from shared.errors import MinidoorError, Unauthorized, Unavailable, error_from_wire
+from shared.guard import valid_client_id
 from shared.messages import (
     Account,
     ApplicationInfo,
@@ -89,11 +90,11 @@ class UserStoreClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def get_application(self, client_id: str, *, request_id: str = "") -> ApplicationInfo:
-        path = f"/internal/applications/{_quote(client_id)}"
+        path = application_path(client_id)
         return await self._call("GET", path, _app_decoder, request_id=request_id)
 
     async def get_miniprogram_provider(self, client_id: str, *, request_id: str = "") -> MiniProgramProvider:
-        path = f"/internal/applications/{_quote(client_id)}/wechat-miniprogram"
+        path = application_path(client_id, "wechat-miniprogram")
         return await self._call("GET", path, _provider_decoder, request_id=request_id)
 
     async def login_wechat(
@@ -197,5 +198,10 @@ class UserStoreClient:
         raise exc2
 
 
-def _quote(part: str) -> str:
-    return quote(part, safe="")
+def application_path(client_id: str, *rest: str) -> str:
+    """``/internal/applications/{client_id}[/rest...]``; ``Unauthorized`` for an id that cannot be one. quote()
+    leaves "." alone, and the client normalizes "." and ".." segments away, so such an id would name another path
+    (a 404, then a 503): the gateway refuses them already, this keeps every caller safe."""
+    if not valid_client_id(client_id):
+        raise Unauthorized("client_id is invalid")
+    return "/".join(("/internal/applications", quote(client_id, safe=""), *rest))

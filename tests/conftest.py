@@ -18,6 +18,14 @@ import redis.asyncio as aioredis
 from services.embedded import EmbeddedPostgres, EmbeddedRedis, with_database
 from tests.stack import Stack
 
+#: Lines of figures tests want shown after the run even without -s (``pytest_terminal_summary``).
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    for line in config.stash.get(SUMMARY, []):
+        terminalreporter.write_line(line)
+
 
 @pytest.fixture(scope="session")
 def open_tmp() -> Iterator[Callable[[str], Path]]:

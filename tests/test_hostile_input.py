@@ -4,6 +4,7 @@ a clear 4xx, no log line holds a secret, and the public surface shows no metrics
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -73,6 +74,10 @@ def post(path: str, body: bytes, *, content_type: str = "application/json", extr
         + b"\r\n"
         + body
     )
+
+
+def get(path: str, extra: bytes = b"") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode() + extra + b"\r\n"
 
 
 def internal() -> bytes:
@@ -161,6 +166,39 @@ class TestNoServerErrors:
             hostile.gateway_port, post(path, body, content_type="application/x-www-form-urlencoded")
         )
         assert answer.status == 401 and answer.json()["error"] == "invalid_client", answer.body
+
+    @pytest.mark.parametrize("client_id", [".", "..", "{x}", "a{b}c", "%2e%2e"])
+    @pytest.mark.parametrize("where", ["form", "json", "basic", "account-query", "account-basic"])
+    async def test_path_like_client_id_is_401(self, hostile, client_id, where):
+        """client_id ".", ".." or with braces is 401 invalid_client at the gateway, however it is sent; such ids once
+        reached the user store's URL path and answered 404/5xx."""
+        form = f"tag=wechat_miniprogram&code=x&client_id={client_id}"
+        basic = base64.b64encode(f"{client_id}:secret".encode()).decode()
+        request = {
+            "form": post(TOKEN_PATH, form.encode(), content_type="application/x-www-form-urlencoded"),
+            "json": post(
+                TOKEN_PATH, json.dumps({"tag": "wechat_miniprogram", "code": "x", "client_id": client_id}).encode()
+            ),
+            "basic": post(
+                TOKEN_PATH,
+                b"tag=wechat_miniprogram&code=x",
+                content_type="application/x-www-form-urlencoded",
+                extra=f"Authorization: Basic {basic}\r\n".encode(),
+            ),
+            "account-query": get(f"/api/get-users?clientId={client_id}&clientSecret=s"),
+            "account-basic": get("/api/get-users", f"Authorization: Basic {basic}\r\n".encode()),
+        }[where]
+        answer = await raw_http(hostile.gateway_port, request)
+        assert answer.status == 401, answer.body
+
+    @pytest.mark.parametrize("path", [TOKEN_PATH, "/api/login/oauth/introspect", "/api/userinfo"])
+    async def test_non_ascii_basic_is_400(self, hostile, path):
+        """Non-ASCII in HTTP Basic credentials is a 400, not a 500."""
+        extra = "Authorization: Basic é\r\n".encode()
+        answer = await raw_http(
+            hostile.gateway_port, post(path, b"token=x", content_type="application/x-www-form-urlencoded", extra=extra)
+        )
+        assert answer.status == 400, answer.body
 
     async def test_huge_body_on_a_route_that_reads_none(self, hostile):
         """8 MB announced to /api/userinfo (a GET route that reads no body) is 413 before the body is read."""

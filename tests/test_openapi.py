@@ -94,7 +94,7 @@ class TestDocument:
     def test_login_links_to_the_account_api(self):
         """The token wrapper links to the account calls with its access token, and to the refresh grant."""
         links = build_document()["paths"]["/api/login/oauth/access_token"]["post"]["responses"]["200"]["links"]
-        assert links["GetAccount"]["parameters"] == {"query.access_token": "$response.body#/access_token"}
+        assert links["GetAccount"]["parameters"] == {"query.accessToken": "$response.body#/access_token"}
         assert links["Refresh"]["requestBody"]["refresh_token"] == "$response.body#/refresh_token"
 
 

@@ -22,6 +22,7 @@ from gateway.params import FORM, JSON_FIELDS, _json_fields, basic_pair, checked,
 from shared.errors import MinidoorError
 from shared.guard import MAX_FIELD_CHARS, MAX_JSON_DEPTH, check_body, check_field, check_text, json_depth
 from shared.messages import Credentials
+from shared.user_store_client import application_path
 
 fuzz = settings(
     max_examples=300, derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -181,6 +182,18 @@ class TestGuard:
         """A field is refused (400) exactly when it is longer than MAX_FIELD_CHARS."""
         passed = parses_or_4xx(passes(lambda: check_field("x", value)))
         assert (passed is None) == (len(value) > MAX_FIELD_CHARS)
+
+
+class TestUserStorePaths:
+    @fuzz
+    @given(client_id=st.text(max_size=70) | st.sampled_from([".", "..", "{x}", "a/b", "%2e", "a" * 64]))
+    def test_application_path(self, client_id):
+        """A client id becomes exactly one path segment of the user store's URL, or is refused (401): ".", ".."
+        and braces never reach it."""
+        path = parses_or_4xx(lambda: application_path(client_id, "wechat-miniprogram"))
+        if path is not None:
+            prefix, segment, rest = path.rsplit("/", 2)
+            assert (prefix, segment, rest) == ("/internal/applications", client_id, "wechat-miniprogram")
 
 
 @pytest.mark.parametrize("header", ["Basic é", "basic Zm9v\u00e9", "Basic \u00ff\u00fe"])

@@ -253,6 +253,33 @@ async def test_wrong_secrets_per_client(session, limited_stack):
     assert status == 200 and body == {"active": False}
 
 
+async def test_wrong_secrets_on_the_refresh_endpoint(session, limited_stack):
+    """/api/login/oauth/refresh_token counts wrong secrets like the token endpoint's refresh grant: 4 answer 401,
+    the 5th 429."""
+    app = other_org_app(limited_stack, f"org-{secrets.token_hex(4)}")
+    async with aiohttp.ClientSession(headers=from_ip(new_ip())) as own_ip:
+        refresh_token = (await stack_login(own_ip, limited_stack, f"o-{secrets.token_hex(6)}"))["refresh_token"]
+    url = limited_stack.gateway + "/api/login/oauth/refresh_token"
+    # A signed refresh token: the secret is checked before the token's row.
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": app["clientId"]}
+    form["client_secret"] = "x" * 40
+    statuses = [(await post(session, url, data=form, headers=from_ip(new_ip())))[0] for _ in range(5)]
+    print("wrong secrets, refresh endpoint:", statuses)
+    assert statuses == [401] * 4 + [429]
+
+
+async def test_bearer_on_a_route_without_tokens_is_not_limited(session, limited_stack):
+    """An IP over its bad-token budget is refused on the account routes only: the JWKS does not read tokens."""
+    ip = new_ip()
+    for _ in range(5):
+        headers = {**bearer(f"forged.{secrets.token_hex(8)}.token"), **from_ip(ip)}
+        async with session.get(limited_stack.gateway + "/api/get-account", headers=headers) as resp:
+            last = resp.status
+    assert last == 429
+    async with session.get(limited_stack.gateway + "/.well-known/jwks", headers=headers) as resp:
+        assert resp.status == 200
+
+
 async def test_forged_bearer_tokens_per_ip(session, limited_stack):
     """Forged bearer tokens from one IP: 4 answer 401, then 429 in Casdoor's envelope."""
     ip = new_ip()
