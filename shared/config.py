@@ -144,6 +144,15 @@ class WorkerConfig(_Common, frozen=True, kw_only=True, rename="upper"):
         check_url("REDIS_URL", self.redis_url, _REDIS_SCHEMES)
 
 
+def check_store_settings(master_key: str, master_key_file: str, database_url: str, redis_url: str) -> None:
+    """The checks the user store and the runner (which passes these through to it) share."""
+    check_secret("MASTER_KEY", master_key, MIN_KEY_CHARS)
+    check_url("DATABASE_URL", database_url, _POSTGRES_SCHEMES)
+    check_url("REDIS_URL", redis_url, _REDIS_SCHEMES)
+    if master_key and master_key_file:
+        raise ValueError("set MASTER_KEY or MASTER_KEY_FILE, not both")
+
+
 class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     user_store_host: str = "127.0.0.1"
     user_store_port: Port = 8001
@@ -189,12 +198,8 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_secret("INTERNAL_TOKEN_PREVIOUS", self.internal_token_previous, MIN_TOKEN_CHARS)
-        check_secret("MASTER_KEY", self.master_key, MIN_KEY_CHARS)
         check_secret("MASTER_KEY_PREVIOUS", self.master_key_previous, MIN_KEY_CHARS)
-        check_url("DATABASE_URL", self.database_url, _POSTGRES_SCHEMES)
-        check_url("REDIS_URL", self.redis_url, _REDIS_SCHEMES)
-        if self.master_key and self.master_key_file:
-            raise ValueError("set MASTER_KEY or MASTER_KEY_FILE, not both")
+        check_store_settings(self.master_key, self.master_key_file, self.database_url, self.redis_url)
 
 
 class ConfigError(MinidoorError):
@@ -266,11 +271,7 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         # Passed through to the services: refused here, before anything starts, rather than by a child.
         check_secret("INTERNAL_TOKEN", self.internal_token, MIN_TOKEN_CHARS)
         check_secret("STREAM_SEAL_KEY", self.stream_seal_key, MIN_KEY_CHARS)
-        check_secret("MASTER_KEY", self.master_key, MIN_KEY_CHARS)
-        check_url("DATABASE_URL", self.database_url, _POSTGRES_SCHEMES)
-        check_url("REDIS_URL", self.redis_url, _REDIS_SCHEMES)
-        if self.master_key and self.master_key_file:
-            raise ValueError("set MASTER_KEY or MASTER_KEY_FILE, not both")
+        check_store_settings(self.master_key, self.master_key_file, self.database_url, self.redis_url)
 
 
 def load_config_or_exit(config_type: type[C], prog: str) -> C:
