@@ -30,3 +30,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_IP = web.RequestKey("client_ip", str)
 #: Per request on the token endpoint: which grant it was ("wechat_miniprogram" or "refresh_token"), for metrics.
 TOKEN_GRANT = web.RequestKey("token_grant", str)
+#: Per request: what ``params.read_params`` and ``auth.read_params`` parsed, so the rate-limit middleware's read of
+#: the credentials and the view's are one parse of the body.
+OAUTH_PARAMS: web.RequestKey[dict[str, str]] = web.RequestKey("oauth_params")
+ACCOUNT_PARAMS: web.RequestKey[dict[str, str]] = web.RequestKey("account_params")
