@@ -1,7 +1,7 @@
 """Exactly-once code exchange: a Redis hash per (appid, sha256(code)) that every job for that code goes through.
 
 A wx.login() code works once and lives 5 minutes, so the one jscode2session answer is precious. The record
-(``Keys.code_exchange``, TTL 10 minutes: longer than a code lives, short because it holds a ``session_key``) has:
+(``RedisKeys.code_exchange``, TTL 10 minutes: longer than a code lives, short because it holds a ``session_key``) has:
 
     owner, owner_deadline   the job working on the exchange, and when its client stops waiting
     calling                 set just before the code is presented to WeChat
@@ -9,7 +9,7 @@ A wx.login() code works once and lives 5 minutes, so the one jscode2session answ
     reply                   the final answer (a token or a final error), written once; the session goes then
     delivered               the job stream's last id when a gateway first handed the final answer to its client
 
-Once delivered, the answer moves out of the record to ``Keys.delivered_answer(record)``, which expires when no job
+Once delivered, the answer moves out of the record to ``RedisKeys.delivered_answer(record)``, which expires when no job
 published before the delivery can still be waiting (``MAX_LOGIN_TIMEOUT``, the longest any gateway may wait, plus a
 margin): the record keeps refusing replays for its whole TTL without holding a live token that long. Workers that
 know this move must be deployed before gateways that make it.
@@ -49,8 +49,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from shared.keys import Keys
 from shared.messages import STREAM_FIELD, Reply, WechatSession, encoder, reply_decoder, session_decoder
+from shared.redis_keys import RedisKeys
 from shared.streamseal import StreamSeal, open_session, seal_session
 
 #: How long a record lives: more than a code's 5 minutes, so a replay never reaches WeChat.
@@ -164,7 +164,7 @@ class ExchangeRecords:
     async def claim(self, key: str, *, job_id: str, stream_id: str, now: float, deadline: float) -> Claim:
         """Decide what the job does with its code (see the module docstring)."""
         raw = await self._claim(
-            keys=[key, Keys.delivered_answer(key)],
+            keys=[key, RedisKeys.delivered_answer(key)],
             args=[job_id, stream_id, repr(now), repr(deadline), RECORD_TTL_MS],
         )
         state = State(raw[0].decode())
@@ -185,7 +185,7 @@ class ExchangeRecords:
     async def finish(self, key: str, reply: Reply) -> Reply | None:
         """Store ``reply`` as the final answer unless one exists; return the one that stands (``reply`` itself when
         the record has expired), or None when the code's answer was delivered and is no longer kept: a replay."""
-        raw = await self._finish(keys=[key, Keys.delivered_answer(key)], args=[encoder.encode(reply)])
+        raw = await self._finish(keys=[key, RedisKeys.delivered_answer(key)], args=[encoder.encode(reply)])
         match raw[0]:
             case b"answer":
                 stored: Reply = reply_decoder.decode(raw[1])

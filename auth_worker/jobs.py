@@ -19,7 +19,6 @@ from auth_worker.exchange import Claim, ExchangeRecords, State
 from auth_worker.metrics import WorkerMetrics
 from auth_worker.wechat import CodeUnspent, WechatClient
 from shared.errors import InvalidGrant, MinidoorError, Unavailable
-from shared.keys import Keys
 from shared.messages import (
     CodeExchangeJob,
     LoginFailed,
@@ -31,6 +30,7 @@ from shared.messages import (
     WechatSession,
 )
 from shared.ratelimit import Limit, Origin, RateLimiter
+from shared.redis_keys import RedisKeys
 from shared.streamseal import StreamSeal, seal_reply
 from shared.user_store_client import UserStoreClient
 
@@ -60,7 +60,7 @@ class JobHandler:
     def __init__(
         self,
         redis: aioredis.Redis,
-        keys: Keys,
+        redis_keys: RedisKeys,
         user_store: UserStoreClient,
         wechat: WechatClient,
         metrics: WorkerMetrics,
@@ -73,7 +73,7 @@ class JobHandler:
         self._seal = seal
         self._limiter = limiter
         self._per_wechat_user = per_wechat_user
-        self._keys = keys
+        self._redis_keys = redis_keys
         self._user_store = user_store
         self._wechat = wechat
         self._metrics = metrics
@@ -83,7 +83,7 @@ class JobHandler:
         """Never raises for a failed login: every outcome is an answer the client can act on."""
         try:
             provider = await _retry_unavailable(job, lambda: self._provider(job))
-            key = self._keys.code_exchange(provider.appid, job.client_id, job.code)
+            key = self._redis_keys.code_exchange(provider.appid, job.client_id, job.code)
             answer = await self._settle(job, stream_id, provider, key)
         except MinidoorError as exc:
             answer = Answer(_failed(job, exc), "none")

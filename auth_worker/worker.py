@@ -35,7 +35,6 @@ from auth_worker.wechat import WechatClient
 from shared.audit import AuditPublisher
 from shared.config import WorkerConfig
 from shared.guard import log_id
-from shared.keys import Keys
 from shared.messages import (
     STREAM_FIELD,
     CodeExchangeJob,
@@ -45,6 +44,7 @@ from shared.messages import (
     job_decoder,
 )
 from shared.ratelimit import Limit, RateLimiter, limiter_hash_key
+from shared.redis_keys import RedisKeys
 from shared.runtime import SHUTDOWN_SLACK, arm_shutdown_watchdog, new_event_loop
 from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
@@ -63,7 +63,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, *, redis: aioredis.Redis | None = None) -> None:
         self.config = config
         self.name = config.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.keys = Keys(config.key_prefix)
+        self.redis_keys = RedisKeys(config.key_prefix)
         self.metrics = WorkerMetrics()
         self._redis = redis
         self._owns_redis = redis is None
@@ -122,7 +122,7 @@ class Worker:
         """Consume jobs until stopped; with ``burst`` return as soon as the stream has nothing for us."""
         await self._start()
         housekeeping = asyncio.create_task(self._housekeeping())
-        log.info("worker_started", worker=self.name, stream=self.keys.job_stream, burst=burst)
+        log.info("worker_started", worker=self.name, stream=self.redis_keys.job_stream, burst=burst)
         try:
             await self._consume_until_stopped(burst)
             await self._drain()
@@ -171,7 +171,7 @@ class Worker:
         if self._redis is not None:
             try:
                 # Best effort, and short: the key expires by itself.
-                await asyncio.wait_for(self._redis.delete(self.keys.worker_heartbeat(self.name)), 2)
+                await asyncio.wait_for(self._redis.delete(self.redis_keys.worker_heartbeat(self.name)), 2)
             except (aioredis.RedisError, OSError, TimeoutError):
                 pass
             if self._owns_redis:
@@ -202,17 +202,17 @@ class Worker:
         )
         per_user = Limit("wechat_user", cfg.rate_limit_per_wechat_user, 60)
         if self._audit is None:
-            self._audit = AuditPublisher(self.redis, self.keys)
+            self._audit = AuditPublisher(self.redis, self.redis_keys)
         limiter = RateLimiter(
             self.redis,
-            self.keys,
+            self.redis_keys,
             limiter_hash_key(cfg.stream_seal_key, cfg.internal_token),
             audit=self._audit,
             on_limited=lambda name: self.metrics.rate_limited.labels(name).inc(),
         )
         self._handler = JobHandler(
             self.redis,
-            self.keys,
+            self.redis_keys,
             user_store,
             wechat,
             self.metrics,
@@ -225,7 +225,9 @@ class Worker:
 
     async def _ensure_group(self) -> None:
         try:
-            await self.redis.xgroup_create(self.keys.job_stream, self.keys.worker_group, id="0", mkstream=True)
+            await self.redis.xgroup_create(
+                self.redis_keys.job_stream, self.redis_keys.worker_group, id="0", mkstream=True
+            )
         except aioredis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -251,9 +253,9 @@ class Worker:
                 if self._free_slots() <= 0:
                     continue
                 response = await self.redis.xreadgroup(
-                    self.keys.worker_group,
+                    self.redis_keys.worker_group,
                     self.name,
-                    {self.keys.job_stream: ">"},
+                    {self.redis_keys.job_stream: ">"},
                     count=min(self._free_slots(), 100),
                     block=50 if burst else min(int(_READ_BLOCK_MAX_S * 1000), self._claim_idle_ms // 2),
                 )
@@ -280,8 +282,8 @@ class Worker:
             if free <= 0:
                 break
             response = await self.redis.xautoclaim(
-                self.keys.job_stream,
-                self.keys.worker_group,
+                self.redis_keys.job_stream,
+                self.redis_keys.worker_group,
                 self.name,
                 min_idle_time=self._claim_idle_ms,
                 start_id=cursor,
@@ -393,8 +395,8 @@ class Worker:
                 await self._handler.records.deliver(
                     reply,
                     reply_stream=job.reply_to,
-                    job_stream=self.keys.job_stream,
-                    group=self.keys.worker_group,
+                    job_stream=self.redis_keys.job_stream,
+                    group=self.redis_keys.worker_group,
                     msg_id=msg_id,
                     reply_cap=_REPLY_STREAM_MAX_LEN,
                     reply_ttl_ms=_REPLY_STREAM_TTL_MS,
@@ -410,22 +412,22 @@ class Worker:
     async def _ack(self, msg_id: bytes) -> None:
         try:
             pipe = self.redis.pipeline(transaction=True)
-            pipe.xack(self.keys.job_stream, self.keys.worker_group, msg_id)
-            pipe.xdel(self.keys.job_stream, msg_id)
+            pipe.xack(self.redis_keys.job_stream, self.redis_keys.worker_group, msg_id)
+            pipe.xdel(self.redis_keys.job_stream, msg_id)
             await pipe.execute()
         except (aioredis.RedisError, OSError) as exc:
             log.error("ack_failed", error=str(exc))
 
     async def _housekeeping(self) -> None:
         """Touch the jobs we hold so nobody reclaims them, and refresh the heartbeat key."""
-        key = self.keys.worker_heartbeat(self.name)
+        key = self.redis_keys.worker_heartbeat(self.name)
         next_heartbeat = 0.0
         while True:
             try:
                 held: list[Any] = list(self._tasks.values())
                 if held:
                     await self.redis.xclaim(
-                        self.keys.job_stream, self.keys.worker_group, self.name, 0, held, justid=True
+                        self.redis_keys.job_stream, self.redis_keys.worker_group, self.name, 0, held, justid=True
                     )
                 if time.monotonic() >= next_heartbeat:
                     await self.redis.set(key, str(time.time()), ex=int(_HEARTBEAT_EVERY * 3))

@@ -22,7 +22,7 @@ from gateway.routes import setup_routes
 from gateway.views import PUBLISHER
 from shared.config import GatewayConfig
 from shared.guard import harden, input_guard
-from shared.keys import Keys
+from shared.redis_keys import RedisKeys
 from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
 
@@ -34,7 +34,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     )
     app[keys.CONFIG] = config
     app[METRICS] = GatewayMetrics()
-    app[keys.REDIS_KEYS] = Keys(config.key_prefix)
+    app[keys.REDIS_KEYS] = RedisKeys(config.key_prefix)
     app[LIMITS] = GatewayLimits(config)
     setup_routes(app)
     harden(app, config.body_read_timeout)

@@ -23,8 +23,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.replies import ReplyWaiter
 from shared.config import MAX_LOGIN_TIMEOUT
 from shared.errors import DeadlineExceeded, Unavailable
-from shared.keys import Keys
 from shared.messages import STREAM_FIELD, CodeExchangeJob, Reply, encoder
+from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger()
 
@@ -96,13 +96,13 @@ class JobPublisher:
     def __init__(
         self,
         redis: aioredis.Redis,
-        keys: Keys,
+        redis_keys: RedisKeys,
         replies: ReplyWaiter,
         max_len: int,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self._redis = redis
-        self._keys = keys
+        self._redis_keys = redis_keys
         self._replies = replies
         self._max_len = max_len
         self._metrics = metrics or GatewayMetrics()
@@ -153,7 +153,8 @@ class JobPublisher:
         try:
             async with asyncio.timeout(_MARK_TIMEOUT):
                 await self._mark_delivered(
-                    keys=[record, Keys.delivered_answer(record), self._keys.job_stream], args=[int(keep * 1000)]
+                    keys=[record, RedisKeys.delivered_answer(record), self._redis_keys.job_stream],
+                    args=[int(keep * 1000)],
                 )
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
             # Unmarked, a replay of this code within the record's TTL gets this same answer, never a new token.
@@ -163,8 +164,8 @@ class JobPublisher:
         max_wait_ms = int(timeout * MAX_QUEUE_WAIT_SHARE * 1000)
         try:
             result = await self._publish(
-                keys=[self._keys.job_stream],
-                args=[self._max_len, self._keys.worker_group, max_wait_ms, STREAM_FIELD, encoder.encode(job)],
+                keys=[self._redis_keys.job_stream],
+                args=[self._max_len, self._redis_keys.worker_group, max_wait_ms, STREAM_FIELD, encoder.encode(job)],
             )
         except (aioredis.RedisError, OSError) as exc:
             self._metrics.shed.labels("redis_unreachable").inc()

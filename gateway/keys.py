@@ -9,12 +9,12 @@ from aiohttp import web
 from gateway.applications import ApplicationCache
 from gateway.replies import ReplyWaiter
 from shared.config import GatewayConfig
-from shared.keys import Keys
+from shared.redis_keys import RedisKeys
 from shared.user_store_client import UserStoreClient
 from shared.verifier import Verifier
 
 CONFIG = web.AppKey("config", GatewayConfig)
-REDIS_KEYS = web.AppKey("redis_keys", Keys)
+REDIS_KEYS = web.AppKey("redis_keys", RedisKeys)
 REDIS = web.AppKey("redis", aioredis.Redis)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 APPLICATIONS = web.AppKey("applications", ApplicationCache)

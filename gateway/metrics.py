@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from gateway import keys
 from shared.guard import internal_only
-from shared.keys import Keys
+from shared.redis_keys import RedisKeys
 
 LOGIN_PATH = "/api/login/oauth/access_token"
 #: Seconds; a login has LOGIN_TIMEOUT (10 s by default) end to end.
@@ -109,19 +109,19 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def observe_stream(metrics: GatewayMetrics, redis: aioredis.Redis, keys: Keys) -> None:
-    metrics.stream_length.set(await redis.xlen(keys.job_stream))
+async def observe_stream(metrics: GatewayMetrics, redis: aioredis.Redis, redis_keys: RedisKeys) -> None:
+    metrics.stream_length.set(await redis.xlen(redis_keys.job_stream))
     last_delivered = b"0-0"
     pending = 0
     try:
-        for group in await redis.xinfo_groups(keys.job_stream):
-            if group["name"] == keys.worker_group.encode():
+        for group in await redis.xinfo_groups(redis_keys.job_stream):
+            if group["name"] == redis_keys.worker_group.encode():
                 last_delivered, pending = group["last-delivered-id"], group["pending"]
     except aioredis.ResponseError:
         pass  # no stream yet
     metrics.stream_pending.set(pending)
     waited = 0.0
-    entries = cast(list[tuple[bytes, object]], await redis.xrange(keys.job_stream, min=last_delivered, count=2))
+    entries = cast(list[tuple[bytes, object]], await redis.xrange(redis_keys.job_stream, min=last_delivered, count=2))
     for entry_id, _fields in entries:
         if entry_id != last_delivered:
             waited = max(0.0, time.time() - int(entry_id.split(b"-", 1)[0]) / 1000)

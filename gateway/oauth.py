@@ -91,7 +91,7 @@ async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
         audience=None,
         jwks=fetch_jwks,
         redis=app[keys.REDIS],
-        keys=app[keys.REDIS_KEYS],
+        redis_keys=app[keys.REDIS_KEYS],
     )
     await verifier.start()
     app[keys.VERIFIER] = verifier

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from shared.errors import MinidoorError
-from shared.keys import Keys
 from shared.messages import STREAM_FIELD, LoginFailed, Reply, reply_decoder
+from shared.redis_keys import RedisKeys
 from shared.streamseal import StreamSeal, open_reply
 
 log = structlog.get_logger()
@@ -27,11 +27,11 @@ REPLY_STREAM_TTL_MS = 10 * 60 * 1000
 
 
 class ReplyWaiter:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, seal: StreamSeal | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, redis_keys: RedisKeys, seal: StreamSeal | None = None) -> None:
         self._redis = redis
         #: Opens the tokens workers seal (``STREAM_SEAL_KEY``): only the waiting request sees them in clear.
         self._seal = seal
-        self.stream = keys.reply_stream(uuid.uuid4().hex)
+        self.stream = redis_keys.reply_stream(uuid.uuid4().hex)
         self._futures: dict[str, asyncio.Future[Reply]] = {}
         self._last_id = b"0-0"
         self._task: asyncio.Task[None] | None = None

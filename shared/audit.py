@@ -2,7 +2,7 @@
 
 The rate limiter publishes its trips this way (``shared/ratelimit.py``, once per limit, key and period)::
 
-    publisher = AuditPublisher(redis, Keys(config.key_prefix))   # once per process, next to its Redis client
+    publisher = AuditPublisher(redis, RedisKeys(config.key_prefix))   # once per process, next to its Redis client
     publisher.publish(AuditEvent(action="rate_limited", outcome="denied", client_id=..., client_ip=...,
                                  request_id=..., details={"limit": "token_ip", "window_s": 60}))
     ...
@@ -11,7 +11,7 @@ The rate limiter publishes its trips this way (``shared/ratelimit.py``, once per
 ``publish`` never raises and never waits: it starts one XADD (``MAXLEN ~``) in the background and returns. At most
 ``max_pending`` XADDs are in flight; beyond that, and whenever Redis fails, the event is dropped and counted in
 ``dropped`` with a warning log, so hostile traffic cannot make the audit trail cost the requests it audits. The user
-stores drain ``Keys.audit_stream`` into ``audit_events`` (``user_store/audit.py``).
+stores drain ``RedisKeys.audit_stream`` into ``audit_events`` (``user_store/audit.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import contextlib
 import redis.asyncio as aioredis
 import structlog
 
-from shared.keys import Keys
 from shared.messages import STREAM_FIELD, AuditEvent, encoder
+from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger()
 
@@ -32,14 +32,14 @@ class AuditPublisher:
     def __init__(
         self,
         redis: aioredis.Redis,
-        keys: Keys,
+        redis_keys: RedisKeys,
         *,
         max_len: int = 100_000,
         max_pending: int = 1000,
         timeout: float = 1.0,
     ) -> None:
         self._redis = redis
-        self._keys = keys
+        self._redis_keys = redis_keys
         self._max_len = max_len
         self._max_pending = max_pending
         self._timeout = timeout
@@ -61,7 +61,7 @@ class AuditPublisher:
         try:
             await asyncio.wait_for(
                 self._redis.xadd(
-                    self._keys.audit_stream,
+                    self._redis_keys.audit_stream,
                     {STREAM_FIELD: encoder.encode(event)},
                     maxlen=self._max_len,
                     approximate=True,

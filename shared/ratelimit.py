@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shared.audit import AuditPublisher
 from shared.errors import RateLimited, Unavailable
 from shared.guard import log_id
-from shared.keys import Keys
 from shared.messages import AuditEvent
+from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger()
 
@@ -123,14 +123,14 @@ class RateLimiter:
     def __init__(
         self,
         redis: aioredis.Redis,
-        keys: Keys,
+        redis_keys: RedisKeys,
         hash_key: bytes,
         *,
         audit: AuditPublisher | None = None,
         on_limited: Callable[[str], None] | None = None,
     ) -> None:
         self._redis = redis
-        self._keys = keys
+        self._redis_keys = redis_keys
         self._hash_key = hash_key
         self._script = redis.register_script(_GCRA)
         self._audit = audit
@@ -153,7 +153,10 @@ class RateLimiter:
             allowed, retry_ms, first = cast(
                 Sequence[int],
                 await self._script(
-                    keys=[self._keys.rate_limit(limit.name, hashed), self._keys.rate_limit_audited(limit.name, hashed)],
+                    keys=[
+                        self._redis_keys.rate_limit(limit.name, hashed),
+                        self._redis_keys.rate_limit_audited(limit.name, hashed),
+                    ],
                     args=[interval_ms, limit.period * 1000, cost],
                 ),
             )

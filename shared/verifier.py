@@ -5,7 +5,7 @@
         audience="<your client_id>",               # None accepts every application's tokens
         jwks=http_jwks(session, "https://login.example.com/.well-known/jwks"),
         redis=redis.asyncio.Redis.from_url(...),   # optional: sees a logout within a second
-        keys=Keys("minidoor"),                     # the stack's KEY_PREFIX
+        redis_keys=RedisKeys("minidoor"),                     # the stack's KEY_PREFIX
     )
     async with verifier:
         claims = await verifier.verify(token)      # or raises shared.errors.InvalidToken (401 invalid_token)
@@ -16,8 +16,8 @@ the JWKS, at most once per ``refresh_cooldown``) whose own ``alg``, if given, is
 ``iss``; ``aud`` (when an audience is set); ``exp``/``nbf``/``iat`` with ``leeway`` seconds; ``tokenType``
 (``access-token`` unless asked otherwise); and the ``jti`` is not revoked.
 
-Revocation: a task subscribes to ``Keys.token_events``. On every (re)subscription it reloads the whole denylist
-(``Keys.revoked_tokens``), so a revocation published while it was disconnected is not lost; ``SigningKeysChanged``
+Revocation: a task subscribes to ``RedisKeys.token_events``. On every (re)subscription it reloads the whole denylist
+(``RedisKeys.revoked_tokens``), so a revocation published while it was disconnected is not lost; ``SigningKeysChanged``
 re-reads the JWKS at once. Without Redis only expiry ends a token; ``revocation_live`` tells whether the
 subscription is up.
 """
@@ -43,8 +43,8 @@ from jwt.algorithms import RSAAlgorithm
 
 from shared import jwtcheck
 from shared.errors import InvalidToken, Unavailable
-from shared.keys import Keys
 from shared.messages import SigningKeysChanged, TokensRevoked, token_event_decoder
+from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger()
 
@@ -116,15 +116,15 @@ class Verifier:
         leeway: float = 10.0,
         token_type: str = "access-token",
         redis: aioredis.Redis | None = None,
-        keys: Keys | None = None,
+        redis_keys: RedisKeys | None = None,
         jwks_max_age: float = 300.0,
         refresh_cooldown: float = 5.0,
     ) -> None:
         refused = set(algorithms) - ALLOWED_ALGORITHMS
         if refused or not algorithms:
             raise ValueError(f"algorithms must be a non-empty subset of {sorted(ALLOWED_ALGORITHMS)}, not {refused}")
-        if redis is not None and keys is None:
-            raise ValueError("revocation needs the Keys (KEY_PREFIX) the user store publishes under")
+        if redis is not None and redis_keys is None:
+            raise ValueError("revocation needs the RedisKeys (KEY_PREFIX) the user store publishes under")
         self.issuer = issuer
         self._fetch = jwks
         self._audience = audience
@@ -132,7 +132,7 @@ class Verifier:
         self._leeway = leeway
         self._token_type = token_type
         self._redis = redis
-        self._redis_keys = keys
+        self._redis_keys = redis_keys
         self._max_age = jwks_max_age
         self._cooldown = refresh_cooldown
         self._keys: dict[str, _Key] = {}

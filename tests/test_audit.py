@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from shared.audit import AuditPublisher
-from shared.keys import Keys
 from shared.messages import STREAM_FIELD, AuditEvent, CodeExchangeJob, encoder, job_decoder
+from shared.redis_keys import RedisKeys
 from tests.account_helpers import api, update
 from tests.oauth_helpers import claims_of, eventually, issued_session_key, revoke, stack_login
 from tests.stack import ROOT
@@ -201,7 +201,7 @@ class TestStreamIntake:
     async def test_published_event_is_written_then_acknowledged(self, pool, redis_client, key_prefix):
         """An ``AuditEvent`` published with ``AuditPublisher`` (as the rate limiter does) is drained into
         ``audit_events`` by the consumer group and XACKed after the insert; nothing stays pending."""
-        keys = Keys(key_prefix)
+        keys = RedisKeys(key_prefix)
         publisher = AuditPublisher(redis_client, keys)
         event = AuditEvent(
             action="rate_limited",
@@ -231,7 +231,7 @@ class TestStreamIntake:
     async def test_undecodable_entry_is_acknowledged_and_skipped(self, pool, redis_client, key_prefix):
         """A stream entry that is not an ``AuditEvent`` is skipped with a warning and acknowledged, so it cannot
         block the stream; the good entry beside it is written."""
-        keys = Keys(key_prefix)
+        keys = RedisKeys(key_prefix)
         await redis_client.xadd(keys.audit_stream, {STREAM_FIELD: b"\xff garbage"})
         await redis_client.xadd(keys.audit_stream, {STREAM_FIELD: encoder.encode(AuditEvent(action="good"))})
         writer = AuditWriter(pool, UserStoreMetrics())
@@ -249,7 +249,7 @@ class TestStreamIntake:
     async def test_publisher_never_raises_when_redis_is_away(self):
         """Publishing to a Redis that does not answer drops the event and counts it; the caller sees nothing."""
         client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
-        publisher = AuditPublisher(client, Keys("test-away"), max_pending=1)
+        publisher = AuditPublisher(client, RedisKeys("test-away"), max_pending=1)
         with capture_logs() as logs:
             assert publisher.publish(AuditEvent(action="a"))
             assert not publisher.publish(AuditEvent(action="b"))  # one in flight already: dropped at once

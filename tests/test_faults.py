@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.keys import Keys
+from shared.redis_keys import RedisKeys
 from tests.cluster import Cluster, Proc
 from tests.load import Figures, Load
 
@@ -107,7 +107,7 @@ class TestFaults:
         """A worker killed mid-job: its jobs are claimed by the others and answered before their deadline."""
         load = Load(cluster, http, prefix="kill", users=300)  # WeChat allows one user 100 logins a minute
         victim = cluster.workers[0]
-        keys = Keys(cluster.prefix)
+        keys = RedisKeys(cluster.prefix)
         held_at_kill = 0
         done = asyncio.Event()
 

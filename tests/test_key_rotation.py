@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.ports import free_port
 from shared.config import ConfigError, Secret, UserStoreConfig
 from shared.errors import BadRequest, InvalidToken
-from shared.keys import Keys
 from shared.messages import SigningKeysChanged, token_event_decoder
+from shared.redis_keys import RedisKeys
 from shared.verifier import Verifier, http_jwks
 from tests.oauth_helpers import eventually, introspect, kid_of, stack_login
 from tests.stack import ROOT, Stack
@@ -244,7 +244,7 @@ class TestRotation:
 
     async def test_reload_tells_the_verifiers(self, pg_url, redis_url, redis_client, key_prefix):
         """A store that sees a key change publishes SigningKeysChanged for the verifiers."""
-        keys = Keys(key_prefix)
+        keys = RedisKeys(key_prefix)
         pubsub = redis_client.pubsub()
         await pubsub.subscribe(keys.token_events)
         try:
@@ -289,7 +289,7 @@ class TestEndToEnd:
                 audience=stack.demo["clientId"],
                 jwks=http_jwks(session, stack.gateway + "/.well-known/jwks"),
                 redis=redis,
-                keys=Keys(stack.env["KEY_PREFIX"]),
+                redis_keys=RedisKeys(stack.env["KEY_PREFIX"]),
             )
             async with verifier:
                 await verifier.verify(old_token)

@@ -21,18 +21,18 @@ from gateway.metrics import GatewayMetrics
 from gateway.replies import ReplyWaiter
 from shared.config import GatewayConfig, Secret, UserStoreConfig
 from shared.errors import DeadlineExceeded, Unavailable
-from shared.keys import Keys
+from shared.redis_keys import RedisKeys
 from user_store.app import create_app as create_user_store
 
 TOKEN = Secret("t" * 32)
 
 
 @pytest.fixture(name="keys")
-def _keys(key_prefix: str) -> Keys:
-    return Keys(key_prefix)
+def _keys(key_prefix: str) -> RedisKeys:
+    return RedisKeys(key_prefix)
 
 
-def publisher(redis: aioredis.Redis, keys: Keys, max_len: int = 1000) -> tuple[JobPublisher, GatewayMetrics]:
+def publisher(redis: aioredis.Redis, keys: RedisKeys, max_len: int = 1000) -> tuple[JobPublisher, GatewayMetrics]:
     metrics = GatewayMetrics()
     return JobPublisher(redis, keys, ReplyWaiter(redis, keys), max_len, metrics), metrics
 
@@ -45,7 +45,7 @@ def shed(metrics: GatewayMetrics, reason: str) -> float:
     return metrics.registry.get_sample_value("minidoor_gateway_shed_logins_total", {"reason": reason}) or 0.0
 
 
-async def old_job(redis: aioredis.Redis, keys: Keys, age: float) -> bytes:
+async def old_job(redis: aioredis.Redis, keys: RedisKeys, age: float) -> bytes:
     """A job published ``age`` seconds ago (its stream id carries the time)."""
     await redis.xgroup_create(keys.job_stream, keys.worker_group, id="0", mkstream=True)
     entry_id = f"{int((time.time() - age) * 1000)}-0"

@@ -30,9 +30,9 @@ from shared.audit import AuditPublisher
 from shared.config import GatewayConfig, Secret
 from shared.errors import RateLimited, Unavailable
 from shared.guard import log_id
-from shared.keys import Keys
 from shared.messages import STREAM_FIELD, audit_decoder
 from shared.ratelimit import Limit, Origin, RateLimiter, client_ip, keyed_hash, limiter_hash_key, parse_networks
+from shared.redis_keys import RedisKeys
 from tests.account_helpers import ENVELOPE_KEYS, bearer, other_org_app
 from tests.conftest import _stack_fixture
 from tests.oauth_helpers import basic, claims_of, eventually, stack_login
@@ -84,7 +84,7 @@ def no_code(stack: Stack) -> dict[str, str]:
 
 async def test_burst_then_refused(redis_client, key_prefix):
     """A limit of 3 per minute allows a burst of 3, then raises RateLimited with a Retry-After of seconds."""
-    limiter = RateLimiter(redis_client, Keys(key_prefix), HASH_KEY)
+    limiter = RateLimiter(redis_client, RedisKeys(key_prefix), HASH_KEY)
     limit = Limit("unit", 3, 60)
     for _ in range(3):
         await limiter.check(limit, "k")
@@ -96,7 +96,7 @@ async def test_burst_then_refused(redis_client, key_prefix):
 
 async def test_peek_spends_nothing(redis_client, key_prefix):
     """``peek`` never spends budget; it refuses once ``check`` has spent it all."""
-    limiter = RateLimiter(redis_client, Keys(key_prefix), HASH_KEY)
+    limiter = RateLimiter(redis_client, RedisKeys(key_prefix), HASH_KEY)
     limit = Limit("unit", 2, 60)
     for _ in range(10):
         await limiter.peek(limit, "k")
@@ -111,7 +111,10 @@ async def test_budget_shared_between_clients_and_keys_hashed(redis_client, redis
     the shared key: not the IP, nor its plain sha256, which anyone could compute for every IPv4 address."""
     other = aioredis.Redis.from_url(redis_url)
     try:
-        a, b = RateLimiter(redis_client, Keys(key_prefix), HASH_KEY), RateLimiter(other, Keys(key_prefix), HASH_KEY)
+        a, b = (
+            RateLimiter(redis_client, RedisKeys(key_prefix), HASH_KEY),
+            RateLimiter(other, RedisKeys(key_prefix), HASH_KEY),
+        )
         limit = Limit("shared", 2, 60)
         await a.check(limit, "203.0.113.9")
         await b.check(limit, "203.0.113.9")
@@ -131,7 +134,7 @@ async def test_redis_outage_fails_open_or_closed_per_limit(key_prefix):
     (port,) = free_ports(1)
     dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=0.5)
     try:
-        limiter = RateLimiter(dead, Keys(key_prefix), HASH_KEY)
+        limiter = RateLimiter(dead, RedisKeys(key_prefix), HASH_KEY)
         await limiter.check(Limit("open", 1, 60), "k")
         await limiter.check(Limit("open", 1, 60), "k")
         await limiter.peek(Limit("closed", 1, 60, fail_open=False), "k")
@@ -433,7 +436,7 @@ async def test_trip_published_once_per_key_and_period(redis_client, key_prefix):
     """A key's first refusal under a limit publishes one ``rate_limited`` audit event carrying the origin; more
     refusals (and peeks) of that key in the period publish nothing, another key publishes its own, an allowed
     request none. An unknown client id is recorded hashed."""
-    keys = Keys(key_prefix)
+    keys = RedisKeys(key_prefix)
     publisher = AuditPublisher(redis_client, keys)
     limiter = RateLimiter(redis_client, keys, HASH_KEY, audit=publisher)
     limit = Limit("unit", 2, 60)

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.config import Secret, UserStoreConfig
 from shared.errors import BadRequest, Unauthorized, Unavailable
-from shared.keys import Keys
 from shared.messages import TokensRevoked, token_event_decoder
+from shared.redis_keys import RedisKeys
 from tests.oauth_helpers import hs256_token, unsigned_token
 from user_store import admin
 from user_store.app import create_app
@@ -173,7 +173,7 @@ class TestRevocation:
         """revoke_token marks the row, adds its jti to the denylist until the row's last exp, and publishes it."""
         tokens = await login(client, shop)
         jti, exp = claims_of(tokens["refresh_token"])["jti"], claims_of(tokens["refresh_token"])["exp"]
-        keys = Keys(key_prefix)
+        keys = RedisKeys(key_prefix)
         pubsub = redis_client.pubsub()
         await pubsub.subscribe(keys.token_events)
         try:
@@ -246,7 +246,7 @@ class TestRevocation:
         try:
             with pytest.raises(Unavailable):
                 async with transaction(client.app[PG_POOL]) as tx:
-                    await revoke_token(tx, Revocations(dead, Keys("x")), jti)
+                    await revoke_token(tx, Revocations(dead, RedisKeys("x")), jti)
         finally:
             await dead.aclose()
         assert await inspect(client, tokens["access_token"]) is not None
@@ -255,7 +255,7 @@ class TestRevocation:
         """A store without REDIS_URL still revokes rows; nothing is broadcast."""
         jti = claims_of((await login(client, shop))["access_token"])["jti"]
         async with transaction(client.app[PG_POOL]) as tx:
-            assert len(await revoke_token(tx, Revocations(None, Keys("x")), jti)) == 1
+            assert len(await revoke_token(tx, Revocations(None, RedisKeys("x")), jti)) == 1
 
 
 class TestClientAuthentication:

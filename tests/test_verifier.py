@@ -20,8 +20,8 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from shared import jwtcheck
 from shared.errors import InvalidToken, Unavailable
-from shared.keys import Keys
 from shared.messages import RevokedToken
+from shared.redis_keys import RedisKeys
 from shared.verifier import Verifier, http_jwks
 from tests.oauth_helpers import eventually, hs256_token, revoke, stack_login, unsigned_token
 from tests.stack import Stack
@@ -206,10 +206,10 @@ class TestRevocation:
         """A revocation broadcast by the user store is refused by a subscribed verifier within a second."""
         token = keys.token("k1")
         jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-        async with make_verifier(keys, redis=redis_client, keys=Keys(key_prefix)) as verifier:
+        async with make_verifier(keys, redis=redis_client, redis_keys=RedisKeys(key_prefix)) as verifier:
             await eventually(_live(verifier), 5, "the revocation subscription")
             await verifier.verify(token)
-            await Revocations(redis_client, Keys(key_prefix)).announce(
+            await Revocations(redis_client, RedisKeys(key_prefix)).announce(
                 [RevokedToken(jti=jti, exp=int(time.time()) + 60)]
             )
             took = await eventually(_refuses(verifier, token), 1.0, "refusing the revoked token", interval=0.01)
@@ -223,10 +223,10 @@ class TestRevocation:
         name = f"verifier-{uuid.uuid4().hex[:8]}"
         own = aioredis.Redis.from_url(redis_url, client_name=name)
         try:
-            async with make_verifier(keys, redis=own, keys=Keys(key_prefix)) as verifier:
+            async with make_verifier(keys, redis=own, redis_keys=RedisKeys(key_prefix)) as verifier:
                 await eventually(_live(verifier), 5, "the revocation subscription")
                 # The message is lost: only the denylist has it.
-                await redis_client.zadd(Keys(key_prefix).revoked_tokens, {jti: int(time.time()) + 60})
+                await redis_client.zadd(RedisKeys(key_prefix).revoked_tokens, {jti: int(time.time()) + 60})
                 await verifier.verify(token)
                 listing = await redis_client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
                 ids = [
@@ -243,12 +243,14 @@ class TestRevocation:
     async def test_keys_changed_message_rereads_the_jwks(self, keys, redis_client, key_prefix):
         """A SigningKeysChanged event makes the verifier drop a retired key at once, not at the cache's expiry."""
         token = keys.token("k1")
-        async with make_verifier(keys, redis=redis_client, keys=Keys(key_prefix), refresh_cooldown=60) as verifier:
+        async with make_verifier(
+            keys, redis=redis_client, redis_keys=RedisKeys(key_prefix), refresh_cooldown=60
+        ) as verifier:
             await eventually(_live(verifier), 5, "the revocation subscription")
             await verifier.verify(token)
             keys.add("k2")
             del keys.keys["k1"]
-            await Revocations(redis_client, Keys(key_prefix)).keys_changed(["k2"])
+            await Revocations(redis_client, RedisKeys(key_prefix)).keys_changed(["k2"])
             await eventually(_refuses(verifier, token), 5, "dropping the retired key")
 
 
@@ -265,7 +267,7 @@ class TestEndToEnd:
                     audience=stack.demo["clientId"],
                     jwks=http_jwks(session, stack.gateway + "/.well-known/jwks"),
                     redis=redis,
-                    keys=Keys(stack.env["KEY_PREFIX"]),
+                    redis_keys=RedisKeys(stack.env["KEY_PREFIX"]),
                 )
                 async with verifier:
                     await eventually(_live(verifier), 5, "the revocation subscription")

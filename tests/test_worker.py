@@ -32,7 +32,6 @@ from gateway.replies import ReplyWaiter
 from services.ports import free_port
 from services.wechat_sandbox.app import create_app as create_sandbox
 from shared.config import MAX_LOGIN_TIMEOUT, SandboxConfig, Secret, UserStoreConfig, WorkerConfig
-from shared.keys import Keys
 from shared.messages import (
     STREAM_FIELD,
     CodeExchangeJob,
@@ -43,6 +42,7 @@ from shared.messages import (
     encoder,
     reply_decoder,
 )
+from shared.redis_keys import RedisKeys
 from user_store import admin
 from user_store.app import create_app as create_user_store
 
@@ -56,7 +56,7 @@ class Harness:
 
     def __init__(self, redis: aioredis.Redis, prefix: str, http: aiohttp.ClientSession, config: WorkerConfig) -> None:
         self.redis = redis
-        self.keys = Keys(prefix)
+        self.keys = RedisKeys(prefix)
         self.http = http
         self.config = config
         self.client_id = ""
@@ -258,8 +258,8 @@ class TestExactlyOnce:
         assert b"session" not in record and b"reply" not in record
         assert token.encode() not in b"".join(record.values())
         assert 0 < await harness.redis.pttl(key) <= 10 * 60 * 1000
-        assert token.encode() in await harness.redis.get(Keys.delivered_answer(key))
-        assert 0 < await harness.redis.pttl(Keys.delivered_answer(key)) <= (MAX_LOGIN_TIMEOUT + 5) * 1000
+        assert token.encode() in await harness.redis.get(RedisKeys.delivered_answer(key))
+        assert 0 < await harness.redis.pttl(RedisKeys.delivered_answer(key)) <= (MAX_LOGIN_TIMEOUT + 5) * 1000
 
     async def test_delivered_answer_serves_jobs_published_before_delivery(self, harness):
         """A double tap whose job is taken only after the first tap's answer was delivered still gets that token
@@ -311,7 +311,7 @@ class TestExactlyOnce:
         late = msgspec.structs.replace(first, job_id="stale", error_description="a later answer")
         await records.store_session(key, WechatSession(openid="o", session_key="SECRET-SESSION-KEY"))
         assert await records.finish(key, late) == first
-        await harness.redis.delete(Keys.delivered_answer(key))  # as when it expires
+        await harness.redis.delete(RedisKeys.delivered_answer(key))  # as when it expires
         assert await records.finish(key, late) is None
         await records.release(key, "stale")
         record = await harness.redis.hgetall(key)

@@ -6,7 +6,7 @@ with one multi-row INSERT every ``AUDIT_FLUSH_INTERVAL`` seconds or ``AUDIT_BATC
 the event (``minidoor_user_store_audit_dropped`` and a warning) rather than making a login wait. The request id and
 the client IP come from the request's log context (``user_store/middleware.py``).
 
-Processes without a database publish ``AuditEvent`` on ``Keys.audit_stream`` (``shared/audit.py``); each user store
+Processes without a database publish ``AuditEvent`` on ``RedisKeys.audit_stream`` (``shared/audit.py``); each user store
 drains it in one consumer group into the same writer and XACKs an entry once its row is committed. Rows older than
 ``AUDIT_RETENTION_DAYS`` are deleted at start and every hour, in bounded batches. The admin CLI inserts its own
 events directly (``insert_events``). Never a secret in a row: details carry field names and counts, not values.
@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from shared.errors import BadRequest
-from shared.keys import Keys
 from shared.messages import STREAM_FIELD, AuditEvent, audit_decoder
+from shared.redis_keys import RedisKeys
 from user_store.db import CONNECTION_ERRORS, Conn, Pool
 
 if TYPE_CHECKING:  # user_store.metrics imports the app keys, which name AuditWriter
@@ -219,11 +219,11 @@ class AuditWriter:
 
 
 class AuditStreamDrain:
-    """Moves ``Keys.audit_stream`` into the writer as consumer ``consumer`` of ``Keys.audit_group``."""
+    """Moves ``RedisKeys.audit_stream`` into the writer as consumer ``consumer`` of ``RedisKeys.audit_group``."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, writer: AuditWriter, consumer: str) -> None:
+    def __init__(self, redis: aioredis.Redis, redis_keys: RedisKeys, writer: AuditWriter, consumer: str) -> None:
         self._redis = redis
-        self._keys = keys
+        self._redis_keys = redis_keys
         self._writer = writer
         self._consumer = consumer
         self._group_ready = False
@@ -232,7 +232,9 @@ class AuditStreamDrain:
         if self._group_ready:
             return
         try:
-            await self._redis.xgroup_create(self._keys.audit_stream, self._keys.audit_group, id="0", mkstream=True)
+            await self._redis.xgroup_create(
+                self._redis_keys.audit_stream, self._redis_keys.audit_group, id="0", mkstream=True
+            )
         except aioredis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -242,7 +244,7 @@ class AuditStreamDrain:
         """Claim entries left by a dead store, read new ones (blocking up to ``block_ms``), write, then XACK them;
         returns how many entries were handled."""
         await self._ensure_group()
-        stream, group = self._keys.audit_stream, self._keys.audit_group
+        stream, group = self._redis_keys.audit_stream, self._redis_keys.audit_group
         claimed = await self._redis.xautoclaim(stream, group, self._consumer, _CLAIM_IDLE_MS, count=count)
         # An entry trimmed away while pending comes back with no fields: nothing to write, only to acknowledge.
         entries = cast(list[_Entry], claimed[1])

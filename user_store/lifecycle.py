@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from shared.keys import Keys
+from shared.redis_keys import RedisKeys
 from user_store.audit import AuditStreamDrain, AuditWriter, prune_forever
 from user_store.keycrypto import load_master_key
 from user_store.keyring import KeyLoader, KeyReloader, prepare_keys
@@ -32,7 +32,7 @@ async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
         if config.redis_url
         else None
     )
-    app[REVOCATIONS] = Revocations(client, Keys(config.key_prefix))
+    app[REVOCATIONS] = Revocations(client, RedisKeys(config.key_prefix))
     yield
     if client is not None:
         await client.aclose()
@@ -80,7 +80,7 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     if config.redis_url:
         # Its own client: a blocking XREADGROUP must not hold a connection the revocations need.
         client = aioredis.Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=2)
-        drain = AuditStreamDrain(client, Keys(config.key_prefix), writer, f"{socket.gethostname()}-{os.getpid()}")
+        drain = AuditStreamDrain(client, RedisKeys(config.key_prefix), writer, f"{socket.gethostname()}-{os.getpid()}")
         tasks.append(asyncio.create_task(drain.run(), name="audit-stream-drain"))
     yield
     for task in reversed(tasks):

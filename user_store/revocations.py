@@ -1,9 +1,9 @@
 """Telling every verifier that tokens died, or that the signing keys changed: the Redis half of a revocation.
 
-A revocation ZADDs each token row's id (the ``jti`` of its access and its refresh token) to ``Keys.revoked_tokens``,
-scored by the row's last expiry, prunes entries long expired, and PUBLISHes a ``TokensRevoked`` on
-``Keys.token_events``, all in one MULTI. A verifier that (re)subscribes reloads the set, so a message it missed while
-disconnected is not lost. ``shared.verifier`` is the reading side.
+A revocation ZADDs each token row's id (the ``jti`` of its access and its refresh token) to
+``RedisKeys.revoked_tokens``, scored by the row's last expiry, prunes entries long expired, and PUBLISHes a
+``TokensRevoked`` on ``RedisKeys.token_events``, all in one MULTI. A verifier that (re)subscribes reloads the set, so a
+message it missed while disconnected is not lost. ``shared.verifier`` is the reading side.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from shared.errors import Unavailable
-from shared.keys import Keys
 from shared.messages import RevokedToken, SigningKeysChanged, TokensRevoked, encoder
+from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger()
 
@@ -28,9 +28,9 @@ _BATCH = 1000
 class Revocations:
     """Broadcasts revocations; without Redis (a lone store, focused tests) it does nothing and rows alone decide."""
 
-    def __init__(self, redis: aioredis.Redis | None, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis | None, redis_keys: RedisKeys) -> None:
         self._redis = redis
-        self._keys = keys
+        self._redis_keys = redis_keys
 
     @property
     def enabled(self) -> bool:
@@ -50,9 +50,9 @@ class Revocations:
             batch = live[start : start + _BATCH]
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.zadd(self._keys.revoked_tokens, {entry.jti: entry.exp for entry in batch})
-                    pipe.zremrangebyscore(self._keys.revoked_tokens, "-inf", now - PRUNE_AFTER)
-                    pipe.publish(self._keys.token_events, encoder.encode(TokensRevoked(tokens=batch)))
+                    pipe.zadd(self._redis_keys.revoked_tokens, {entry.jti: entry.exp for entry in batch})
+                    pipe.zremrangebyscore(self._redis_keys.revoked_tokens, "-inf", now - PRUNE_AFTER)
+                    pipe.publish(self._redis_keys.token_events, encoder.encode(TokensRevoked(tokens=batch)))
                     await pipe.execute()
             except (aioredis.RedisError, OSError) as exc:
                 raise Unavailable(
@@ -65,6 +65,8 @@ class Revocations:
         if self._redis is None:
             return
         try:
-            await self._redis.publish(self._keys.token_events, encoder.encode(SigningKeysChanged(kids=list(kids))))
+            await self._redis.publish(
+                self._redis_keys.token_events, encoder.encode(SigningKeysChanged(kids=list(kids)))
+            )
         except (aioredis.RedisError, OSError) as exc:
             log.warning("keys_changed_not_published", error=f"{type(exc).__name__}: {exc}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 
-class Keys:
+class RedisKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         #: The code-exchange jobs the gateway publishes and the auth workers consume.
