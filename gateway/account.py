@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import envelope, keys
+from gateway import appkeys, envelope
 from gateway.auth import credentials, read_params
 from gateway.params import read_body
 from shared.errors import BadRequest
@@ -50,26 +50,30 @@ async def _query(request: web.Request) -> UserQuery:
 async def get_account(request: web.Request) -> web.Response:
     """``GET /api/get-account``: the bearer's user (``data``) and organization (``data2``). Unlike Casdoor, no new
     token is minted per call."""
-    account = await request.app[keys.USER_STORE].get_account(await _query(request), request_id=request[keys.REQUEST_ID])
+    account = await request.app[appkeys.USER_STORE].get_account(
+        await _query(request), request_id=request[appkeys.REQUEST_ID]
+    )
     return envelope.ok(account.user, data2=account.organization, sub=account.user.id, name=account.user.name)
 
 
 async def userinfo(request: web.Request) -> web.Response:
     """``GET|POST /api/userinfo``: OIDC claims, raw JSON as in Casdoor."""
-    claims = await request.app[keys.USER_STORE].userinfo(await _query(request), request_id=request[keys.REQUEST_ID])
+    claims = await request.app[appkeys.USER_STORE].userinfo(
+        await _query(request), request_id=request[appkeys.REQUEST_ID]
+    )
     return envelope.raw(claims)
 
 
 async def get_user(request: web.Request) -> web.Response:
     """``GET /api/get-user?id=owner/name`` (or ``owner`` with ``userId``, ``email`` or ``phone``)."""
-    user = await request.app[keys.USER_STORE].get_user(await _query(request), request_id=request[keys.REQUEST_ID])
+    user = await request.app[appkeys.USER_STORE].get_user(await _query(request), request_id=request[appkeys.REQUEST_ID])
     return envelope.ok(user)
 
 
 async def get_users(request: web.Request) -> web.Response:
     """``GET /api/get-users?owner=org``: every user, or page ``p`` of ``pageSize`` with the total in ``data2``."""
     query = await _query(request)
-    result = await request.app[keys.USER_STORE].get_users(query, request_id=request[keys.REQUEST_ID])
+    result = await request.app[appkeys.USER_STORE].get_users(query, request_id=request[appkeys.REQUEST_ID])
     return envelope.ok(result.users, data2=result.total if query.page_size else None)
 
 
@@ -86,8 +90,8 @@ async def update_user(request: web.Request) -> web.Response:
         user_id=params.get("userId", ""),
         columns=params.get("columns", ""),
     )
-    result = await request.app[keys.USER_STORE].update_user(
-        update, request_id=request[keys.REQUEST_ID], client_ip=request[keys.CLIENT_IP]
+    result = await request.app[appkeys.USER_STORE].update_user(
+        update, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
     return envelope.ok("Affected" if result.affected else "Unaffected")
 
@@ -110,8 +114,8 @@ async def logout(request: web.Request) -> web.Response:
     params = await read_params(request)
     hint = params.get("id_token_hint", "")
     req = LogoutRequest(credentials=credentials(request, params, required=not hint), id_token_hint=hint)
-    result = await request.app[keys.USER_STORE].logout(
-        req, request_id=request[keys.REQUEST_ID], client_ip=request[keys.CLIENT_IP]
+    result = await request.app[appkeys.USER_STORE].logout(
+        req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
     return envelope.ok(result.user)
 

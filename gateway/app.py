@@ -10,16 +10,15 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway import keys
+from gateway import appkeys
 from gateway.applications import ApplicationCache
 from gateway.jobs import JobPublisher
-from gateway.limits import LIMITS, GatewayLimits, limits_ctx, rate_limit_middleware
-from gateway.metrics import METRICS, GatewayMetrics, metrics_middleware
+from gateway.limits import GatewayLimits, limits_ctx, rate_limit_middleware
+from gateway.metrics import GatewayMetrics, metrics_middleware
 from gateway.middleware import error_middleware, request_context
 from gateway.oauth import verifier_ctx
 from gateway.replies import ReplyWaiter
 from gateway.routes import setup_routes
-from gateway.views import PUBLISHER
 from shared.config import GatewayConfig
 from shared.guard import harden, input_guard
 from shared.redis_keys import RedisKeys
@@ -32,10 +31,10 @@ def create_app(config: GatewayConfig) -> web.Application:
         middlewares=[request_context, metrics_middleware, error_middleware, input_guard, rate_limit_middleware],
         client_max_size=config.max_body_bytes,
     )
-    app[keys.CONFIG] = config
-    app[METRICS] = GatewayMetrics()
-    app[keys.REDIS_KEYS] = RedisKeys(config.key_prefix)
-    app[LIMITS] = GatewayLimits(config)
+    app[appkeys.CONFIG] = config
+    app[appkeys.METRICS] = GatewayMetrics()
+    app[appkeys.REDIS_KEYS] = RedisKeys(config.key_prefix)
+    app[appkeys.LIMITS] = GatewayLimits(config)
     setup_routes(app)
     harden(app, config.body_read_timeout)
     app.cleanup_ctx.append(_redis)
@@ -50,33 +49,32 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     # No connect at start: the gateway must come up (and answer 503) while Redis is away. One immediate retry
     # replaces a connection that went stale (Redis restarted); a Redis that is away gets a 503 at once.
     client = aioredis.Redis.from_url(
-        app[keys.CONFIG].redis_url,
+        app[appkeys.CONFIG].redis_url,
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=30,
         retry=Retry(NoBackoff(), 1),
     )
-    app[keys.REDIS] = client
+    app[appkeys.REDIS] = client
     yield
     await client.aclose()
 
 
 async def _user_store(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
+    config = app[appkeys.CONFIG]
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
-    app[keys.HTTP_SESSION] = session
     client = UserStoreClient(session, config.user_store_url, config.internal_token)
-    app[keys.USER_STORE] = client
-    app[keys.APPLICATIONS] = ApplicationCache(client, config.client_cache_ttl)
+    app[appkeys.USER_STORE] = client
+    app[appkeys.APPLICATIONS] = ApplicationCache(client, config.client_cache_ttl)
     yield
     await session.close()
 
 
 async def _replies(app: web.Application) -> AsyncIterator[None]:
-    waiter = ReplyWaiter(app[keys.REDIS], app[keys.REDIS_KEYS], stream_seal(app[keys.CONFIG].stream_seal_key))
-    app[keys.REPLIES] = waiter
-    app[PUBLISHER] = JobPublisher(
-        app[keys.REDIS], app[keys.REDIS_KEYS], waiter, app[keys.CONFIG].stream_max_len, app[METRICS]
+    waiter = ReplyWaiter(app[appkeys.REDIS], app[appkeys.REDIS_KEYS], stream_seal(app[appkeys.CONFIG].stream_seal_key))
+    app[appkeys.REPLIES] = waiter
+    app[appkeys.PUBLISHER] = JobPublisher(
+        app[appkeys.REDIS], app[appkeys.REDIS_KEYS], waiter, app[appkeys.CONFIG].stream_max_len, app[appkeys.METRICS]
     )
     waiter.start()
     yield

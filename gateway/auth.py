@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import keys
+from gateway import appkeys
 from gateway.params import FORM, basic_pair, checked, form_fields, read_body
 from shared.errors import PLEASE_LOGIN, Unauthorized
 from shared.messages import Credentials
@@ -22,12 +22,12 @@ from shared.messages import Credentials
 async def read_params(request: web.Request) -> dict[str, str]:
     """The URL query, overridden by an ``application/x-www-form-urlencoded`` body; parsed once per request (do not
     modify it)."""
-    if keys.ACCOUNT_PARAMS in request:
-        return request[keys.ACCOUNT_PARAMS]
+    if appkeys.ACCOUNT_PARAMS in request:
+        return request[appkeys.ACCOUNT_PARAMS]
     params: dict[str, str] = dict(request.query)
     if request.content_type == FORM:
         params.update(form_fields(await read_body(request)))
-    request[keys.ACCOUNT_PARAMS] = checked(params)
+    request[appkeys.ACCOUNT_PARAMS] = checked(params)
     return params
 
 

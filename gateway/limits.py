@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import account, auth, keys, params
-from gateway.metrics import LOGIN_PATH, METRICS
+from gateway import account, appkeys, auth, params
+from gateway.metrics import LOGIN_PATH
 from gateway.refresh import REFRESH_PATH
 from shared.audit import AuditPublisher
 from shared.config import GatewayConfig
@@ -40,9 +40,6 @@ class GatewayLimits:
         self.user_updates = Limit("user_updates", config.rate_limit_user_updates, 60)
 
 
-LIMITS = web.AppKey("limits", GatewayLimits)
-LIMITER = web.AppKey("limiter", RateLimiter)
-AUDIT = web.AppKey("audit", AuditPublisher)
 #: OAuth endpoints where a client authenticates with client_id (and a secret) in the form, JSON or HTTP Basic.
 OAUTH_CLIENT_PATHS = frozenset({LOGIN_PATH, REFRESH_PATH, "/api/login/oauth/introspect", "/api/login/oauth/revoke"})
 _USER_UPDATE_PATH = "/api/update-user"
@@ -52,25 +49,25 @@ def request_ip(request: web.Request) -> str:
     """The client's address: the one answer for rate limits, audit rows and the worker's jobs. ``X-Forwarded-For``
     counts only from ``TRUSTED_PROXIES`` (``shared.ratelimit.client_ip``); every header line of it is read, as a
     proxy may add its own line after the client's."""
-    ip = request.get(keys.CLIENT_IP)
+    ip = request.get(appkeys.CLIENT_IP)
     if ip is None:
         forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ()))
-        ip = client_ip(request.remote, forwarded, request.app[LIMITS].trusted)
-        request[keys.CLIENT_IP] = ip
+        ip = client_ip(request.remote, forwarded, request.app[appkeys.LIMITS].trusted)
+        request[appkeys.CLIENT_IP] = ip
     return ip
 
 
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app
-    limits, limiter = app[LIMITS], app[LIMITER]
+    limits, limiter = app[appkeys.LIMITS], app[appkeys.LIMITER]
     ip = request_ip(request)
     read = await _caller(request)
     caller, code = read or (Credentials(), "")
-    known = app[keys.APPLICATIONS].peek(caller.client_id) if caller.client_id else None
+    known = app[appkeys.APPLICATIONS].peek(caller.client_id) if caller.client_id else None
     origin = Origin.of(
         client_ip=ip,
-        request_id=request[keys.REQUEST_ID],
+        request_id=request[appkeys.REQUEST_ID],
         client_id=caller.client_id,
         application=known.name if known else "",
         organization=known.organization if known else "",
@@ -126,7 +123,7 @@ async def _user_update(
     """Per user: the bearer's verified ``sub``, so nobody can spend another user's budget with a forged token.
     An application's backend (client credentials) updating its users is not limited here."""
     try:
-        claims = await request.app[keys.VERIFIER].verify(token)
+        claims = await request.app[appkeys.VERIFIER].verify(token)
     except InvalidToken:
         return  # the user store refuses it; the handler's failure is counted against the IP
     except MinidoorError:
@@ -135,13 +132,13 @@ async def _user_update(
 
 
 async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
-    metrics = app[METRICS]
-    audit = AuditPublisher(app[keys.REDIS], app[keys.REDIS_KEYS])
-    app[AUDIT] = audit
-    app[LIMITER] = RateLimiter(
-        app[keys.REDIS],
-        app[keys.REDIS_KEYS],
-        app[LIMITS].hash_key,
+    metrics = app[appkeys.METRICS]
+    audit = AuditPublisher(app[appkeys.REDIS], app[appkeys.REDIS_KEYS])
+    app[appkeys.AUDIT] = audit
+    app[appkeys.LIMITER] = RateLimiter(
+        app[appkeys.REDIS],
+        app[appkeys.REDIS_KEYS],
+        app[appkeys.LIMITS].hash_key,
         audit=audit,
         on_limited=lambda name: metrics.rate_limited.labels(name).inc(),
     )

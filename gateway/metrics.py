@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gateway import keys
+from gateway import appkeys
 from shared.guard import internal_only
 from shared.redis_keys import RedisKeys
 
@@ -73,21 +73,18 @@ class GatewayMetrics:
         )
 
 
-METRICS = web.AppKey("metrics", GatewayMetrics)
-
-
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count and time every request; sits inside ``request_context`` and outside the error middleware."""
     start = time.perf_counter()
     resp = await handler(request)
     seconds = time.perf_counter() - start
-    metrics = request.app[METRICS]
+    metrics = request.app[appkeys.METRICS]
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     metrics.requests.labels(route, str(resp.status)).inc()
     metrics.request_seconds.labels(route).observe(seconds)
-    if request.path == LOGIN_PATH and request.get(keys.TOKEN_GRANT) != "refresh_token":
+    if request.path == LOGIN_PATH and request.get(appkeys.TOKEN_GRANT) != "refresh_token":
         error = structlog.contextvars.get_contextvars().get("error", "server_error")
         metrics.logins.labels("token" if resp.status == 200 else str(error)).inc()
         metrics.login_seconds.observe(seconds)
@@ -96,13 +93,13 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def metrics_view(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text format, for a scraper holding the internal credential only."""
-    internal_only(request, request.app[keys.CONFIG].internal_token)
+    internal_only(request, request.app[appkeys.CONFIG].internal_token)
     app = request.app
-    metrics = app[METRICS]
-    metrics.waiting_replies.set(app[keys.REPLIES].waiting)
+    metrics = app[appkeys.METRICS]
+    metrics.waiting_replies.set(app[appkeys.REPLIES].waiting)
     try:
         async with asyncio.timeout(_SCRAPE_TIMEOUT):
-            await observe_stream(metrics, app[keys.REDIS], app[keys.REDIS_KEYS])
+            await observe_stream(metrics, app[appkeys.REDIS], app[appkeys.REDIS_KEYS])
     except (aioredis.RedisError, OSError, TimeoutError):
         pass  # the gauges keep their last values; /readyz reports Redis trouble
     body = generate_latest(metrics.registry)

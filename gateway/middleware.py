@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import account, envelope, keys
+from gateway import account, appkeys, envelope
 from shared.errors import BadRequest, MinidoorError, NotFound
 from shared.guard import log_path
 from shared.messages import ErrorBody
@@ -53,7 +53,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=log_path(request))
-    request[keys.REQUEST_ID] = request_id
+    request[appkeys.REQUEST_ID] = request_id
     start = time.perf_counter()
     resp = await handler(request)
     resp.headers[REQUEST_ID_HEADER] = request_id

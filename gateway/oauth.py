@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gateway import keys
+from gateway import appkeys
 from gateway.params import read_params
 from shared.errors import BadRequest
 from shared.messages import TokenRequest
@@ -42,28 +42,28 @@ def _token_request(params: Mapping[str, str]) -> TokenRequest:
 async def introspect(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/introspect`` (RFC 7662): ``{"active": false}`` with 200 for any token not live."""
     req = _token_request(await read_params(request))
-    result = await request.app[keys.USER_STORE].introspect(req, request_id=request[keys.REQUEST_ID])
+    result = await request.app[appkeys.USER_STORE].introspect(req, request_id=request[appkeys.REQUEST_ID])
     return web.Response(body=_json.encode(result), content_type="application/json", headers=_NO_STORE)
 
 
 async def revoke(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/revoke`` (RFC 7009): 200 with an empty body, for unknown tokens too."""
     req = _token_request(await read_params(request))
-    await request.app[keys.USER_STORE].revoke(
-        req, request_id=request[keys.REQUEST_ID], client_ip=request[keys.CLIENT_IP]
+    await request.app[appkeys.USER_STORE].revoke(
+        req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
     return web.Response(status=200, headers=_NO_STORE)
 
 
 async def jwks(request: web.Request) -> web.Response:
     """``GET /.well-known/jwks``: every key that still verifies a live token."""
-    doc = await request.app[keys.USER_STORE].get_jwks(request_id=request[keys.REQUEST_ID])
+    doc = await request.app[appkeys.USER_STORE].get_jwks(request_id=request[appkeys.REQUEST_ID])
     return _cacheable(request, _json.encode(doc), JWKS_MAX_AGE)
 
 
 async def openid_configuration(request: web.Request) -> web.Response:
     """``GET /.well-known/openid-configuration``; the issuer is the configured one, whatever the Host header."""
-    doc = await request.app[keys.USER_STORE].get_openid_configuration(request_id=request[keys.REQUEST_ID])
+    doc = await request.app[appkeys.USER_STORE].get_openid_configuration(request_id=request[appkeys.REQUEST_ID])
     return _cacheable(request, _json.encode(doc), DISCOVERY_MAX_AGE)
 
 
@@ -78,22 +78,22 @@ def _cacheable(request: web.Request, body: bytes, max_age: int) -> web.Response:
 
 
 async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
-    """``app[keys.VERIFIER]``: checks bearer tokens of every application locally (JWKS from the user store,
+    """``app[appkeys.VERIFIER]``: checks bearer tokens of every application locally (JWKS from the user store,
     revocations from Redis). It starts in the background, so the gateway comes up while either is away."""
-    client = app[keys.USER_STORE]
+    client = app[appkeys.USER_STORE]
 
     async def fetch_jwks() -> Mapping[str, Any]:
         doc: dict[str, Any] = msgspec.to_builtins(await client.get_jwks())
         return doc
 
     verifier = Verifier(
-        issuer=app[keys.CONFIG].issuer,
+        issuer=app[appkeys.CONFIG].issuer,
         audience=None,
         jwks=fetch_jwks,
-        redis=app[keys.REDIS],
-        redis_keys=app[keys.REDIS_KEYS],
+        redis=app[appkeys.REDIS],
+        redis_keys=app[appkeys.REDIS_KEYS],
     )
     await verifier.start()
-    app[keys.VERIFIER] = verifier
+    app[appkeys.VERIFIER] = verifier
     yield
     await verifier.close()

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from gateway import appkeys
 from gateway.account import ENVELOPE_PATHS
 from shared.guard import MAX_FIELD_CHARS
 from shared.messages import (
@@ -32,7 +33,6 @@ from shared.messages import (
 PATH = "/api/openapi.json"
 #: Routes of the gateway that the document leaves out: ``/metrics`` answers only the internal credential.
 INTERNAL_PATHS = frozenset({"/metrics"})
-OPENAPI = web.AppKey("openapi", bytes)
 
 Doc = dict[str, Any]
 _REF = "#/components/schemas/{name}"
@@ -578,10 +578,10 @@ def build_document() -> Doc:
 
 def setup_openapi(app: web.Application) -> None:
     """Build the document once and serve it at ``PATH``."""
-    app[OPENAPI] = msgspec.json.encode(build_document())
+    app[appkeys.OPENAPI] = msgspec.json.encode(build_document())
     app.router.add_get(PATH, openapi_json)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
     """``GET /api/openapi.json``."""
-    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+    return web.Response(body=request.app[appkeys.OPENAPI], content_type="application/json")

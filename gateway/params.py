@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from aiohttp import web
 
-from gateway import keys
+from gateway import appkeys
 from shared.errors import BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from shared.guard import check_field, valid_client_id
 
@@ -30,8 +30,8 @@ FORM = "application/x-www-form-urlencoded"
 async def read_params(request: web.Request) -> dict[str, str]:
     """All OAuth parameters of ``request``, parsed once per request (do not modify them); raises a clear
     ``MinidoorError`` for a body it cannot read."""
-    if keys.OAUTH_PARAMS in request:
-        return request[keys.OAUTH_PARAMS]
+    if appkeys.OAUTH_PARAMS in request:
+        return request[appkeys.OAUTH_PARAMS]
     params: dict[str, str] = dict(request.query)
     body = await read_body(request)
     content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
@@ -49,7 +49,7 @@ async def read_params(request: web.Request) -> dict[str, str]:
             if not params.get(key):
                 params[key] = value
     checked(params)
-    request[keys.OAUTH_PARAMS] = params
+    request[appkeys.OAUTH_PARAMS] = params
     return params
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from gateway import keys
+from gateway import appkeys
 from gateway.params import read_params
 from shared.errors import BadRequest, MinidoorError, Unauthorized
 from shared.messages import RefreshRequest
@@ -31,8 +31,8 @@ async def refresh_grant(request: web.Request, params: dict[str, str]) -> web.Res
         refresh_token=refresh_token,
         scope=params.get("scope", ""),
     )
-    token = await request.app[keys.USER_STORE].refresh(
-        req, request_id=request[keys.REQUEST_ID], client_ip=request[keys.CLIENT_IP]
+    token = await request.app[appkeys.USER_STORE].refresh(
+        req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
     return web.Response(
         body=_json.encode(token),

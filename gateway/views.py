@@ -8,14 +8,12 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import keys, refresh
-from gateway.jobs import JobPublisher
+from gateway import appkeys, refresh
 from gateway.params import read_params
 from shared.errors import BadRequest, MinidoorError, Unauthorized, error_from_wire
 from shared.messages import LoginFailed, LoginSucceeded
 
 MINIPROGRAM_TAG = "wechat_miniprogram"
-PUBLISHER = web.AppKey("publisher", JobPublisher)
 # wx.login() codes are short printable tokens; anything else is not worth a WeChat call.
 _CODE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _json = msgspec.json.Encoder()
@@ -26,11 +24,11 @@ async def access_token(request: web.Request) -> web.Response:
     params = await read_params(request)
     is_refresh = params.get("tag") != MINIPROGRAM_TAG and params.get("grant_type") == refresh.GRANT_TYPE
     if is_refresh:
-        request[keys.TOKEN_GRANT] = refresh.GRANT_TYPE
+        request[appkeys.TOKEN_GRANT] = refresh.GRANT_TYPE
     client_id = params.get("client_id", "")
     if not client_id:
         raise Unauthorized("client_id is missing")
-    app = await request.app[keys.APPLICATIONS].get(client_id, request_id=request[keys.REQUEST_ID])
+    app = await request.app[appkeys.APPLICATIONS].get(client_id, request_id=request[appkeys.REQUEST_ID])
 
     tag = params.get("tag", "")
     if is_refresh:
@@ -51,15 +49,15 @@ async def access_token(request: web.Request) -> web.Response:
     if not _CODE.match(code):
         raise BadRequest("code is malformed; send the code from wx.login() unchanged")
 
-    config = request.app[keys.CONFIG]
-    reply = await request.app[PUBLISHER].exchange(
-        request_id=request[keys.REQUEST_ID],
+    config = request.app[appkeys.CONFIG]
+    reply = await request.app[appkeys.PUBLISHER].exchange(
+        request_id=request[appkeys.REQUEST_ID],
         client_id=client_id,
         code=code,
         username=params.get("username", ""),
         avatar=params.get("avatar", ""),
         timeout=config.login_timeout,
-        client_ip=request[keys.CLIENT_IP],
+        client_ip=request[appkeys.CLIENT_IP],
     )
     match reply:
         case LoginSucceeded(token=token):
@@ -81,7 +79,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready: Redis answers (the user store has its own /readyz)."""
     try:
-        await request.app[keys.REDIS].ping()
+        await request.app[appkeys.REDIS].ping()
     except (aioredis.RedisError, OSError) as exc:
         return web.json_response({"status": "unavailable", "redis": str(exc)}, status=503)
     return web.json_response({"status": "ok"})

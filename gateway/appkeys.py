@@ -1,0 +1,57 @@
+"""Typed keys of the gateway's app state and per-request state (aiohttp ``AppKey`` and ``RequestKey``).
+
+Not to be confused with Redis key names (``shared/redis_keys.py``) or signing keys (the user store's).
+The value types are imported for type checking only, so any gateway module may import this one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from gateway.applications import ApplicationCache
+    from gateway.jobs import JobPublisher
+    from gateway.limits import GatewayLimits
+    from gateway.metrics import GatewayMetrics
+    from gateway.replies import ReplyWaiter
+    from shared.audit import AuditPublisher
+    from shared.config import GatewayConfig
+    from shared.ratelimit import RateLimiter
+    from shared.redis_keys import RedisKeys
+    from shared.user_store_client import UserStoreClient
+    from shared.verifier import Verifier
+
+CONFIG: web.AppKey[GatewayConfig] = web.AppKey("config")
+REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis")
+REDIS_KEYS: web.AppKey[RedisKeys] = web.AppKey("redis_keys")
+USER_STORE: web.AppKey[UserStoreClient] = web.AppKey("user_store")
+#: client_id -> application, cached briefly (``gateway/applications.py``).
+APPLICATIONS: web.AppKey[ApplicationCache] = web.AppKey("applications")
+#: Publishes code-exchange jobs (``gateway/jobs.py``) and waits on ``REPLIES`` for the answer.
+PUBLISHER: web.AppKey[JobPublisher] = web.AppKey("publisher")
+REPLIES: web.AppKey[ReplyWaiter] = web.AppKey("replies")
+#: Checks bearer access tokens locally (``shared.verifier``), for the per-user limits.
+VERIFIER: web.AppKey[Verifier] = web.AppKey("verifier")
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
+LIMITS: web.AppKey[GatewayLimits] = web.AppKey("limits")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+#: Rate-limit trips go to the audit log through Redis (``shared/audit.py``).
+AUDIT: web.AppKey[AuditPublisher] = web.AppKey("audit")
+#: The OpenAPI document, encoded once (``gateway/openapi.py``).
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
+
+#: Per request: the request id bound by ``middleware.request_context``.
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+#: Per request: the client's address as ``limits.request_ip`` decided it (TRUSTED_PROXIES), set by the rate-limit
+#: middleware before any view runs; views pass it on for the audit log.
+CLIENT_IP: web.RequestKey[str] = web.RequestKey("client_ip")
+#: Per request on the token endpoint: which grant it was ("wechat_miniprogram" or "refresh_token"), for metrics.
+TOKEN_GRANT: web.RequestKey[str] = web.RequestKey("token_grant")
+#: Per request: what ``params.read_params`` and ``auth.read_params`` parsed, so the rate-limit middleware's read of
+#: the credentials and the view's are one parse of the body.
+OAUTH_PARAMS: web.RequestKey[dict[str, str]] = web.RequestKey("oauth_params")
+ACCOUNT_PARAMS: web.RequestKey[dict[str, str]] = web.RequestKey("account_params")
