@@ -27,6 +27,7 @@ from shared.verifier import Verifier, http_jwks
 from tests.oauth_helpers import eventually, introspect, kid_of, stack_login
 from tests.stack import ROOT, Stack
 from user_store import admin, keyring
+from user_store.appkeys import PG_POOL, SIGNER
 from user_store.db import transaction
 from user_store.keycrypto import (
     MasterKey,
@@ -35,7 +36,6 @@ from user_store.keycrypto import (
     load_master_key,
     load_private_key,
 )
-from user_store.keys import PG_POOL, SIGNER
 from user_store.tokens import inspect_token
 
 MASTER = "m" * 40

@@ -23,8 +23,8 @@ from shared.redis_keys import RedisKeys
 from tests.oauth_helpers import hs256_token, unsigned_token
 from user_store import admin
 from user_store.app import create_app
+from user_store.appkeys import PG_POOL, REVOCATIONS, SIGNER
 from user_store.db import transaction
-from user_store.keys import PG_POOL, REVOCATIONS, SIGNER
 from user_store.revocations import Revocations
 from user_store.signing import Subject
 from user_store.tokens import authenticate_client, inspect_token, revoke_family, revoke_token, revoke_user_tokens

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from shared.config import Secret, UserStoreConfig
 from user_store import admin
 from user_store.app import create_app
-from user_store.keys import PG_POOL, SIGNER
+from user_store.appkeys import PG_POOL, SIGNER
 
 TOKEN = "t" * 32
 ISSUER = "http://issuer.test"

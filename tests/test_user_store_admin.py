@@ -16,8 +16,8 @@ from shared.config import Secret, UserStoreConfig
 from shared.errors import BadRequest, Conflict, NotFound
 from user_store import admin
 from user_store.app import create_app
+from user_store.appkeys import SIGNER
 from user_store.db import create_pool
-from user_store.keys import SIGNER
 from user_store.migrate import apply_migrations, load_migrations
 
 

@@ -29,6 +29,7 @@ from shared.messages import (
     UserUpdate,
 )
 from user_store import password_slots, users
+from user_store.appkeys import AUDIT, CONFIG, PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
 from user_store.callers import (
     Caller,
     authenticate,
@@ -40,7 +41,6 @@ from user_store.callers import (
 )
 from user_store.db import Conn, connection, transaction
 from user_store.http import json_response, read_json
-from user_store.keys import AUDIT, CONFIG, PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
 from user_store.refresh import logout as logout_tokens
 from user_store.refresh import refresh_tokens
 from user_store.tokens import revoke_user_tokens

@@ -8,10 +8,10 @@ from aiohttp import web
 
 from shared.config import UserStoreConfig
 from shared.guard import harden, input_guard
+from user_store.appkeys import CONFIG, METRICS, PASSWORD_HASHING, PG_POOL, RULES
 from user_store.db import create_pool
-from user_store.keys import CONFIG, PASSWORD_HASHING, PG_POOL, RULES
 from user_store.lifecycle import audit_ctx, revocations_ctx, signing_keys_ctx
-from user_store.metrics import METRICS, UserStoreMetrics, metrics_middleware
+from user_store.metrics import UserStoreMetrics, metrics_middleware
 from user_store.middleware import error_middleware, internal_auth_middleware
 from user_store.migrate import apply_migrations
 from user_store.routes import setup_routes

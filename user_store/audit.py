@@ -31,7 +31,7 @@ from shared.messages import STREAM_FIELD, AuditEvent, audit_decoder
 from shared.redis_keys import RedisKeys
 from user_store.db import CONNECTION_ERRORS, Conn, Pool
 
-if TYPE_CHECKING:  # user_store.metrics imports the app keys, which name AuditWriter
+if TYPE_CHECKING:
     from user_store.metrics import UserStoreMetrics
 
 log = structlog.get_logger()

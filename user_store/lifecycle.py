@@ -13,11 +13,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from shared.redis_keys import RedisKeys
+from user_store.appkeys import AUDIT, CONFIG, MASTER_KEY, METRICS, PG_POOL, REVOCATIONS, SIGNER
 from user_store.audit import AuditStreamDrain, AuditWriter, prune_forever
 from user_store.keycrypto import load_master_key
 from user_store.keyring import KeyLoader, KeyReloader, prepare_keys
-from user_store.keys import AUDIT, CONFIG, MASTER_KEY, PG_POOL, REVOCATIONS, SIGNER
-from user_store.metrics import METRICS
 from user_store.provider_secrets import prepare_provider_secrets
 from user_store.revocations import Revocations
 from user_store.session_keys import prepare_session_keys

@@ -10,7 +10,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from shared.guard import internal_only
-from user_store.keys import CONFIG
+from user_store.appkeys import CONFIG, METRICS
 
 #: Seconds; one login's transaction should take milliseconds.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -41,9 +41,6 @@ class UserStoreMetrics:
             "minidoor_user_store_audit_dropped", "Audit events lost, by reason: queue_full or insert_failed",
             ["reason"], registry=r,
         )  # fmt: skip
-
-
-METRICS = web.AppKey("metrics", UserStoreMetrics)
 
 
 @web.middleware

@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 from shared.errors import MinidoorError, Unauthorized
 from shared.messages import ErrorBody
 from shared.user_store_client import CLIENT_IP_HEADER, REQUEST_ID_HEADER
-from user_store.keys import CONFIG
+from user_store.appkeys import CONFIG
 
 log = structlog.get_logger()
 

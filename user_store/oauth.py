@@ -10,9 +10,9 @@ from aiohttp import web
 from shared.errors import BadRequest
 from shared.guard import log_id
 from shared.messages import Introspection, OpenIdConfiguration, TokenRequest
+from user_store.appkeys import AUDIT, CONFIG, PG_POOL, REVOCATIONS, SIGNER
 from user_store.db import connection, transaction
 from user_store.http import json_response, read_json
-from user_store.keys import AUDIT, CONFIG, PG_POOL, REVOCATIONS, SIGNER
 from user_store.signing import ALGORITHM, SCOPE
 from user_store.tokens import (
     TokenInfo,

@@ -13,9 +13,9 @@ from shared.errors import Unauthorized, Unavailable
 from shared.guard import log_id
 from shared.messages import ApplicationInfo, MiniProgramProvider, WechatLogin
 from user_store import queries
+from user_store.appkeys import AUDIT, MASTER_KEY, PG_POOL, RULES, SIGNER
 from user_store.db import transaction
 from user_store.http import json_response, read_json
-from user_store.keys import AUDIT, MASTER_KEY, PG_POOL, RULES, SIGNER
 from user_store.logins import login_wechat
 from user_store.provider_secrets import open_secret
 
