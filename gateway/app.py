@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
+import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.retry import Retry
@@ -16,7 +18,6 @@ from gateway.jobs import JobPublisher
 from gateway.limits import GatewayLimits, limits_ctx, rate_limit_middleware
 from gateway.metrics import GatewayMetrics, metrics_middleware
 from gateway.middleware import error_middleware, request_context
-from gateway.oauth import verifier_ctx
 from gateway.replies import ReplyWaiter
 from gateway.routes import setup_routes
 from shared.config import GatewayConfig
@@ -24,6 +25,7 @@ from shared.guard import harden, input_guard
 from shared.redis_keys import RedisKeys
 from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
+from shared.verifier import Verifier
 
 
 def create_app(config: GatewayConfig) -> web.Application:
@@ -41,7 +43,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.cleanup_ctx.append(limits_ctx)
     app.cleanup_ctx.append(_user_store)
     app.cleanup_ctx.append(_replies)
-    app.cleanup_ctx.append(verifier_ctx)
+    app.cleanup_ctx.append(_verifier)
     return app
 
 
@@ -79,3 +81,25 @@ async def _replies(app: web.Application) -> AsyncIterator[None]:
     waiter.start()
     yield
     await waiter.stop()
+
+
+async def _verifier(app: web.Application) -> AsyncIterator[None]:
+    """``app[appkeys.VERIFIER]``: checks bearer tokens of every application locally (JWKS from the user store,
+    revocations from Redis). It starts in the background, so the gateway comes up while either is away."""
+    client = app[appkeys.USER_STORE]
+
+    async def fetch_jwks() -> Mapping[str, Any]:
+        doc: dict[str, Any] = msgspec.to_builtins(await client.get_jwks())
+        return doc
+
+    verifier = Verifier(
+        issuer=app[appkeys.CONFIG].issuer,
+        audience=None,
+        jwks=fetch_jwks,
+        redis=app[appkeys.REDIS],
+        redis_keys=app[appkeys.REDIS_KEYS],
+    )
+    await verifier.start()
+    app[appkeys.VERIFIER] = verifier
+    yield
+    await verifier.close()

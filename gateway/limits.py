@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import account, appkeys, auth, params
+from gateway import appkeys, auth, params
 from gateway.metrics import LOGIN_PATH
-from gateway.refresh import REFRESH_PATH
+from gateway.views import account
+from gateway.views.token import REFRESH_PATH
 from shared.audit import AuditPublisher
 from shared.config import GatewayConfig
 from shared.errors import InvalidToken, MinidoorError, Unauthorized

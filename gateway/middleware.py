@@ -12,7 +12,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import account, appkeys, envelope
+from gateway import appkeys, envelope
+from gateway.views import account
 from shared.errors import BadRequest, MinidoorError, NotFound
 from shared.guard import log_path
 from shared.messages import ErrorBody

@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.account import ENVELOPE_PATHS
+from gateway.views.account import ENVELOPE_PATHS
 from shared.guard import MAX_FIELD_CHARS
 from shared.messages import (
     CasdoorOrganization,

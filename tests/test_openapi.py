@@ -11,9 +11,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from gateway.account import ENVELOPE_PATHS
 from gateway.app import create_app
 from gateway.openapi import INTERNAL_PATHS, PATH, build_document
+from gateway.views.account import ENVELOPE_PATHS
 from shared.config import GatewayConfig, Secret
 
 METHODS = ("get", "post", "put", "patch", "delete")

@@ -16,9 +16,9 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.account import _int
 from gateway.auth import credentials
 from gateway.params import FORM, JSON_FIELDS, _json_fields, basic_pair, checked, form_fields
+from gateway.views.account import _int
 from shared.errors import MinidoorError
 from shared.guard import MAX_FIELD_CHARS, MAX_JSON_DEPTH, check_body, check_field, check_text, json_depth
 from shared.messages import Credentials

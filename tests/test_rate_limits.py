@@ -22,9 +22,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.account import ENVELOPE_PATHS
 from gateway.app import create_app
 from gateway.limits import OAUTH_CLIENT_PATHS
+from gateway.views.account import ENVELOPE_PATHS
 from services.ports import free_ports
 from shared.audit import AuditPublisher
 from shared.config import GatewayConfig, Secret

@@ -1,19 +1,23 @@
-"""Public HTTP handlers."""
+"""The token endpoint, ``POST /api/login/oauth/access_token`` (the mini-program login and the refresh grant), and
+Casdoor's dedicated refresh endpoint, ``POST /api/login/oauth/refresh_token``. A login is a job for the auth workers
+(``gateway/jobs.py``); a refresh is one user-store call, which rotates the pair (``user_store/refresh.py``)."""
 
 from __future__ import annotations
 
 import re
 
 import msgspec
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import appkeys, refresh
+from gateway import appkeys
 from gateway.params import read_params
 from shared.errors import BadRequest, MinidoorError, Unauthorized, error_from_wire
-from shared.messages import LoginFailed, LoginSucceeded
+from shared.messages import LoginFailed, LoginSucceeded, RefreshRequest
 
 MINIPROGRAM_TAG = "wechat_miniprogram"
+REFRESH_GRANT = "refresh_token"
+#: Casdoor's dedicated refresh endpoint; the token endpoint takes the grant too.
+REFRESH_PATH = "/api/login/oauth/refresh_token"
 # wx.login() codes are short printable tokens; anything else is not worth a WeChat call.
 _CODE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _json = msgspec.json.Encoder()
@@ -22,9 +26,9 @@ _json = msgspec.json.Encoder()
 async def access_token(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/access_token``: Casdoor's token endpoint, mini-program branch and refresh grant."""
     params = await read_params(request)
-    is_refresh = params.get("tag") != MINIPROGRAM_TAG and params.get("grant_type") == refresh.GRANT_TYPE
+    is_refresh = params.get("tag") != MINIPROGRAM_TAG and params.get("grant_type") == REFRESH_GRANT
     if is_refresh:
-        request[appkeys.TOKEN_GRANT] = refresh.GRANT_TYPE
+        request[appkeys.TOKEN_GRANT] = REFRESH_GRANT
     client_id = params.get("client_id", "")
     if not client_id:
         raise Unauthorized("client_id is missing")
@@ -32,7 +36,7 @@ async def access_token(request: web.Request) -> web.Response:
 
     tag = params.get("tag", "")
     if is_refresh:
-        return await refresh.refresh_grant(request, params)
+        return await _refresh_grant(request, params)
     if tag != MINIPROGRAM_TAG:
         if params.get("grant_type"):
             raise MinidoorError(
@@ -71,15 +75,33 @@ async def access_token(request: web.Request) -> web.Response:
     raise AssertionError("unreachable")
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Alive: the process answers."""
-    return web.json_response({"status": "ok"})
+async def _refresh_grant(request: web.Request, params: dict[str, str]) -> web.Response:
+    """New tokens for ``params['refresh_token']``; a mini program, a public client, sends no client_secret."""
+    client_id = params.get("client_id", "")
+    if not client_id:
+        raise Unauthorized("client_id is missing")
+    refresh_token = params.get("refresh_token", "")
+    if not refresh_token:
+        raise BadRequest("refresh_token is missing")
+    req = RefreshRequest(
+        client_id=client_id,
+        client_secret=params.get("client_secret", ""),
+        refresh_token=refresh_token,
+        scope=params.get("scope", ""),
+    )
+    token = await request.app[appkeys.USER_STORE].refresh(
+        req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
+    )
+    return web.Response(
+        body=_json.encode(token),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Ready: Redis answers (the user store has its own /readyz)."""
-    try:
-        await request.app[appkeys.REDIS].ping()
-    except (aioredis.RedisError, OSError) as exc:
-        return web.json_response({"status": "unavailable", "redis": str(exc)}, status=503)
-    return web.json_response({"status": "ok"})
+async def refresh_token(request: web.Request) -> web.Response:
+    """``POST /api/login/oauth/refresh_token``: Casdoor's dedicated refresh endpoint."""
+    params = await read_params(request)
+    if params.get("grant_type") != REFRESH_GRANT:
+        raise MinidoorError("grant_type should be refresh_token", error="unsupported_grant_type", status=400)
+    return await _refresh_grant(request, params)
