@@ -1,5 +1,5 @@
-"""Internal endpoints behind the gateway's token-validation routes (``shared/user_store_client.py`` lists them):
-RFC 7662 introspection, RFC 7009 revocation, the JWKS and the OpenID discovery document."""
+"""RFC 7662 introspection (``POST /internal/tokens/introspect``) and RFC 7009 revocation
+(``POST /internal/tokens/revoke``), behind the gateway's routes of the same name."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from aiohttp import web
 
 from shared.errors import BadRequest
 from shared.guard import log_id
-from shared.messages import Introspection, OpenIdConfiguration, TokenRequest
-from user_store.appkeys import AUDIT, CONFIG, PG_POOL, REVOCATIONS, SIGNER
+from shared.messages import Introspection, TokenRequest
+from user_store.appkeys import AUDIT, PG_POOL, REVOCATIONS, SIGNER
 from user_store.db import connection, transaction
 from user_store.http import json_response, read_json
-from user_store.signing import ALGORITHM, SCOPE
 from user_store.tokens import (
     TokenInfo,
     authenticate_client,
@@ -25,12 +24,9 @@ from user_store.tokens import (
 )
 
 _request_decoder = msgspec.json.Decoder(TokenRequest)
+
+
 INACTIVE = Introspection(active=False)
-_CLIENT_AUTH = ["client_secret_basic", "client_secret_post"]
-_CLAIMS = (
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "scope", "tokenType", "owner", "name", "displayName",
-    "avatar",
-)  # fmt: skip
 
 
 def introspection(info: TokenInfo) -> Introspection:
@@ -95,33 +91,3 @@ async def revoke(request: web.Request) -> web.Response:
             details={"kind": found.kind, "family_id": found.family_id, "revoked": len(revoked)},
         )
     return json_response({})
-
-
-async def jwks(request: web.Request) -> web.Response:
-    return json_response(request.app[SIGNER].jwk_set())
-
-
-def openid_configuration(issuer: str) -> OpenIdConfiguration:
-    """The discovery document; every URL derives from the configured issuer, never from a request."""
-    base = issuer.rstrip("/")
-    return OpenIdConfiguration(
-        issuer=issuer,
-        token_endpoint=f"{base}/api/login/oauth/access_token",
-        userinfo_endpoint=f"{base}/api/userinfo",
-        jwks_uri=f"{base}/.well-known/jwks",
-        introspection_endpoint=f"{base}/api/login/oauth/introspect",
-        revocation_endpoint=f"{base}/api/login/oauth/revoke",
-        end_session_endpoint=f"{base}/api/logout",
-        response_types_supported=["token"],
-        subject_types_supported=["public"],
-        id_token_signing_alg_values_supported=[ALGORITHM],
-        token_endpoint_auth_methods_supported=["none", *_CLIENT_AUTH],
-        introspection_endpoint_auth_methods_supported=_CLIENT_AUTH,
-        revocation_endpoint_auth_methods_supported=_CLIENT_AUTH,
-        scopes_supported=[SCOPE],
-        claims_supported=list(_CLAIMS),
-    )
-
-
-async def discovery(request: web.Request) -> web.Response:
-    return json_response(openid_configuration(request.app[CONFIG].issuer))

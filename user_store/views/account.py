@@ -1,4 +1,5 @@
-"""Internal endpoints behind the gateway's account API (``shared/user_store_client.py`` lists them).
+"""``/internal/account/*``: the internal endpoints behind the gateway's account API (``shared/user_store_client.py``
+lists them).
 
 Each request carries the caller's credentials as the gateway received them; the caller is authenticated here, in
 the same request as the operation (``callers.authenticate``), so a revoked token or a forbidden user is refused at
@@ -21,7 +22,6 @@ from shared.messages import (
     Account,
     LogoutRequest,
     LogoutResult,
-    RefreshRequest,
     UpdateResult,
     UserInfo,
     UserList,
@@ -41,8 +41,7 @@ from user_store.callers import (
 )
 from user_store.db import Conn, connection, transaction
 from user_store.http import json_response, read_json
-from user_store.refresh import logout as logout_tokens
-from user_store.refresh import refresh_tokens
+from user_store.logout import logout as logout_tokens
 from user_store.tokens import revoke_user_tokens
 from user_store.user_updates import parse_columns, plan_changes
 from user_store.users import Lookup
@@ -50,7 +49,6 @@ from user_store.users import Lookup
 _query_decoder = msgspec.json.Decoder(UserQuery)
 _update_decoder = msgspec.json.Decoder(UserUpdate)
 _logout_decoder = msgspec.json.Decoder(LogoutRequest)
-_refresh_decoder = msgspec.json.Decoder(RefreshRequest)
 #: A page of get-users is at most this long.
 MAX_PAGE_SIZE = 1000
 
@@ -244,11 +242,3 @@ async def logout(request: web.Request) -> web.Response:
         )
     user, revoked = await logout_tokens(request.app[PG_POOL], request.app[REVOCATIONS], tokens, request.app[AUDIT])
     return json_response(LogoutResult(user=user, revoked=revoked))
-
-
-async def refresh(request: web.Request) -> web.Response:
-    req = await read_json(request, _refresh_decoder)
-    structlog.contextvars.bind_contextvars(client_id=log_id(req.client_id))
-    app = request.app
-    response = await refresh_tokens(app[PG_POOL], app[SIGNER], app[REVOCATIONS], req, app[AUDIT])
-    return json_response(response)
