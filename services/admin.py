@@ -23,9 +23,10 @@ import msgspec
 from services.embedded import EmbeddedPostgres
 from shared.errors import BadRequest, MinidoorError
 from shared.messages import AuditEvent
-from user_store import admin, audit, certificates, keyring, rekey
-from user_store.keycrypto import MasterKey, master_key_from_env
+from user_store import admin, audit, rekey
+from user_store.master_key import MasterKey, master_key_from_env
 from user_store.migrate import apply_migrations
+from user_store.signing_keys import certificates, keyring
 
 #: Where ``attach-provider`` reads the AppSecret when no ``--secret-file`` is given (then stdin).
 SECRET_ENV = "WECHAT_APP_SECRET"

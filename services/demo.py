@@ -12,10 +12,11 @@ import asyncpg
 import msgspec
 
 from shared.errors import Conflict, NotFound
-from user_store import admin, certificates, keyring, queries
-from user_store.keycrypto import MasterKey
+from user_store import admin, queries
+from user_store.master_key import MasterKey
 from user_store.migrate import apply_migrations
 from user_store.provider_secrets import open_secret
+from user_store.signing_keys import certificates, keyring
 
 ORGANIZATION = "demo"
 APPLICATION = "demo-app"

@@ -23,7 +23,7 @@ from services.demo import Demo, print_banner, seed_demo
 from services.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.processes import Child, die_with_parent, stop_in_order
 from shared.config import RunnerConfig
-from user_store.keycrypto import MasterKey, ensure_master_key_file, load_master_key
+from user_store.master_key import MasterKey, ensure_master_key_file, load_master_key
 
 log = structlog.get_logger()
 

@@ -36,7 +36,7 @@ RateCount = Annotated[int, msgspec.Meta(ge=0)]
 LogLevel = Annotated[str, msgspec.Meta(pattern="(?i)^(debug|info|warning|error)$")]
 LogFormat = Annotated[str, msgspec.Meta(pattern="^(json|console|auto)$")]
 #: The shortest INTERNAL_TOKEN (and INTERNAL_TOKEN_PREVIOUS), and the shortest key that derives AES keys:
-#: STREAM_SEAL_KEY, MASTER_KEY, MASTER_KEY_PREVIOUS (``shared/streamseal.py``, ``user_store/keycrypto.py``).
+#: STREAM_SEAL_KEY, MASTER_KEY, MASTER_KEY_PREVIOUS (``shared/streamseal.py``, ``user_store/master_key.py``).
 MIN_TOKEN_CHARS = 16
 MIN_KEY_CHARS = 32
 

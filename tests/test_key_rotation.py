@@ -26,16 +26,12 @@ from shared.redis_keys import RedisKeys
 from shared.verifier import Verifier, http_jwks
 from tests.oauth_helpers import eventually, introspect, kid_of, stack_login
 from tests.stack import ROOT, Stack
-from user_store import admin, keyring
+from user_store import admin
 from user_store.appkeys import PG_POOL, SIGNER
 from user_store.db import transaction
-from user_store.keycrypto import (
-    MasterKey,
-    WrongMasterKey,
-    ensure_master_key_file,
-    load_master_key,
-    load_private_key,
-)
+from user_store.master_key import MasterKey, WrongMasterKey, ensure_master_key_file, load_master_key
+from user_store.signing_keys import keyring
+from user_store.signing_keys.material import load_private_key
 from user_store.tokens import inspect_token
 
 MASTER = "m" * 40

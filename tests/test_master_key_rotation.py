@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.store_helpers import TOKEN, create_store
 from user_store import admin
-from user_store.keycrypto import MasterKey, WrongMasterKey
+from user_store.master_key import MasterKey, WrongMasterKey
 from user_store.rekey import reseal_all
 from user_store.session_keys import family_row, identity_row
 

@@ -25,7 +25,7 @@ from tests.stack import ROOT, Stack
 from tests.store_helpers import TOKEN
 from tests.store_helpers import create_store as store_with
 from user_store import admin
-from user_store.keycrypto import MasterKey, WrongMasterKey
+from user_store.master_key import MasterKey, WrongMasterKey
 
 MASTER = "m" * 40
 OTHER = "o" * 40

@@ -14,7 +14,7 @@ from tests.store_helpers import TOKEN
 from tests.store_helpers import create_store as store_with
 from user_store import admin
 from user_store.app import create_app
-from user_store.keycrypto import MasterKey, WrongMasterKey
+from user_store.master_key import MasterKey, WrongMasterKey
 from user_store.session_keys import family_row, identity_row
 
 MASTER = "m" * 40

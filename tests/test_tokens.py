@@ -26,7 +26,7 @@ from user_store.app import create_app
 from user_store.appkeys import PG_POOL, REVOCATIONS, SIGNER
 from user_store.db import transaction
 from user_store.revocations import Revocations
-from user_store.signing import Subject
+from user_store.signing_keys.signer import Subject
 from user_store.tokens import authenticate_client, inspect_token, revoke_family, revoke_token, revoke_user_tokens
 
 TOKEN = "t" * 32

@@ -15,10 +15,10 @@ if TYPE_CHECKING:
 
     from shared.config import UserStoreConfig
     from user_store.audit import AuditWriter
-    from user_store.keycrypto import MasterKey
+    from user_store.master_key import MasterKey
     from user_store.metrics import UserStoreMetrics
     from user_store.revocations import Revocations
-    from user_store.signing import Signer
+    from user_store.signing_keys.signer import Signer
     from user_store.user_rules import UserRules
     from user_store.users import PasswordHashing
 

@@ -17,7 +17,7 @@ from shared.errors import PLEASE_LOGIN, BadRequest, Forbidden, InvalidToken, Not
 from shared.messages import Credentials
 from user_store.db import Conn
 from user_store.queries import translate
-from user_store.signing import Signer
+from user_store.signing_keys.signer import Signer
 from user_store.tokens import TokenInfo, authenticate_client, inspect_token
 from user_store.users import Lookup, find_user
 

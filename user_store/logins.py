@@ -15,9 +15,9 @@ from shared.messages import LoginResult, WechatLogin
 from user_store import queries
 from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
-from user_store.keycrypto import MasterKey
+from user_store.master_key import MasterKey
 from user_store.session_keys import family_row, identity_row, session_key_columns
-from user_store.signing import Signer, Subject
+from user_store.signing_keys.signer import Signer, Subject
 from user_store.tokens import issue_tokens
 from user_store.user_rules import MAX_DISPLAY_NAME, USERNAME_RE, UserRules, normalize
 

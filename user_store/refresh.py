@@ -21,7 +21,7 @@ from user_store import queries
 from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
 from user_store.revocations import Revocations
-from user_store.signing import Signer, Subject, token_hash
+from user_store.signing_keys.signer import Signer, Subject, token_hash
 from user_store.tokens import (
     authenticate_client,
     issue_tokens,

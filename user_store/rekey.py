@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.config import ConfigError
 from user_store.db import Conn
-from user_store.keycrypto import MasterKey
+from user_store.master_key import MasterKey
 from user_store.session_keys import family_row, identity_row
 
 

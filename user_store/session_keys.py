@@ -14,7 +14,7 @@ import structlog
 
 from shared.config import ConfigError
 from user_store.db import Conn
-from user_store.keycrypto import MasterKey
+from user_store.master_key import MasterKey
 
 log = structlog.get_logger()
 

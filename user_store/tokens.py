@@ -41,7 +41,7 @@ from user_store import queries
 from user_store.db import Conn
 from user_store.queries import translate
 from user_store.revocations import Revocations
-from user_store.signing import ALGORITHM, MintedTokens, Signer, Subject, token_hash
+from user_store.signing_keys.signer import ALGORITHM, MintedTokens, Signer, Subject, token_hash
 
 TokenKind = Literal["access", "refresh"]
 

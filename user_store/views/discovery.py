@@ -8,7 +8,7 @@ from aiohttp import web
 from shared.messages import OpenIdConfiguration
 from user_store.appkeys import CONFIG, SIGNER
 from user_store.http import json_response
-from user_store.signing import ALGORITHM, SCOPE
+from user_store.signing_keys.signer import ALGORITHM, SCOPE
 
 _CLAIMS = (
     "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "scope", "tokenType", "owner", "name", "displayName",

@@ -2,7 +2,7 @@
 
 Keys are parsed from PEM once, when loaded, and kept as ``cryptography`` key objects: PyJWT re-parsing a PEM on
 every signature costs ~27 ms, signing with a loaded key well under 1 ms. Loading, encryption at rest and rotation
-live in ``user_store.keyring``; a running store swaps a ``Signer``'s keys in place with ``Signer.update``.
+live in ``user_store.signing_keys.keyring``; a running store swaps a ``Signer``'s keys in place with ``Signer.update``.
 """
 
 from __future__ import annotations

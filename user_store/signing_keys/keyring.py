@@ -27,15 +27,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from shared.config import ConfigError
 from shared.errors import BadRequest, NotFound
 from user_store.db import Conn, Pool
-from user_store.keycrypto import (
-    MasterKey,
+from user_store.master_key import MasterKey
+from user_store.signing_keys.material import (
     certificate_der,
     load_private_key,
     new_private_key,
     private_key_pem,
     self_signed_certificate,
 )
-from user_store.signing import ALGORITHM, Signer, SigningKey
+from user_store.signing_keys.signer import ALGORITHM, Signer, SigningKey
 
 log = structlog.get_logger()
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import msgspec
 
 from shared.errors import NotFound
-from user_store import admin, keyring
+from user_store import admin
 from user_store.db import Conn
-from user_store.keycrypto import KEY_BITS
-from user_store.signing import ALGORITHM
+from user_store.signing_keys import keyring
+from user_store.signing_keys.material import KEY_BITS
+from user_store.signing_keys.signer import ALGORITHM
 
 
 class Certificate(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
