@@ -17,11 +17,12 @@ from gateway.applications import ApplicationCache
 from gateway.jobs import JobPublisher
 from gateway.limits import GatewayLimits, limits_ctx, rate_limit_middleware
 from gateway.metrics import GatewayMetrics, metrics_middleware
-from gateway.middleware import error_middleware, request_context
+from gateway.middleware import error_middleware
 from gateway.replies import ReplyWaiter
 from gateway.routes import setup_routes
 from shared.config import GatewayConfig
 from shared.guard import harden, input_guard
+from shared.middleware import request_log
 from shared.redis_keys import RedisKeys
 from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
@@ -30,7 +31,7 @@ from shared.verifier import Verifier
 
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, metrics_middleware, error_middleware, input_guard, rate_limit_middleware],
+        middlewares=[request_log, metrics_middleware, error_middleware, input_guard, rate_limit_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[appkeys.CONFIG] = config

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from shared import middleware as shared_middleware
+
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
@@ -44,8 +46,8 @@ AUDIT: web.AppKey[AuditPublisher] = web.AppKey("audit")
 #: The OpenAPI document, encoded once (``gateway/openapi.py``).
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
 
-#: Per request: the request id bound by ``middleware.request_context``.
-REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+#: Per request: the request id (``shared.middleware.request_log``).
+REQUEST_ID = shared_middleware.REQUEST_ID
 #: Per request: the client's address as ``limits.request_ip`` decided it (TRUSTED_PROXIES), set by the rate-limit
 #: middleware before any view runs; views pass it on for the audit log.
 CLIENT_IP: web.RequestKey[str] = web.RequestKey("client_ip")

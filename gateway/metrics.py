@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from gateway import appkeys
 from shared.guard import internal_only
+from shared.middleware import route_of
 from shared.redis_keys import RedisKeys
 
 LOGIN_PATH = "/api/login/oauth/access_token"
@@ -75,17 +76,16 @@ class GatewayMetrics:
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time every request; sits inside ``request_context`` and outside the error middleware."""
+    """Count and time every request; sits inside ``request_log`` and outside the error middleware."""
     start = time.perf_counter()
     resp = await handler(request)
     seconds = time.perf_counter() - start
     metrics = request.app[appkeys.METRICS]
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+    route = route_of(request)
     metrics.requests.labels(route, str(resp.status)).inc()
     metrics.request_seconds.labels(route).observe(seconds)
     if request.path == LOGIN_PATH and request.get(appkeys.TOKEN_GRANT) != "refresh_token":
-        error = structlog.contextvars.get_contextvars().get("error", "server_error")
+        error = structlog.contextvars.get_contextvars().get("outcome", "server_error")
         metrics.logins.labels("token" if resp.status == 200 else str(error)).inc()
         metrics.login_seconds.observe(seconds)
     return resp

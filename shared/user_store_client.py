@@ -55,6 +55,7 @@ from shared.messages import (
     UserUpdate,
     WechatLogin,
 )
+from shared.middleware import REQUEST_ID_HEADER
 
 T = TypeVar("T")
 
@@ -75,7 +76,6 @@ _update_decoder = msgspec.json.Decoder(UpdateResult)
 _logout_decoder = msgspec.json.Decoder(LogoutResult)
 _encoder = msgspec.json.Encoder()
 
-REQUEST_ID_HEADER = "X-Request-Id"
 #: The end user's IP as the gateway saw it, for the user store's audit log; sent on the calls that are audited.
 CLIENT_IP_HEADER = "X-Client-IP"
 

@@ -13,29 +13,23 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from shared.config import UserStoreConfig
+from shared.guard import harden, input_guard
+from shared.middleware import request_log
 from shared.redis_keys import RedisKeys
-from user_store.appkeys import AUDIT, CONFIG, MASTER_KEY, METRICS, PG_POOL, REVOCATIONS, SIGNER
+from user_store.appkeys import AUDIT, CONFIG, MASTER_KEY, METRICS, PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
 from user_store.audit import AuditStreamDrain, AuditWriter, prune_forever
+from user_store.db import create_pool
 from user_store.master_key import load_master_key
+from user_store.metrics import UserStoreMetrics, metrics_middleware
+from user_store.middleware import client_ip_middleware, error_middleware, internal_auth_middleware
+from user_store.migrate import apply_migrations
 from user_store.provider_secrets import prepare_provider_secrets
 from user_store.revocations import Revocations
+from user_store.routes import setup_routes
 from user_store.session_keys import prepare_session_keys
 from user_store.signing_keys.keyring import KeyLoader, KeyReloader, prepare_keys
 from user_store.signing_keys.signer import Signer
-
-
-from collections.abc import AsyncIterator
-
-from aiohttp import web
-
-from shared.config import UserStoreConfig
-from shared.guard import harden, input_guard
-from user_store.appkeys import CONFIG, METRICS, PASSWORD_HASHING, PG_POOL, RULES
-from user_store.db import create_pool
-from user_store.metrics import UserStoreMetrics, metrics_middleware
-from user_store.middleware import error_middleware, internal_auth_middleware
-from user_store.migrate import apply_migrations
-from user_store.routes import setup_routes
 from user_store.user_rules import UserRules
 from user_store.users import PasswordHashing
 
@@ -43,7 +37,14 @@ from user_store.users import PasswordHashing
 def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Application:
     """The user store; its pool, migrations and signing keys come up in ``cleanup_ctx`` when it starts."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, input_guard, internal_auth_middleware],
+        middlewares=[
+            request_log,
+            client_ip_middleware,
+            metrics_middleware,
+            error_middleware,
+            input_guard,
+            internal_auth_middleware,
+        ],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config

@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from shared.guard import internal_only
+from shared.middleware import route_of
 from user_store.appkeys import CONFIG, METRICS
 
 #: Seconds; one login's transaction should take milliseconds.
@@ -45,12 +46,11 @@ class UserStoreMetrics:
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time every request; the outermost middleware, so it sees the rendered error responses too."""
+    """Count and time every request; outside the error middleware, so it sees the rendered error responses too."""
     start = time.perf_counter()
     resp = await handler(request)
     metrics = request.app[METRICS]
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+    route = route_of(request)
     metrics.requests.labels(route, str(resp.status)).inc()
     metrics.request_seconds.labels(route).observe(time.perf_counter() - start)
     created = structlog.contextvars.get_contextvars().get("created")

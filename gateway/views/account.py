@@ -1,7 +1,7 @@
 """Casdoor's account API: ``get-account``, ``userinfo``, ``get-user``, ``get-users``, ``update-user``, ``logout``.
 
 Each view reads the caller's credentials (``gateway.auth``) and its parameters, and asks the user store, which
-authenticates and acts in one request. Answers use Casdoor's envelope (``gateway.envelope``), except userinfo's
+authenticates and acts in one request. Answers use Casdoor's envelope (``gateway/responses.py``), except userinfo's
 raw claims; errors get the envelope from the error middleware.
 """
 
@@ -13,9 +13,10 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import appkeys, envelope
+from gateway import appkeys
 from gateway.auth import credentials, read_params
 from gateway.params import read_body
+from gateway.responses import envelope_ok, private_json
 from shared.errors import BadRequest
 from shared.messages import LogoutRequest, UserQuery, UserUpdate
 
@@ -53,7 +54,7 @@ async def get_account(request: web.Request) -> web.Response:
     account = await request.app[appkeys.USER_STORE].get_account(
         await _query(request), request_id=request[appkeys.REQUEST_ID]
     )
-    return envelope.ok(account.user, data2=account.organization, sub=account.user.id, name=account.user.name)
+    return envelope_ok(account.user, data2=account.organization, sub=account.user.id, name=account.user.name)
 
 
 async def userinfo(request: web.Request) -> web.Response:
@@ -61,20 +62,20 @@ async def userinfo(request: web.Request) -> web.Response:
     claims = await request.app[appkeys.USER_STORE].userinfo(
         await _query(request), request_id=request[appkeys.REQUEST_ID]
     )
-    return envelope.raw(claims)
+    return private_json(claims)
 
 
 async def get_user(request: web.Request) -> web.Response:
     """``GET /api/get-user?id=owner/name`` (or ``owner`` with ``userId``, ``email`` or ``phone``)."""
     user = await request.app[appkeys.USER_STORE].get_user(await _query(request), request_id=request[appkeys.REQUEST_ID])
-    return envelope.ok(user)
+    return envelope_ok(user)
 
 
 async def get_users(request: web.Request) -> web.Response:
     """``GET /api/get-users?owner=org``: every user, or page ``p`` of ``pageSize`` with the total in ``data2``."""
     query = await _query(request)
     result = await request.app[appkeys.USER_STORE].get_users(query, request_id=request[appkeys.REQUEST_ID])
-    return envelope.ok(result.users, data2=result.total if query.page_size else None)
+    return envelope_ok(result.users, data2=result.total if query.page_size else None)
 
 
 async def update_user(request: web.Request) -> web.Response:
@@ -93,7 +94,7 @@ async def update_user(request: web.Request) -> web.Response:
     result = await request.app[appkeys.USER_STORE].update_user(
         update, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
-    return envelope.ok("Affected" if result.affected else "Unaffected")
+    return envelope_ok("Affected" if result.affected else "Unaffected")
 
 
 def _user_object(body: bytes) -> dict[str, Any]:
@@ -117,7 +118,7 @@ async def logout(request: web.Request) -> web.Response:
     result = await request.app[appkeys.USER_STORE].logout(
         req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
-    return envelope.ok(result.user)
+    return envelope_ok(result.user)
 
 
 #: Casdoor's account routes. Their answers, errors included, use Casdoor's envelope (``middleware.render_error``).

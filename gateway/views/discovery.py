@@ -13,7 +13,6 @@ from gateway import appkeys
 #: The JWKS may be cached a minute: a rotation lists a new key 90 s before it signs (``keyring.DEFAULT_ACTIVATE_IN``).
 JWKS_MAX_AGE = 60
 DISCOVERY_MAX_AGE = 3600
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _json = msgspec.json.Encoder()
 
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import msgspec
 from aiohttp import web
 
 from gateway import appkeys
 from gateway.params import read_params
+from gateway.responses import NO_STORE, private_json
 from shared.errors import BadRequest
 from shared.messages import TokenRequest
 
 #: The JWKS may be cached a minute: a rotation lists a new key 90 s before it signs (``keyring.DEFAULT_ACTIVATE_IN``).
 JWKS_MAX_AGE = 60
 DISCOVERY_MAX_AGE = 3600
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_json = msgspec.json.Encoder()
 
 
 def _token_request(params: Mapping[str, str]) -> TokenRequest:
@@ -40,7 +38,7 @@ async def introspect(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/introspect`` (RFC 7662): ``{"active": false}`` with 200 for any token not live."""
     req = _token_request(await read_params(request))
     result = await request.app[appkeys.USER_STORE].introspect(req, request_id=request[appkeys.REQUEST_ID])
-    return web.Response(body=_json.encode(result), content_type="application/json", headers=_NO_STORE)
+    return private_json(result)
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -49,4 +47,4 @@ async def revoke(request: web.Request) -> web.Response:
     await request.app[appkeys.USER_STORE].revoke(
         req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
-    return web.Response(status=200, headers=_NO_STORE)
+    return web.Response(status=200, headers=NO_STORE)

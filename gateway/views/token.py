@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import re
 
-import msgspec
 from aiohttp import web
 
 from gateway import appkeys
 from gateway.params import read_params
+from gateway.responses import private_json
 from shared.errors import BadRequest, MinidoorError, Unauthorized, error_from_wire
 from shared.messages import LoginFailed, LoginSucceeded, RefreshRequest
 
@@ -20,7 +20,6 @@ REFRESH_GRANT = "refresh_token"
 REFRESH_PATH = "/api/login/oauth/refresh_token"
 # wx.login() codes are short printable tokens; anything else is not worth a WeChat call.
 _CODE = re.compile(r"^[\x21-\x7e]{1,256}$")
-_json = msgspec.json.Encoder()
 
 
 async def access_token(request: web.Request) -> web.Response:
@@ -65,11 +64,7 @@ async def access_token(request: web.Request) -> web.Response:
     )
     match reply:
         case LoginSucceeded(token=token):
-            return web.Response(
-                body=_json.encode(token),
-                content_type="application/json",
-                headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-            )
+            return private_json(token)
         case LoginFailed():
             raise error_from_wire(reply.status, reply.error, reply.error_description, reply.retry_after)
     raise AssertionError("unreachable")
@@ -92,11 +87,7 @@ async def _refresh_grant(request: web.Request, params: dict[str, str]) -> web.Re
     token = await request.app[appkeys.USER_STORE].refresh(
         req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
-    return web.Response(
-        body=_json.encode(token),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-    )
+    return private_json(token)
 
 
 async def refresh_token(request: web.Request) -> web.Response:
