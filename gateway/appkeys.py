@@ -53,7 +53,7 @@ REQUEST_ID = shared_middleware.REQUEST_ID
 CLIENT_IP: web.RequestKey[str] = web.RequestKey("client_ip")
 #: Per request on the token endpoint: which grant it was ("wechat_miniprogram" or "refresh_token"), for metrics.
 TOKEN_GRANT: web.RequestKey[str] = web.RequestKey("token_grant")
-#: Per request: what ``params.read_params`` and ``auth.read_params`` parsed, so the rate-limit middleware's read of
-#: the credentials and the view's are one parse of the body.
+#: Per request: what ``params.read_oauth_params`` and ``params.read_account_params`` parsed, so the rate-limit
+#: middleware's read of the credentials and the view's are one parse of the body.
 OAUTH_PARAMS: web.RequestKey[dict[str, str]] = web.RequestKey("oauth_params")
 ACCOUNT_PARAMS: web.RequestKey[dict[str, str]] = web.RequestKey("account_params")

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import appkeys, auth, params
+from gateway import appkeys, params
 from gateway.metrics import LOGIN_PATH
 from gateway.views import account
 from gateway.views.token import REFRESH_PATH
@@ -106,13 +106,15 @@ async def _caller(request: web.Request) -> tuple[Credentials, str] | None:
     middleware's ``try``, where the failure is counted."""
     try:
         if request.path in OAUTH_CLIENT_PATHS:
-            oauth = await params.read_params(request)
+            oauth = await params.read_oauth_params(request)
             found = Credentials(client_id=oauth.get("client_id", ""), client_secret=oauth.get("client_secret", ""))
             return found, oauth.get("code", "") if request.path == LOGIN_PATH else ""
         if request.path in account.ENVELOPE_PATHS:
             # update-user's body is the user object; its credentials come from the query and the headers only.
-            query = dict(request.query) if request.path == _USER_UPDATE_PATH else await auth.read_params(request)
-            return auth.credentials(request, query, required=False), ""
+            query = (
+                dict(request.query) if request.path == _USER_UPDATE_PATH else await params.read_account_params(request)
+            )
+            return params.caller_credentials(request, query, required=False), ""
     except MinidoorError:
         return None
     return Credentials(), ""

@@ -1,7 +1,17 @@
-"""Reading OAuth parameters the way Casdoor does (reference: casdoor-api.md §2.1).
+"""The gateway's one request reader: parameters and credentials, read the way Casdoor reads them.
 
-Precedence: the URL query, overridden by an ``application/x-www-form-urlencoded`` body; then HTTP Basic for
-``client_id``/``client_secret`` when both are still empty; then a JSON body fills each field still empty.
+OAuth endpoints (``read_oauth_params``, casdoor-api.md §2.1): the URL query, overridden by an
+``application/x-www-form-urlencoded`` body; then HTTP Basic for ``client_id``/``client_secret`` when both are still
+empty; then a JSON body fills each field still empty.
+
+Account routes (``read_account_params``, ``caller_credentials``, §3): the URL query, overridden by a form body. The
+caller is a bearer access token, from the ``accessToken`` or ``access_token`` parameter or the
+``Authorization: Bearer`` header (any case of the scheme; Casdoor wants exactly "Bearer"); else the application's
+client credentials, from HTTP Basic or the ``clientId``/``clientSecret`` parameters. Nothing is trusted here: the
+credentials travel to the user store with the operation, which checks them (the token's signature, row, revocation
+and user state) in the same request, so a revocation or a forbidden user is seen at once on every gateway.
+
+Either parse is done once per request and cached on it, so the rate-limit middleware and the view share it.
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ import msgspec
 from aiohttp import web
 
 from gateway import appkeys
-from shared.errors import BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from shared.errors import PLEASE_LOGIN, BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from shared.guard import check_field, valid_client_id
+from shared.messages import Credentials
 
 #: The fields Casdoor takes from a JSON body.
 JSON_FIELDS = (
@@ -27,7 +38,7 @@ JSON_FIELDS = (
 FORM = "application/x-www-form-urlencoded"
 
 
-async def read_params(request: web.Request) -> dict[str, str]:
+async def read_oauth_params(request: web.Request) -> dict[str, str]:
     """All OAuth parameters of ``request``, parsed once per request (do not modify them); raises a clear
     ``MinidoorError`` for a body it cannot read."""
     if appkeys.OAUTH_PARAMS in request:
@@ -51,6 +62,38 @@ async def read_params(request: web.Request) -> dict[str, str]:
     checked(params)
     request[appkeys.OAUTH_PARAMS] = params
     return params
+
+
+async def read_account_params(request: web.Request) -> dict[str, str]:
+    """The URL query, overridden by an ``application/x-www-form-urlencoded`` body; parsed once per request (do not
+    modify it)."""
+    if appkeys.ACCOUNT_PARAMS in request:
+        return request[appkeys.ACCOUNT_PARAMS]
+    params: dict[str, str] = dict(request.query)
+    if request.content_type == FORM:
+        params.update(form_fields(await read_body(request)))
+    request[appkeys.ACCOUNT_PARAMS] = checked(params)
+    return params
+
+
+def caller_credentials(request: web.Request, params: dict[str, str], *, required: bool = True) -> Credentials:
+    """The caller's credentials, unchecked; when ``required``, ``Unauthorized`` at once if it sent none, before any
+    of its input is read."""
+    token = params.get("accessToken") or params.get("access_token") or ""
+    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+    value = value.strip()
+    scheme = scheme.lower()
+    if not token and scheme == "bearer" and value:
+        token = value
+    if token:
+        return Credentials(access_token=token)
+    client_id, client_secret = params.get("clientId", ""), params.get("clientSecret", "")
+    if not client_id and not client_secret and scheme == "basic" and value:
+        client_id, client_secret = basic_pair(value)
+    if required and not client_id and not client_secret:
+        raise Unauthorized(PLEASE_LOGIN)
+    checked({"client_id": client_id, "client_secret": client_secret})
+    return Credentials(client_id=client_id, client_secret=client_secret)
 
 
 def checked(params: dict[str, str]) -> dict[str, str]:

@@ -16,8 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import credentials
-from gateway.params import FORM, JSON_FIELDS, _json_fields, basic_pair, checked, form_fields
+from gateway.params import FORM, JSON_FIELDS, _json_fields, basic_pair, caller_credentials, checked, form_fields
 from gateway.views.account import _int
 from shared.errors import MinidoorError
 from shared.guard import MAX_FIELD_CHARS, MAX_JSON_DEPTH, check_body, check_field, check_text, json_depth
@@ -140,7 +139,7 @@ class TestAuthorization:
     def test_credentials(self, header, params, required):
         """Any Authorization header and parameters give Credentials, or a 400/401."""
         request = make_mocked_request("GET", "/api/get-account", headers={"Authorization": header})
-        found = parses_or_4xx(lambda: credentials(request, dict(params), required=required))
+        found = parses_or_4xx(lambda: caller_credentials(request, dict(params), required=required))
         assert found is None or isinstance(found, Credentials)
 
 
@@ -201,5 +200,5 @@ def test_non_ascii_basic_is_a_400(header):
     """Non-ASCII in HTTP Basic credentials (the base64 part) is 400 invalid_request, not a crash."""
     request = make_mocked_request("GET", "/api/get-account", headers={"Authorization": header})
     with pytest.raises(MinidoorError) as caught:
-        credentials(request, {})
+        caller_credentials(request, {})
     assert caught.value.status == 400 and caught.value.error == "invalid_request"

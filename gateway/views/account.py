@@ -1,6 +1,6 @@
 """Casdoor's account API: ``get-account``, ``userinfo``, ``get-user``, ``get-users``, ``update-user``, ``logout``.
 
-Each view reads the caller's credentials (``gateway.auth``) and its parameters, and asks the user store, which
+Each view reads the caller's credentials (``gateway/params.py``) and its parameters, and asks the user store, which
 authenticates and acts in one request. Answers use Casdoor's envelope (``gateway/responses.py``), except userinfo's
 raw claims; errors get the envelope from the error middleware.
 """
@@ -14,8 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import appkeys
-from gateway.auth import credentials, read_params
-from gateway.params import read_body
+from gateway.params import caller_credentials, read_account_params, read_body
 from gateway.responses import envelope_ok, private_json
 from shared.errors import BadRequest
 from shared.messages import LogoutRequest, UserQuery, UserUpdate
@@ -34,8 +33,8 @@ def _int(params: dict[str, str], name: str) -> int:
 
 
 async def _query(request: web.Request) -> UserQuery:
-    params = await read_params(request)
-    caller = credentials(request, params)
+    params = await read_account_params(request)
+    caller = caller_credentials(request, params)
     return UserQuery(
         credentials=caller,
         id=params.get("id", ""),
@@ -82,7 +81,7 @@ async def update_user(request: web.Request) -> web.Response:
     """``POST /api/update-user``: a JSON user object as the body, whatever its Content-Type (Casdoor reads the raw
     body, and its SDKs send none); ``data`` is "Affected" or "Unaffected"."""
     params = dict(request.query)
-    caller = credentials(request, params)
+    caller = caller_credentials(request, params)
     update = UserUpdate(
         credentials=caller,
         user=_user_object(await read_body(request)),
@@ -112,9 +111,9 @@ def _user_object(body: bytes) -> dict[str, Any]:
 async def logout(request: web.Request) -> web.Response:
     """``GET|POST /api/logout``: revokes the bearer token's login (access and refresh token, the whole refresh
     chain), or that of ``id_token_hint``; Casdoor only ends its cookie session unless given the hint."""
-    params = await read_params(request)
+    params = await read_account_params(request)
     hint = params.get("id_token_hint", "")
-    req = LogoutRequest(credentials=credentials(request, params, required=not hint), id_token_hint=hint)
+    req = LogoutRequest(credentials=caller_credentials(request, params, required=not hint), id_token_hint=hint)
     result = await request.app[appkeys.USER_STORE].logout(
         req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )

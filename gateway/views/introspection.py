@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.params import read_params
+from gateway.params import read_oauth_params
 from gateway.responses import NO_STORE, private_json
 from shared.errors import BadRequest
 from shared.messages import TokenRequest
@@ -19,7 +19,8 @@ DISCOVERY_MAX_AGE = 3600
 
 
 def _token_request(params: Mapping[str, str]) -> TokenRequest:
-    """Client credentials from Basic or the form (``read_params``), the token and its hint from the query or form."""
+    """Client credentials from Basic or the form (``read_oauth_params``), the token and its hint from the query or
+    form."""
     client_id, client_secret = params.get("client_id", ""), params.get("client_secret", "")
     if not client_id or not client_secret:
         raise BadRequest("client authentication is required: HTTP Basic, or client_id and client_secret")
@@ -36,14 +37,14 @@ def _token_request(params: Mapping[str, str]) -> TokenRequest:
 
 async def introspect(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/introspect`` (RFC 7662): ``{"active": false}`` with 200 for any token not live."""
-    req = _token_request(await read_params(request))
+    req = _token_request(await read_oauth_params(request))
     result = await request.app[appkeys.USER_STORE].introspect(req, request_id=request[appkeys.REQUEST_ID])
     return private_json(result)
 
 
 async def revoke(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/revoke`` (RFC 7009): 200 with an empty body, for unknown tokens too."""
-    req = _token_request(await read_params(request))
+    req = _token_request(await read_oauth_params(request))
     await request.app[appkeys.USER_STORE].revoke(
         req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )

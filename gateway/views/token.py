@@ -9,7 +9,7 @@ import re
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.params import read_params
+from gateway.params import read_oauth_params
 from gateway.responses import private_json
 from shared.errors import BadRequest, MinidoorError, Unauthorized, error_from_wire
 from shared.messages import LoginFailed, LoginSucceeded, RefreshRequest
@@ -24,7 +24,7 @@ _CODE = re.compile(r"^[\x21-\x7e]{1,256}$")
 
 async def access_token(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/access_token``: Casdoor's token endpoint, mini-program branch and refresh grant."""
-    params = await read_params(request)
+    params = await read_oauth_params(request)
     is_refresh = params.get("tag") != MINIPROGRAM_TAG and params.get("grant_type") == REFRESH_GRANT
     if is_refresh:
         request[appkeys.TOKEN_GRANT] = REFRESH_GRANT
@@ -92,7 +92,7 @@ async def _refresh_grant(request: web.Request, params: dict[str, str]) -> web.Re
 
 async def refresh_token(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/refresh_token``: Casdoor's dedicated refresh endpoint."""
-    params = await read_params(request)
+    params = await read_oauth_params(request)
     if params.get("grant_type") != REFRESH_GRANT:
         raise MinidoorError("grant_type should be refresh_token", error="unsupported_grant_type", status=400)
     return await _refresh_grant(request, params)
