@@ -1,3 +1,5 @@
+"""URL table of the gateway: each public route and the view that answers it (``gateway/views/``)."""
+
 from __future__ import annotations
 
 from aiohttp import web
