@@ -115,6 +115,16 @@ async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
         await client.delete(key)
 
 
+class Clock:
+    """A clock the test moves (``clock.now += 5``), for what takes ``clock=`` instead of reading ``time.monotonic``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 

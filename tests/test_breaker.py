@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from auth_worker.breaker import CircuitBreaker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import Clock
 
 
 class TestCircuitBreaker:

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.ports import free_port
 from services.wechat_sandbox.app import SandboxState, WeChatError, create_app
 from shared.config import ConfigError, SandboxConfig
+from tests.conftest import Clock
 
 APPID = "wx0123456789abcdef"
 SECRET = "s3cret-s3cret"
@@ -214,18 +215,16 @@ class TestRateLimit:
 
     def test_window_slides(self):
         """A refused call succeeds once the earlier calls are more than 60 seconds old."""
-        now = [1000.0]
-        state = SandboxState(
-            SandboxConfig(sandbox_apps=f"{APPID}:{SECRET}", sandbox_user_rate_limit=1), clock=lambda: now[0]
-        )
+        clock = Clock(1000.0)
+        state = SandboxState(SandboxConfig(sandbox_apps=f"{APPID}:{SECRET}", sandbox_user_rate_limit=1), clock=clock)
         first, second = state.issue_code(APPID, "oUser"), state.issue_code(APPID, "oUser")
         args = {"appid": APPID, "secret": SECRET, "grant_type": "authorization_code"}
         state.exchange(js_code=first.code, **args)
-        now[0] += 59
+        clock.now += 59
         with pytest.raises(WeChatError) as refused:
             state.exchange(js_code=second.code, **args)
         assert refused.value.errcode == 45011
-        now[0] += 2
+        clock.now += 2
         assert state.exchange(js_code=second.code, **args)["openid"] == "oUser"
 
 
