@@ -14,7 +14,9 @@ Checks, in order: the header's ``alg`` is in a fixed allow-list of RSA algorithm
 public key is never taken for an HMAC secret); its ``kid`` names a key of the cached JWKS (an unknown kid re-reads
 the JWKS, at most once per ``refresh_cooldown``) whose own ``alg``, if given, is the header's; the signature;
 ``iss``; ``aud`` (when an audience is set); ``exp``/``nbf``/``iat`` with ``leeway`` seconds; ``tokenType``
-(``access-token`` unless asked otherwise); and the ``jti`` is not revoked.
+(``access-token`` unless asked otherwise); and the ``jti`` is not revoked. The JWKS cache's ages (``jwks_max_age``,
+``refresh_cooldown``) and the denylist's pruning period run on ``clock`` (``time.monotonic`` unless a test passes its
+own); the token's time claims are checked against the wall clock.
 
 Revocation: a task subscribes to ``RedisKeys.token_events``. On every (re)subscription it reloads the whole denylist
 (``RedisKeys.revoked_tokens``), so a revocation published while it was disconnected is not lost; ``SigningKeysChanged``
@@ -119,6 +121,7 @@ class Verifier:
         redis_keys: RedisKeys | None = None,
         jwks_max_age: float = 300.0,
         refresh_cooldown: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         refused = set(algorithms) - ALLOWED_ALGORITHMS
         if refused or not algorithms:
@@ -135,6 +138,7 @@ class Verifier:
         self._redis_keys = redis_keys
         self._max_age = jwks_max_age
         self._cooldown = refresh_cooldown
+        self._clock = clock
         self._keys: dict[str, _Key] = {}
         self._fetched_at = -math.inf
         self._attempted_at = -math.inf
@@ -191,7 +195,7 @@ class Verifier:
                 if not self._keys:
                     raise Unavailable("the token signing keys (JWKS) cannot be fetched", retry_after=1)
                 raise InvalidToken("the token's signing key is unknown or retired")
-        elif time.monotonic() - self._fetched_at > self._max_age and not self._refresh_lock.locked():
+        elif self._clock() - self._fetched_at > self._max_age and not self._refresh_lock.locked():
             self._spawn(self.refresh_jwks())
         if key.alg is not None and key.alg != alg:
             raise InvalidToken("the token's algorithm does not match its key")
@@ -213,7 +217,7 @@ class Verifier:
     async def refresh_jwks(self, *, force: bool = False) -> None:
         """Re-read the JWKS unless it was tried less than ``refresh_cooldown`` ago (``force`` skips that)."""
         async with self._refresh_lock:
-            now = time.monotonic()
+            now = self._clock()
             if not force and now - self._attempted_at < self._cooldown:
                 return
             self._attempted_at = now
@@ -234,7 +238,7 @@ class Verifier:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self._redis_keys.token_events)
-                pruned = time.monotonic()
+                pruned = self._clock()
                 while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "subscribe":
@@ -243,9 +247,9 @@ class Verifier:
                         self.revocation_live, backoff = True, 0.1
                     elif message is not None and message["type"] == "message":
                         self._on_event(message["data"])
-                    if time.monotonic() - pruned > _PRUNE_EVERY:
+                    if self._clock() - pruned > _PRUNE_EVERY:
                         self._prune()
-                        pruned = time.monotonic()
+                        pruned = self._clock()
             except (aioredis.RedisError, OSError) as exc:
                 self.revocation_live = False
                 log.warning("revocations_unsubscribed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
