@@ -20,7 +20,7 @@ from shared.config import Secret, UserStoreConfig
 from shared.errors import BadRequest, Unauthorized, Unavailable
 from shared.messages import TokensRevoked, token_event_decoder
 from shared.redis_keys import RedisKeys
-from tests.oauth_helpers import hs256_token, unsigned_token
+from tests.oauth_helpers import eventually, hs256_token, unsigned_token
 from user_store import admin
 from user_store.app import create_app
 from user_store.appkeys import PG_POOL, REVOCATIONS, SIGNER
@@ -215,7 +215,7 @@ class TestRevocation:
             assert len(await revoke_user_tokens(tx, client.app[REVOCATIONS], other["user_id"])) == 1
         assert await inspect(client, other["access_token"]) is None
 
-    async def test_family_revocation_sees_a_concurrent_refresh(self, client, conn, shop):
+    async def test_family_revocation_sees_a_concurrent_refresh(self, client, conn, shop, pg_url):
         """A logout racing a refresh also revokes the row the refresh adds to the family, once it commits."""
         first, second = await login(client, shop, "o-race"), await login(client, shop, "o-race")
         old, new = claims_of(first["access_token"])["jti"], claims_of(second["access_token"])["jti"]
@@ -232,7 +232,7 @@ class TestRevocation:
                 return await revoke_family(other, client.app[REVOCATIONS], family)
 
         task = asyncio.create_task(logout())
-        await asyncio.sleep(0.3)  # the revocation now waits on the old row's lock
+        await eventually(_blocked_by(pg_url, conn.get_server_pid()), 10, "the revocation waiting on the old row's lock")
         await tx.commit()
         revoked = await task
         assert [r.jti for r in revoked] == [new]
@@ -256,6 +256,21 @@ class TestRevocation:
         jti = claims_of((await login(client, shop))["access_token"])["jti"]
         async with transaction(client.app[PG_POOL]) as tx:
             assert len(await revoke_token(tx, Revocations(None, RedisKeys("x")), jti)) == 1
+
+
+def _blocked_by(pg_url: str, pid: int):
+    """Whether a session waits on a lock ``pid`` holds (asked on a connection of its own: a transaction sees the
+    activity view as it was when the transaction started)."""
+
+    async def check() -> bool:
+        watcher = await asyncpg.connect(pg_url)
+        try:
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+            return bool(await watcher.fetchval(waiting, pid))
+        finally:
+            await watcher.close()
+
+    return check
 
 
 class TestClientAuthentication:
