@@ -2,7 +2,8 @@
 
 Jobs are published straight onto the stream, as the gateway does, and the worker runs in burst mode: it drains the
 stream (new and reclaimable jobs) and returns. Crashes are reproduced by leaving a job pending for a consumer that
-never acknowledges it, with the exchange record in the state a dying worker leaves behind.
+never acknowledges it, idle for longer than the claim timeout, with the exchange record in the state a dying worker
+leaves behind. No test sleeps to order events: each waits for the state it needs (``eventually``) or an event.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from shared.messages import (
     reply_decoder,
 )
 from shared.redis_keys import RedisKeys
+from tests.oauth_helpers import eventually
 from user_store import admin
 from user_store.app import create_app as create_user_store
 
@@ -77,6 +79,11 @@ class Harness:
         async with self.http.get(f"{self.sandbox}/sandbox/codes/{code}") as resp:
             return int((await resp.json())["presented"])
 
+    async def exchanged(self, code: str) -> bool:
+        """Whether the sandbox has spent ``code`` (it does once a call with it succeeds, however slow)."""
+        async with self.http.get(f"{self.sandbox}/sandbox/codes/{code}") as resp:
+            return bool((await resp.json())["exchanged"])
+
     async def fault(self, **spec: Any) -> None:
         async with self.http.post(f"{self.sandbox}/sandbox/faults", json=spec) as resp:
             assert resp.status == 200, await resp.text()
@@ -94,9 +101,13 @@ class Harness:
         return job
 
     async def leave_pending(self, count: int = 1) -> None:
-        """What a worker that dies holding jobs leaves: entries read by a consumer that will never ack them."""
+        """What a worker that died holding jobs a while ago leaves: entries read by a consumer that will never ack
+        them, already idle far beyond ``claim_idle`` (XCLAIM's IDLE sets that age, so no test waits for it)."""
         await self.ensure_group()
-        await self.redis.xreadgroup(self.keys.worker_group, "dead-worker", {self.keys.job_stream: ">"}, count=count)
+        group, stream = self.keys.worker_group, self.keys.job_stream
+        read = await self.redis.xreadgroup(group, "dead-worker", {stream: ">"}, count=count)
+        ids: list[Any] = [msg_id for msg_id, _fields in cast(list[tuple[bytes, list[tuple[bytes, Any]]]], read)[0][1]]
+        await self.redis.xclaim(stream, group, "dead-worker", 0, ids, idle=60_000, justid=True)
 
     async def wait_pending(self) -> None:
         """Until some worker has taken a job from the stream."""
@@ -156,9 +167,17 @@ class Harness:
         )
 
 
+class _UncancelledServer(TestServer):
+    """A test server whose handlers run to their end after the client hung up, as WeChat's do (and the sandbox
+    process's: ``web.run_app`` does not cancel them); aiohttp's test server would cancel them."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return web.AppRunner(self.app, **{**kwargs, "handler_cancellation": False})
+
+
 @pytest.fixture(name="harness")
 async def _harness(redis_client: aioredis.Redis, key_prefix: str, pg_url: str) -> AsyncIterator[Harness]:
-    sandbox = TestServer(create_sandbox(SandboxConfig(sandbox_apps=f"{APPID}:{SECRET}")))
+    sandbox = _UncancelledServer(create_sandbox(SandboxConfig(sandbox_apps=f"{APPID}:{SECRET}")))
     store = TestServer(create_user_store(UserStoreConfig(internal_token=TOKEN, database_url=Secret(pg_url))))
     async with sandbox, store, aiohttp.ClientSession() as http:
         config = WorkerConfig(
@@ -181,6 +200,20 @@ async def _harness(redis_client: aioredis.Redis, key_prefix: str, pg_url: str) -
             await conn.close()
         harness.client_id = app.client_id
         yield harness
+
+
+def _gone(redis: aioredis.Redis, key: str):
+    async def check() -> bool:
+        return not await redis.exists(key)
+
+    return check
+
+
+def _has_reply(harness: Harness, job: CodeExchangeJob):
+    async def check() -> bool:
+        return job.job_id in await harness.replies()
+
+    return check
 
 
 def sample(worker: Worker, name: str, **labels: str) -> float:
@@ -273,7 +306,11 @@ class TestExactlyOnce:
             # What the first tap's gateway does as it hands the answer over; no worker runs meanwhile.
             gateway = JobPublisher(harness.redis, harness.keys, ReplyWaiter(harness.redis, harness.keys), 1000)
             await gateway._delivered(harness.record_key(code), keep=keep)
-            await asyncio.sleep(0.3)
+            kept = RedisKeys.delivered_answer(harness.record_key(code))
+            if expected == "token":
+                assert await harness.redis.exists(kept)
+            else:
+                await eventually(_gone(harness.redis, kept), 5, "the kept answer expiring")
             await harness.run()
             answer = await harness.reply(late)
             if expected == "token":
@@ -335,7 +372,6 @@ class TestCrashRecovery:
         code = await harness.wx_login("o-orphan")
         job = await harness.publish(code)
         await harness.leave_pending()
-        await asyncio.sleep(0.3)
         worker = await harness.run()
         token_of(await harness.reply(job))
         assert sample(worker, "minidoor_worker_reclaimed_jobs_total") == 1
@@ -355,7 +391,6 @@ class TestCrashRecovery:
         async with harness.http.get(f"{harness.sandbox}/sns/jscode2session", params=params) as resp:
             answer = await resp.json()
         await harness.records.store_session(key, WechatSession(openid=answer["openid"], session_key="sk"))
-        await asyncio.sleep(0.3)
         worker = await harness.run()
         token_of(await harness.reply(job))
         assert await harness.presented(code) == 1
@@ -369,7 +404,6 @@ class TestCrashRecovery:
         key = harness.record_key(code)
         await harness.records.claim(key, job_id=job.job_id, stream_id="0-0", now=time.time(), deadline=job.deadline)
         assert await harness.records.mark_calling(key, job.job_id)
-        await asyncio.sleep(0.3)
         await harness.run()
         reply = await harness.reply(job)
         assert error_of(reply) == (503, "temporarily_unavailable")
@@ -385,7 +419,6 @@ class TestCrashRecovery:
         await harness.records.claim(key, job_id=job.job_id, stream_id="0-0", now=time.time(), deadline=job.deadline)
         stored = LoginFailed(job_id=job.job_id, status=403, error="access_denied", error_description="stored")
         await harness.records.finish(key, stored)
-        await asyncio.sleep(0.3)
         await harness.run()
         assert await harness.reply(job) == msgspec.structs.replace(stored, record=key)
         assert await harness.presented(code) == 0
@@ -415,7 +448,11 @@ class TestCrashRecovery:
         watcher_config = msgspec.structs.replace(harness.config, worker_name="watcher", claim_idle=0.5)
         watcher = Worker(watcher_config, redis=harness.redis)
         watching = asyncio.create_task(watcher.async_run())
+        watched_from = time.monotonic()
         await holder
+        # The watcher looked while the job was older than the claim timeout: its reclaim passes (every
+        # claim_idle / 2) would have taken the job, had the holder's keep-alive not kept it.
+        assert watcher.last_turn - watched_from > 2 * watcher_config.claim_idle
         watcher.stop()
         await watching
         await watcher.close()
@@ -434,7 +471,7 @@ class TestWechatFailures:
             reply = await harness.login(gateway, code)
             assert error_of(reply) == (503, "temporarily_unavailable")
             assert isinstance(reply, LoginFailed) and "wx.login()" in reply.error_description
-            await asyncio.sleep(1.3)  # the sandbox finishes the slow call (and spends the code)
+            await eventually(lambda: harness.exchanged(code), 5, "the sandbox finishing the slow call")
             assert error_of(await harness.login(gateway, code)) == (400, "invalid_grant")
         assert await harness.presented(code) == 1
 
@@ -496,10 +533,7 @@ class TestStatusPort:
         run = asyncio.create_task(worker.async_run())
         try:
             job = await harness.publish(await harness.wx_login("o-metrics"))
-            for _ in range(100):
-                if job.job_id in await harness.replies():
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(_has_reply(harness, job), 5, "the worker answering the job", interval=0.05)
             base = f"http://127.0.0.1:{port}"
             async with harness.http.get(f"{base}/healthz") as resp:
                 assert resp.status == 200
@@ -523,9 +557,12 @@ class TestShutdown:
         """A Redis that accepts connections and never answers (a partition without resets) holds each call for its
         socket timeouts; ``stop()`` (what SIGTERM calls) still ends the worker within seconds, not after them."""
         held: list[asyncio.StreamWriter] = []
+        asked = asyncio.Event()
 
-        async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             held.append(writer)
+            if await reader.read(1):
+                asked.set()
 
         server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -539,7 +576,8 @@ class TestShutdown:
         worker = Worker(config)
         run = asyncio.create_task(worker.async_run())
         try:
-            await asyncio.sleep(0.5)
+            # Stopped while a call waits on Redis: the worker has sent a command nobody will answer.
+            await asyncio.wait_for(asked.wait(), 5)
             assert held, "the worker never connected"
             started = time.monotonic()
             worker.stop()
