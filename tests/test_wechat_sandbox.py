@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.ports import free_port
-from services.wechat_sandbox.app import SandboxState, WeChatError, create_app
+from services.wechat_sandbox.app import SANDBOX, SandboxState, WeChatError, create_app
 from shared.config import ConfigError, SandboxConfig
 from tests.conftest import Clock
 
@@ -36,9 +36,12 @@ MakeClient = Callable[..., Awaitable[Client]]
 async def _make_client() -> AsyncIterator[MakeClient]:
     clients: list[Client] = []
 
-    async def make(**overrides: Any) -> Client:
+    async def make(*, clock: Clock | None = None, **overrides: Any) -> Client:
         config = SandboxConfig(sandbox_apps=f"{APPID}:{SECRET},{OTHER_APPID}:{OTHER_SECRET}", **overrides)
-        client: Client = TestClient(TestServer(create_app(config)))
+        app = create_app(config)
+        if clock is not None:
+            app[SANDBOX] = SandboxState(config, clock=clock)  # the state create_app made, on the test's clock
+        client: Client = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
         return client
@@ -178,17 +181,19 @@ class TestSingleUse:
 class TestExpiry:
     async def test_expired_code_is_invalid(self, make_client):
         """A code older than SANDBOX_CODE_TTL answers 40029, and a failed exchange does not spend it."""
-        client = await make_client(sandbox_code_ttl=0.05)
+        clock = Clock()
+        client = await make_client(sandbox_code_ttl=0.05, clock=clock)
         issued = await login(client)
-        await asyncio.sleep(0.1)
+        clock.now += 0.1
         assert_errcode(await exchange(client, issued["code"]), 40029, "invalid code")
         assert (await (await client.get(f"/sandbox/codes/{issued['code']}")).json())["exchanged"] == 0
 
     async def test_old_codes_are_purged_when_issuing(self, make_client):
         """Codes older than twice the TTL are forgotten the next time a code is issued."""
-        client = await make_client(sandbox_code_ttl=0.02)
+        clock = Clock()
+        client = await make_client(sandbox_code_ttl=0.02, clock=clock)
         old = await login(client)
-        await asyncio.sleep(0.06)
+        clock.now += 0.06
         await login(client)
         resp = await client.get(f"/sandbox/codes/{old['code']}")
         assert resp.status == 404
