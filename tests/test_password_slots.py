@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from shared.errors import RateLimited
+from tests.oauth_helpers import eventually
 from user_store import password_slots
 from user_store.db import _init_connection
 from user_store.migrate import apply_migrations
@@ -31,6 +32,15 @@ async def _replicas(pg_url: str) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Po
 async def _claim(pool: asyncpg.Pool, user_id: str, **kwargs: float) -> password_slots.Slot:
     async with pool.acquire() as conn:
         return await password_slots.claim(conn, user_id, 3, **kwargs)
+
+
+def _leases_passed(pool: asyncpg.Pool, user_id: str):
+    async def check() -> bool:
+        async with pool.acquire() as conn:
+            query = "SELECT bool_and(expires_at < now()) FROM password_change_slots WHERE user_id = $1"
+            return bool(await conn.fetchval(query, uuid.UUID(user_id)))
+
+    return check
 
 
 class TestSlots:
@@ -64,7 +74,7 @@ class TestSlots:
         a, b = replicas
         user = str(uuid.uuid4())
         stale = [await _claim(a, user, lease_s=0.05) for _ in range(3)]
-        await asyncio.sleep(0.1)  # the lease is measured by the database's clock
+        await eventually(_leases_passed(a, user), 5, "the stale leases passing by the database's clock")
         fresh = await _claim(b, user)
         await password_slots.release(a, stale[fresh.slot])
         async with a.acquire() as conn:
