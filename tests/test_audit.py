@@ -150,6 +150,13 @@ async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield p
 
 
+def _took_a_batch(writer: AuditWriter):
+    async def check() -> bool:
+        return bool(writer._batch)  # what run() took off the queue and has not written yet
+
+    return check
+
+
 class TestWriter:
     async def test_full_queue_drops_and_counts(self, pool):
         """Past the queue's size an event is dropped at once, counted and logged, never waited for."""
@@ -185,8 +192,9 @@ class TestWriter:
         writer = AuditWriter(pool, UserStoreMetrics(), flush_interval=3600)
         task = asyncio.create_task(writer.run())
         writer.add(AuditEvent(action="first"))
-        for _ in range(5):  # into the inner wait for more of the batch
-            await asyncio.sleep(0)
+        # The writer took "first" off the queue, so it now waits for more of the batch: the second event and the
+        # cancel land in that wait, in one loop turn.
+        await eventually(_took_a_batch(writer), 5, "the writer taking the first event", interval=0)
         writer.add(AuditEvent(action="second"))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
