@@ -10,16 +10,17 @@ from shared.runtime import pending_tasks
 class TestPendingTasks:
     async def test_name_the_innermost_await(self):
         """Each unfinished task is named with its chain of awaits, outermost first, down to what it waits on."""
-        gate = asyncio.Event()
+        gate, waiting = asyncio.Event(), asyncio.Event()
 
         async def inner() -> None:
+            waiting.set()
             await gate.wait()
 
         async def outer() -> None:
             await inner()
 
         task = asyncio.create_task(outer(), name="stuck-job")
-        await asyncio.sleep(0)
+        await waiting.wait()  # set just before the task suspends in gate.wait(), which it did when this returns
         try:
             (line,) = [line for line in pending_tasks() if line.startswith("stuck-job: ")]
             chain = line.removeprefix("stuck-job: ").split(" > ")
