@@ -17,16 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 
 from services.bench.stack import ONE_ADDRESS_LIMITS, ONE_ADDRESS_NOTE
 from services.demo import Demo, seed_demo
-from services.embedded import EmbeddedRedis, with_database
+from services.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.ports import free_ports
 from services.processes import child_setup
 from tests.stack import REUSED_WECHAT_USERS_LIMIT
@@ -114,19 +112,12 @@ class Proc:
         return lines
 
 
-class ControlledPostgres:
-    """A PostgreSQL cluster of the test's own (pgserver's binaries), stopped and started with pg_ctl."""
-
-    def __init__(self, data_dir: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pgserver import postgres_server
-
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = postgres_server.get_server(data_dir, cleanup_mode="stop")
-        self.server_url: str = self._server.get_uri()
+class ControlledPostgres(EmbeddedPostgres):
+    """The embedded PostgreSQL (``services.embedded``) in a directory of the test's own, which the test also stops
+    and starts again; ``cleanup`` ends it for good."""
 
     def stop(self) -> None:
+        """A fast shutdown with pg_ctl, keeping pgserver's handle so that ``start`` brings it back."""
         from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import, one per binary
 
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
@@ -135,7 +126,7 @@ class ControlledPostgres:
         self._server.ensure_postgres_running()
 
     def cleanup(self) -> None:
-        self._server.cleanup()
+        super().stop()
 
 
 class Cluster:
@@ -195,8 +186,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         self.pg = ControlledPostgres(self.root / "pg")
-        self.database_url = with_database(self.pg.server_url, "minidoor")
-        self._create_database()
+        self.database_url = self.pg.database_url("minidoor")
         self.redis = EmbeddedRedis(self.root / "redis", persistent=True)
         chosen = free_ports(2 + self.n_gateways + self.n_workers)
         ports = {"sandbox": chosen[0], "user_store": chosen[1]}
@@ -250,18 +240,6 @@ class Cluster:
 
     async def _all_ready(self) -> None:
         await asyncio.gather(*(proc.ready() for proc in self.processes))
-
-    def _create_database(self) -> None:
-        async def create() -> None:
-            assert self.pg is not None
-            conn = await asyncpg.connect(self.pg.server_url)
-            try:
-                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'minidoor'"):
-                    await conn.execute('CREATE DATABASE "minidoor"')
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
 
     async def restart_redis(self, down_for: float) -> None:
         assert self.redis is not None
