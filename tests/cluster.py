@@ -244,7 +244,7 @@ class Cluster:
     async def restart_redis(self, down_for: float) -> None:
         assert self.redis is not None
         await asyncio.to_thread(self.redis.stop)
-        await asyncio.sleep(down_for)
+        await asyncio.sleep(down_for)  # the outage itself
         self.redis = EmbeddedRedis(self.root / "redis", persistent=True)  # main thread: see the module docstring
 
     async def stop_postgres(self) -> None:

@@ -124,7 +124,7 @@ class TestFaults:
                     # What a dead consumer still holds stays pending under its name until another claims it.
                     pending = await redis.xpending(keys.job_stream, keys.worker_group)
                     held_at_kill = sum(c["pending"] for c in pending["consumers"] if c["name"] == victim.name.encode())
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(1.0)  # the worker stays dead a moment: the fault, not a wait for an event
                     victim.start()
                     await victim.ready()
                     if held_at_kill:
@@ -156,6 +156,7 @@ class TestFaults:
         report(capsys, "restart Redis", figures)
         assert_nothing_lost(load, figures)
         refused = [r for r in load.results if "queue is unreachable" in str(r.body.get("error_description"))]
+        assert refused, figures.clear_errors  # logins did meet the outage
         assert all(r.status == 503 and r.retry_after == "1" and r.seconds < 3.0 for r in refused)
         after = await recovered(cluster, http, "redis-after")
         assert after.tokens == after.requests
@@ -164,13 +165,15 @@ class TestFaults:
         """PostgreSQL away for two seconds: the user store answers 503, workers retry, no half-written user."""
         load = Load(cluster, http, prefix="pg", users=150)
         readyz_while_down: list[int] = []
+        finished_while_down: list[int] = []
 
         async def chaos() -> None:
             await load.reached(80)
             await cluster.stop_postgres()
             async with http.get(f"{cluster.user_store_url}/readyz") as resp:
                 readyz_while_down.append(resp.status)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # the outage itself, not a wait for something to happen
+            finished_while_down.append(load.finished)
             await cluster.start_postgres()
 
         await asyncio.gather(load.run(minimum=300, concurrency=30), chaos())
@@ -178,6 +181,7 @@ class TestFaults:
         report(capsys, "stop and start PostgreSQL", figures)
         assert_nothing_lost(load, figures)
         assert readyz_while_down == [503]
+        assert finished_while_down[0] < figures.requests  # logins were still coming when PostgreSQL came back
         after = await recovered(cluster, http, "pg-after")
         assert after.tokens == after.requests
 
