@@ -16,6 +16,8 @@ import jwt
 import msgspec
 from jwt.utils import base64url_encode
 
+from shared.errors import InvalidToken
+from shared.verifier import Verifier
 from tests.stack import Stack
 
 
@@ -112,6 +114,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
             raise AssertionError(f"{what} did not happen within {timeout}s")
         await asyncio.sleep(interval)
     return time.monotonic() - start
+
+
+def refuses(verifier: Verifier, token: str) -> Callable[[], Awaitable[bool]]:
+    """A check for ``eventually``: whether ``verifier`` now refuses ``token`` (revoked, or its key retired)."""
+
+    async def check() -> bool:
+        try:
+            await verifier.verify(token)
+        except InvalidToken:
+            return True
+        return False
+
+    return check
 
 
 def make_app(stack: Stack, name: str, *, expire_in_hours: float = 168.0) -> dict[str, str]:

@@ -20,11 +20,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.ports import free_port
 from shared.config import ConfigError, Secret, UserStoreConfig
-from shared.errors import BadRequest, InvalidToken
+from shared.errors import BadRequest
 from shared.messages import SigningKeysChanged, token_event_decoder
 from shared.redis_keys import RedisKeys
 from shared.verifier import Verifier, http_jwks
-from tests.oauth_helpers import eventually, introspect, kid_of, stack_login
+from tests.oauth_helpers import eventually, introspect, kid_of, refuses, stack_login
 from tests.stack import ROOT, Stack
 from user_store import admin
 from user_store.appkeys import PG_POOL, SIGNER
@@ -300,7 +300,7 @@ class TestEndToEnd:
                 assert stack.admin("retire-key", "--kid", old)["status"] == "retired"
 
                 await eventually(_inactive(session, stack, old_token), 10, "introspection failing the old token")
-                await eventually(_verifier_refuses(verifier, old_token), 10, "the verifier failing the old token")
+                await eventually(refuses(verifier, old_token), 10, "the verifier failing the old token")
                 assert (await introspect(session, stack, new_token))["active"] is True
                 await verifier.verify(new_token)
             await redis.aclose()
@@ -351,17 +351,6 @@ async def _token_with_kid(session: aiohttp.ClientSession, stack: Stack, kid: str
 def _inactive(session: aiohttp.ClientSession, stack: Stack, token: str):
     async def check() -> bool:
         return (await introspect(session, stack, token)) == {"active": False}
-
-    return check
-
-
-def _verifier_refuses(verifier: Verifier, token: str):
-    async def check() -> bool:
-        try:
-            await verifier.verify(token)
-        except InvalidToken:
-            return True
-        return False
 
     return check
 

@@ -24,7 +24,7 @@ from shared.messages import RevokedToken
 from shared.redis_keys import RedisKeys
 from shared.verifier import Verifier, http_jwks
 from tests.conftest import Clock
-from tests.oauth_helpers import eventually, hs256_token, revoke, stack_login, unsigned_token
+from tests.oauth_helpers import eventually, hs256_token, refuses, revoke, stack_login, unsigned_token
 from tests.stack import Stack
 from user_store.revocations import Revocations
 
@@ -214,7 +214,7 @@ class TestRevocation:
             await Revocations(redis_client, RedisKeys(key_prefix)).announce(
                 [RevokedToken(jti=jti, exp=int(time.time()) + 60)]
             )
-            took = await eventually(_refuses(verifier, token), 1.0, "refusing the revoked token", interval=0.01)
+            took = await eventually(refuses(verifier, token), 1.0, "refusing the revoked token", interval=0.01)
         assert took < 1.0
 
     async def test_missed_message_is_recovered_on_resubscribe(self, keys, redis_url, redis_client, key_prefix):
@@ -238,7 +238,7 @@ class TestRevocation:
                 ]
                 assert len(ids) == 1, listing
                 await redis_client.execute_command("CLIENT", "KILL", "ID", ids[0])
-                await eventually(_refuses(verifier, token), 10, "the reload after resubscribing")
+                await eventually(refuses(verifier, token), 10, "the reload after resubscribing")
         finally:
             await own.aclose()
 
@@ -253,7 +253,7 @@ class TestRevocation:
             keys.add("k2")
             del keys.keys["k1"]
             await Revocations(redis_client, RedisKeys(key_prefix)).keys_changed(["k2"])
-            await eventually(_refuses(verifier, token), 5, "dropping the retired key")
+            await eventually(refuses(verifier, token), 5, "dropping the retired key")
 
 
 class TestEndToEnd:
@@ -275,7 +275,7 @@ class TestEndToEnd:
                     await eventually(_live(verifier), 5, "the revocation subscription")
                     assert (await verifier.verify(token))["aud"] == [stack.demo["clientId"]]
                     await revoke(session, stack, token)
-                    took = await eventually(_refuses(verifier, token), 1.0, "refusing after logout", 0.01)
+                    took = await eventually(refuses(verifier, token), 1.0, "refusing after logout", 0.01)
                 assert took < 1.0
             finally:
                 await redis.aclose()
@@ -291,17 +291,6 @@ def _at_now(claims: dict[str, Any]) -> dict[str, Any]:
 def _live(verifier: Verifier):
     async def check() -> bool:
         return verifier.revocation_live
-
-    return check
-
-
-def _refuses(verifier: Verifier, token: str):
-    async def check() -> bool:
-        try:
-            await verifier.verify(token)
-        except InvalidToken:
-            return True
-        return False
 
     return check
 
