@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 
 from services.embedded import EmbeddedPostgres, EmbeddedRedis, with_database
 from tests.stack import Stack
+from user_store import admin
+from user_store.master_key import MasterKey
 
 #: Lines of figures tests want shown after the run even without -s (``pytest_terminal_summary``).
 SUMMARY = pytest.StashKey[list[str]]()
@@ -161,6 +163,34 @@ def _stack_fixture(name: str, **env: str):
 stack = _stack_fixture("stack")
 #: No auth worker at all, and a short deadline: what a client sees when nothing consumes the queue.
 stack_without_workers = _stack_fixture("stack_without_workers", AUTH_WORKERS="0", LOGIN_TIMEOUT="1.5")
+
+
+@pytest.fixture
+async def conn(client: object, pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own to the database that the module's ``client`` (a user store it runs in this
+    process, on ``pg_url``) has migrated."""
+    conn = await asyncpg.connect(pg_url)
+    yield conn
+    await conn.close()
+
+
+#: The appid of ``shop``'s mini-program provider.
+SHOP_APPID = "wx-shop-appid"
+
+
+@pytest.fixture
+def provider_master() -> MasterKey | None:
+    """The master key ``shop`` seals its AppSecret with: none, unless the module's user store has one."""
+    return None
+
+
+@pytest.fixture
+async def shop(conn: asyncpg.Connection, provider_master: MasterKey | None) -> admin.NewApplication:
+    """Application "shop" of organization "acme", with one mini-program provider (``SHOP_APPID``)."""
+    await admin.create_organization(conn, "acme")
+    app = await admin.create_application(conn, "acme", "shop")
+    await admin.attach_miniprogram_provider(conn, "shop", SHOP_APPID, "wx-secret", master=provider_master)
+    return app
 
 
 @pytest.fixture

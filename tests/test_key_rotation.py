@@ -24,9 +24,9 @@ from shared.errors import BadRequest
 from shared.messages import SigningKeysChanged, token_event_decoder
 from shared.redis_keys import RedisKeys
 from shared.verifier import Verifier, http_jwks
+from tests.conftest import SHOP_APPID as APPID
 from tests.oauth_helpers import eventually, introspect, kid_of, refuses, stack_login
 from tests.stack import ROOT, Stack
-from user_store import admin
 from user_store.appkeys import PG_POOL, SIGNER
 from user_store.db import transaction
 from user_store.master_key import MasterKey, WrongMasterKey, ensure_master_key_file, load_master_key
@@ -35,7 +35,6 @@ from user_store.signing_keys.material import load_private_key
 from user_store.tokens import inspect_token
 
 MASTER = "m" * 40
-APPID = "wx-rotation-appid"
 TOKEN = "t" * 32
 
 
@@ -62,19 +61,10 @@ def create_store(pg_url: str, master: str = MASTER, **extra: Any):
     return create_app(store_config(pg_url, master, **extra))
 
 
-@pytest.fixture(name="conn")
-async def _conn(client, pg_url: str):
-    conn = await asyncpg.connect(pg_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture(name="shop")
-async def _shop(conn) -> admin.NewApplication:
-    await admin.create_organization(conn, "acme")
-    app = await admin.create_application(conn, "acme", "shop")
-    await admin.attach_miniprogram_provider(conn, "shop", APPID, "wx-secret", master=MasterKey(MASTER))
-    return app
+@pytest.fixture(name="provider_master")
+def _provider_master() -> MasterKey:
+    """The stores here seal with ``MASTER``: so is ``shop``'s AppSecret."""
+    return MasterKey(MASTER)
 
 
 async def mint(client, shop, openid: str = "o-1") -> str:

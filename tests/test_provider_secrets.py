@@ -43,13 +43,6 @@ async def _client(pg_url: str):
         yield client
 
 
-@pytest.fixture(name="conn")
-async def _conn(client, pg_url: str):
-    conn = await asyncpg.connect(pg_url)
-    yield conn
-    await conn.close()
-
-
 async def new_app(conn: asyncpg.Connection, name: str, appid: str, secret: str, master: MasterKey | None) -> str:
     """An application ``name`` (organization "acme", made once) with one mini-program provider; its client id."""
     if not await conn.fetchval("SELECT count(*) FROM organizations WHERE name = 'acme'"):

@@ -20,8 +20,8 @@ from shared.config import Secret, UserStoreConfig
 from shared.errors import BadRequest, Unauthorized, Unavailable
 from shared.messages import TokensRevoked, token_event_decoder
 from shared.redis_keys import RedisKeys
+from tests.conftest import SHOP_APPID as APPID
 from tests.oauth_helpers import eventually, hs256_token, unsigned_token
-from user_store import admin
 from user_store.app import create_app
 from user_store.appkeys import PG_POOL, REVOCATIONS, SIGNER
 from user_store.db import transaction
@@ -31,7 +31,6 @@ from user_store.tokens import authenticate_client, inspect_token, revoke_family,
 
 TOKEN = "t" * 32
 ISSUER = "http://issuer.test"
-APPID = "wx-tokens-appid"
 
 
 @pytest.fixture(name="client")
@@ -45,21 +44,6 @@ async def _client(pg_url: str, redis_url: str, key_prefix: str, redis_client: ai
     )
     async with TestClient(TestServer(create_app(config))) as client:
         yield client
-
-
-@pytest.fixture(name="conn")
-async def _conn(client, pg_url: str):
-    conn = await asyncpg.connect(pg_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture(name="shop")
-async def _shop(conn) -> admin.NewApplication:
-    await admin.create_organization(conn, "acme")
-    app = await admin.create_application(conn, "acme", "shop")
-    await admin.attach_miniprogram_provider(conn, "shop", APPID, "wx-secret")
-    return app
 
 
 async def login(client, shop, openid: str = "openid-1") -> dict[str, Any]:

@@ -16,13 +16,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from shared.config import Secret, UserStoreConfig
+from tests.conftest import SHOP_APPID as APPID
 from user_store import admin
 from user_store.app import create_app
 from user_store.appkeys import PG_POOL, SIGNER
 
 TOKEN = "t" * 32
 ISSUER = "http://issuer.test"
-APPID = "wx-shop-appid"
 LOGIN_PATH = "/internal/logins/wechat-miniprogram"
 
 
@@ -35,23 +35,6 @@ def _config(pg_url: str) -> UserStoreConfig:
 async def _client(config: UserStoreConfig):
     async with TestClient(TestServer(create_app(config))) as client:
         yield client
-
-
-@pytest.fixture(name="conn")
-async def _conn(client: TestClient[web.Request, web.Application], pg_url: str):
-    """A connection of the test's own, to the database the running app has migrated."""
-    conn = await asyncpg.connect(pg_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture(name="shop")
-async def _shop(conn: asyncpg.Connection) -> admin.NewApplication:
-    """Application "shop" of organization "acme", with one mini-program provider."""
-    await admin.create_organization(conn, "acme")
-    app = await admin.create_application(conn, "acme", "shop")
-    await admin.attach_miniprogram_provider(conn, "shop", APPID, "wx-secret")
-    return app
 
 
 async def call(
