@@ -112,12 +112,11 @@ class Harness:
     async def wait_pending(self) -> None:
         """Until some worker has taken a job from the stream."""
         await self.ensure_group()
-        for _ in range(500):
-            pending = await self.redis.xpending(self.keys.job_stream, self.keys.worker_group)
-            if pending["pending"]:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("no worker took the job")
+
+        async def taken() -> bool:
+            return bool((await self.redis.xpending(self.keys.job_stream, self.keys.worker_group))["pending"])
+
+        await eventually(taken, 5, "a worker taking the job", interval=0.01)
 
     async def ensure_group(self) -> None:
         try:
