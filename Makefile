@@ -53,9 +53,27 @@ chaos: install  ## only the fault tests (also part of `make test`); prints their
 fuzz: install  ## only the schemathesis and hypothesis fuzz tests (also part of `make test`), with their figures
 	$(PY) -m pytest tests/test_fuzz.py tests/test_parsers_fuzz.py -s $(PYTEST_ARGS)
 
+# `make bench`'s load tool and peer: Debian's wrk (installed when missing, as root: so it is here and in CI) and
+# oidc-provider with its dependencies, pinned by services/bench/peer/package-lock.json (node_modules is ignored).
+PEER_DIR := services/bench/peer
+PEER_STAMP := $(PEER_DIR)/node_modules/.installed-stamp
+
+$(PEER_STAMP): $(PEER_DIR)/package-lock.json
+	cd $(PEER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: wrk
+wrk:
+	@command -v wrk >/dev/null || { test "$$(id -u)" = 0 || { echo "make bench needs wrk: apt-get install wrk, as root" >&2; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
 .PHONY: bench
-bench: install  ## introspections/s, verifications/s, logins/s and CPU-ms per login, each beside a baseline (~1 min)
+bench: install wrk $(PEER_STAMP)  ## minidoor beside oidc-provider under wrk: table, bench/results/<time>.{json,md,png} (~6 min)
 	$(PY) -m services.bench $(BENCH_ARGS)
+
+.PHONY: bench-smoke
+bench-smoke: install wrk $(PEER_STAMP)  ## every bench scenario for ~2 s, then a check of the files and fields, not speeds (CI)
+	$(PY) -m services.bench --smoke --out bench/results/smoke $(BENCH_ARGS)
 
 .PHONY: testcov
 testcov: install sdk-venv

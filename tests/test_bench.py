@@ -1,35 +1,166 @@
-"""``make bench``: the login benchmark, end to end on a tiny window against an embedded stack."""
+"""``make bench``'s pure parts: wrk's report, the targets, the login pools, and the check ``make bench-smoke`` runs
+on a run's files. The run itself, every scenario end to end, is ``make bench-smoke`` (CI runs it after the tests)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import msgspec
+import pytest
 
-from tests.stack import ROOT
+from services.bench import plot, report
+from services.bench.check import VERSIONS, check_run
+from services.bench.logins import _logged_in, _mix
+from services.bench.results import (
+    NOT_SUPPORTED,
+    STACK_TYPES,
+    Errors,
+    Latency,
+    Machine,
+    Results,
+    Revocation,
+    Scenario,
+    Settings,
+    expected_keys,
+    write,
+)
+from services.bench.targets import evaluate
+from services.bench.wrk import WrkReport
 
-# The benchmark must find every process of its stack, so nothing may point it at external servers.
-_EXTERNAL = ("DATABASE_URL", "REDIS_URL", "WECHAT_API_BASE", "STATE_DIR", "KEY_PREFIX")
+_GROUPS = ["peer", "introspection", "verification", "login"]
+_CONNECTIONS = [16, 64, 256]
 
 
-class TestLoginBenchmark:
-    def test_tiny_window(self) -> None:
-        """Logins per second beside the baseline's rate, and the stack's CPU-ms per login split over gateway,
-        auth workers, user store, embedded PostgreSQL and Redis, printed as JSON."""
-        env = {k: v for k, v in os.environ.items() if k not in _EXTERNAL}
-        args = ["login", "--duration", "1", "--warmup", "0.2", "--concurrency", "4", "--json"]
-        out = subprocess.run(
-            [sys.executable, "-m", "services.bench", *args], cwd=ROOT, env=env, capture_output=True, timeout=240
+def _scenario(key: str, rate: float = 1000.0, **fields) -> Scenario:
+    system, kind = key.split("/")[:2]
+    if "/ES256" in key:
+        return Scenario(key=key, system=system, kind=kind, label=key, alg="ES256", status=NOT_SUPPORTED)
+    alg = next((part for part in key.split("/") if part in ("RS256", "ES256")), "")
+    connections = next((int(part[1:]) for part in key.split("/") if part.startswith("c")), 0)
+    types = list(STACK_TYPES) if system == "minidoor" else [system]
+    apart = {"sandbox": 0.5, "load tool": 0.3} if system == "minidoor" else {"load tool": 0.3}
+    if kind == "verification":
+        return Scenario(
+            key=key, system=system, kind=kind, label=key, alg=alg, rate=rate, baseline="bare", baseline_rate=rate,
+            units={"verifier": 2.0}, units_total=2.0,
+        )  # fmt: skip
+    return Scenario(
+        key=key,
+        system=system,
+        kind=kind,
+        label=key,
+        alg=alg,
+        connections=connections,
+        new_users=0.25 if kind == "login" else None,
+        rate=rate,
+        requests=int(rate),
+        seconds=1.0,
+        errors=Errors(),
+        latency_ms=Latency(p50=1.0, p90=2.0, p99=4.0, max=9.0),
+        units=dict.fromkeys(types, 2.0),
+        units_total=2.0 * len(types),
+        units_apart=apart,
+        peak_rss_mib=dict.fromkeys(types, 50.0),
+        revocation=Revocation(answered_ms=2.0, inactive_after_ms={"gateway 1": 3.0}, inactive_answers=1)
+        if system == "minidoor" and kind == "introspection"
+        else None,
+        **fields,
+    )
+
+
+def _run() -> Results:
+    """A whole run of every group, ES256 rows not supported, peer rates half minidoor's."""
+    scenarios = [
+        _scenario(key, rate=500.0 if key.startswith("peer") else 1000.0) for key in expected_keys(_GROUPS, _CONNECTIONS)
+    ]
+    run = Results(
+        schema=1,
+        started_at="2026-12-01T00:00:00Z",
+        finished_at="2026-12-01T00:06:00Z",
+        machine=Machine(cpu_model="test cpu", cores=2, memory_gib=24.0, kernel="6.1"),
+        versions=dict.fromkeys(VERSIONS, "1"),
+        settings=Settings(
+            smoke=True,
+            duration=1,
+            warmup=1,
+            threads=2,
+            connections=_CONNECTIONS,
+            unit_connections=64,
+            auth_workers=2,
+            introspection_tokens=1000,
+            groups=_GROUPS,
+        ),  # fmt: skip
+        unit_ms=0.05,
+        scenarios=scenarios,
+    )
+    run.targets = evaluate(run)
+    return run
+
+
+def _files(run: Results, tmp_path):
+    path = write(run, tmp_path, "run")
+    path.with_suffix(".md").write_text(report.markdown(run, "run.png"))
+    plot.draw(run, path.with_suffix(".png"))
+    return path
+
+
+class TestWrkReport:
+    def test_decodes_post_lua_output(self) -> None:
+        """What post.lua's done() writes decodes, with the rate over wrk's own duration and latency in ms."""
+        raw = (
+            b'{"requests":500,"durationUs":2000000,"bytes":1,"sent":502,"errors":{"connect":0,"read":0,"write":0,'
+            b'"status":3,"timeout":0,"unexpected":1,"statuses":{"503":3}},"also":2,"dryThreads":0,'
+            b'"sentByThread":[251,251],"latencyUs":{"p50":1500,"p90":3000,"p99":9000,"max":12000,"mean":1800.5}}'
         )
-        assert out.returncode == 0, out.stderr.decode(errors="replace")[-4000:]
+        decoded = msgspec.json.decode(raw, type=WrkReport)
+        assert decoded.rate == 250.0
+        assert decoded.errors.total == 4 and decoded.errors.statuses == {"503": 3}
+        assert decoded.latency_ms == Latency(p50=1.5, p90=3.0, p99=9.0, max=12.0)
 
-        rate, cpu = json.loads(out.stdout)
-        assert rate["name"] == "login over HTTP"
-        # Only what holds on a loaded machine too: no rates compared, and a short window may run its pool dry.
-        assert rate["rate"] > 0 and rate["baselineRate"] > 0
-        assert cpu["unit"] == "ms" and "note" not in cpu
-        parts = cpu["parts"]
-        assert list(parts) == ["gateway", "auth workers", "user store", "postgres", "redis"]
-        assert cpu["rate"] > 0 and abs(sum(parts.values()) - cpu["rate"]) < 0.01
-        assert cpu["baselineRate"] > 0
+
+class TestTargets:
+    def test_verdicts(self) -> None:
+        """Each target says met or missed by how much; the ES256 rows say they are not supported yet."""
+        targets = {(t.name, t.scenario): t for t in _run().targets}
+        login = targets["login >= 1x the peer's RS256 JWT grants/s", "minidoor/login/RS256/c64/new25"]
+        assert (login.figure, login.met, login.verdict) == (2.0, True, "met by 100%")
+        units = targets["introspection <= 3 units", "minidoor/introspection/c16"]
+        assert (units.figure, units.met, units.verdict) == (10.0, False, "missed by 233%")
+        es256 = targets["ES256 login <= 15 units", "minidoor/login/ES256/c256/new100"]
+        assert (es256.figure, es256.met, es256.verdict) == (None, None, NOT_SUPPORTED)
+        memory = targets["user store: every process <= 100 MiB RSS", "minidoor/login/RS256/c256/new100"]
+        assert memory.met is True and memory.verdict == "met by 50%"
+
+
+class TestLoginPools:
+    def test_mix(self) -> None:
+        """A quarter new users: three in four logins by returning users, each at most RETURNING_USES times."""
+        openids, new = _mix(["a", "b"], 40, 0.25)
+        assert len(openids) == 40 and new == 20  # 2 returning users x 10 uses, then only new ones
+        assert openids[:8].count("a") + openids[:8].count("b") == 6
+
+    def test_logged_in_leaves_out_what_may_be_in_flight(self) -> None:
+        """Thread t sent lines t, t + 2, ...; the last connection's worth per thread may not have been answered."""
+        openids = [f"u{i}" for i in range(20)]
+        assert _logged_in(openids, [5, 3], connections=4) == ["u0", "u2", "u4", "u1"]
+
+
+class TestSmokeCheck:
+    def test_whole_run_passes(self, tmp_path) -> None:
+        """The files of a complete run, as the bench writes them, pass the check."""
+        assert check_run(_files(_run(), tmp_path)) == []
+
+    def test_missing_scenario_and_fields(self, tmp_path) -> None:
+        """A scenario left out of the matrix and a window without latency are both reported."""
+        run = _run()
+        dropped = run.scenarios.pop()
+        run.scenarios[0] = msgspec.structs.replace(run.scenarios[0], latency_ms=None)
+        problems = check_run(_files(run, tmp_path))
+        assert any(dropped.key in p and "missing" in p for p in problems)
+        assert "unit/unit: requests, seconds, errors or latency missing" in problems
+
+    @pytest.mark.parametrize("damage", ["png", "md"])
+    def test_broken_files(self, tmp_path, damage) -> None:
+        """A PNG that is not one, or a summary without the targets, fails the check."""
+        path = _files(_run(), tmp_path)
+        path.with_suffix(f".{damage}").write_text("nothing here")
+        problems = check_run(path)
+        assert problems and all(f"run.{damage}" in p for p in problems)

@@ -1,8 +1,10 @@
-"""``make bench`` (``python -m services.bench``): throughput of minidoor's hot paths, each beside a baseline.
+"""``make bench`` (``python -m services.bench``): minidoor beside its peer (oidc-provider) under one load tool (wrk),
+every CPU figure in units of a trivial aiohttp request measured in the same run.
 
-Every benchmark is an async function registered in ``BENCHMARKS`` (``services/bench/__main__.py``) taking the shared
-``BenchContext`` (a running stack, started once on first use, and the measuring window) and returning ``Result``s. A
-result is a rate with the rate of its baseline measured the same way, so the ratio travels between machines better
-than either number. To add one (say, refreshes per second), write the function in a module of this package and
-register it there.
+A run measures the unit (``unit.py``), then the groups in order: the peer (``peer.py``), then against one stack
+(``stack.py``) introspection and local verification (``tokens.py``) and logins (``logins.py``). Each wrk window goes
+through ``harness.measure``, which reads the CPU and memory of the measured processes (``cpu.py``) around it and
+turns it into a ``results.Scenario``. ``targets.py`` evaluates the issue's targets, ``report.py`` writes the table and
+the Markdown, ``plot.py`` the PNG, and ``check.py`` is what ``make bench-smoke`` holds the files to. To add a
+scenario, add its key to ``results.expected_keys`` and a function that returns it to its group.
 """

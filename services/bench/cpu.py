@@ -1,25 +1,52 @@
-"""CPU time (user + system) of the benchmark stack's own processes, by component.
+"""CPU time (user + system, every thread) and peak memory of the processes a benchmark measures, by process type.
 
-The runner's children are the services and the embedded ``redis-server``. The embedded PostgreSQL is not among them:
-pgserver starts it through ``pg_ctl``, which daemonizes the postmaster, so it is found through the ``postmaster.pid``
-in its data directory, and its backends as its children. The WeChat sandbox (it stands in for WeChat), the runner
-(it only supervises) and the load generator are not counted. Servers given by ``DATABASE_URL`` / ``REDIS_URL`` are
-someone else's processes, and are reported as not counted.
+The runner's children are the services, the WeChat sandbox and the embedded ``redis-server``. The embedded
+PostgreSQL is not among them: pgserver starts it through ``pg_ctl``, which daemonizes the postmaster, so it is found
+through the ``postmaster.pid`` in its data directory, and its backends as its children. The runner itself (it only
+supervises) is not counted. Servers given by ``DATABASE_URL`` / ``REDIS_URL`` are someone else's processes, and are
+reported as not counted. A process's figures in ``/proc/PID/stat`` sum all of its threads (the peer signs on libuv's
+thread pool), and a parent's include the children it has reaped (backends of closed connections).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
+from services.bench.results import APART_TYPES, STACK_TYPES
 from services.bench.stack import BenchStack
 from shared.config import RunnerConfig, load_config
 
-GATEWAY, WORKERS, USER_STORE, POSTGRES, REDIS = "gateway", "auth workers", "user store", "postgres", "redis"
-#: ``python -m MODULE`` of a runner child -> its component.
-_MODULES = {"gateway": GATEWAY, "auth_worker": WORKERS, "user_store": USER_STORE}
+GATEWAY, WORKERS, USER_STORE, POSTGRES, REDIS = STACK_TYPES
+SANDBOX, LOAD_TOOL = APART_TYPES
+#: ``python -m MODULE`` of a runner child -> its type.
+_MODULES = {"gateway": GATEWAY, "auth_worker": WORKERS, "user_store": USER_STORE, "services.wechat_sandbox": SANDBOX}
+
+
+class Meter(Protocol):
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds each process type has used so far; the difference of two calls is what a window cost.
+        Linux counts in 10 ms ticks per process, so a window of a second or less gives coarse figures."""
+
+    def peak_rss(self) -> dict[str, float]:
+        """The peak resident memory (MiB) of the largest live process of each type."""
+
+
+@dataclass(frozen=True, slots=True)
+class Processes:
+    """A fixed set of processes, by type (the unit's two, the peer's one)."""
+
+    pids: Mapping[str, Sequence[int]]
+
+    def seconds(self) -> dict[str, float]:
+        return {name: sum(_own(psutil.Process(pid)) for pid in pids) for name, pids in self.pids.items()}
+
+    def peak_rss(self) -> dict[str, float]:
+        return {name: max(_peak_mib(pid) for pid in pids) for name, pids in self.pids.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +64,18 @@ class StackCpu:
         return cls(stack.pid, pid_file, not config.redis_url)
 
     @property
-    def components(self) -> list[str]:
+    def types(self) -> list[str]:
         """What ``seconds()`` reports on, in a fixed order."""
         seen = [GATEWAY, WORKERS, USER_STORE]
         if self.postmaster_pid_file is not None:
             seen.append(POSTGRES)
         if self.embedded_redis:
             seen.append(REDIS)
-        return seen
+        return [*seen, SANDBOX]
 
     @property
     def unseen(self) -> list[str]:
-        """Components that run outside the stack's process tree (external servers)."""
+        """Process types that run outside the stack's process tree (external servers)."""
         return [
             f"{name} ({variable} is external)"
             for name, variable, external in (
@@ -59,23 +86,54 @@ class StackCpu:
         ]
 
     def seconds(self) -> dict[str, float]:
-        """CPU seconds each component has used so far; the difference of two calls is what a window cost. Linux
-        counts in 10 ms ticks per process, so a window of a second or less gives coarse figures."""
-        totals = dict.fromkeys(self.components, 0.0)
+        totals = dict.fromkeys(self.types, 0.0)
+        for process, name in self._processes():
+            if name in totals and name != POSTGRES:
+                try:
+                    totals[name] += _own(process)
+                except psutil.NoSuchProcess:
+                    continue
+        if self.postmaster_pid_file is not None:
+            totals[POSTGRES] = _postgres_seconds(self._postmaster())
+        return totals
+
+    def peak_rss(self) -> dict[str, float]:
+        peaks = dict.fromkeys(self.types, 0.0)
+        for process, name in self._processes():
+            if name in peaks:
+                try:
+                    peaks[name] = max(peaks[name], _peak_mib(process.pid))
+                except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                    continue
+        return peaks
+
+    def executables(self) -> dict[str, str]:
+        """The embedded PostgreSQL's and Redis's server binaries, for their versions."""
+        found: dict[str, str] = {}
+        for process, name in self._processes():
+            if name in (POSTGRES, REDIS) and name not in found:
+                found[name] = process.exe()
+        return found
+
+    def _processes(self) -> list[tuple[psutil.Process, str]]:
+        found = []
         for child in psutil.Process(self.runner_pid).children(recursive=True):
             try:
-                name = _component(child)
-                if name in totals:
-                    totals[name] += _own(child)
+                found.append((child, _type(child)))
             except psutil.NoSuchProcess:
                 continue
         if self.postmaster_pid_file is not None:
-            totals[POSTGRES] = _postgres(self.postmaster_pid_file)
-        return totals
+            postmaster = self._postmaster()
+            found += [(process, POSTGRES) for process in [postmaster, *postmaster.children(recursive=True)]]
+        return found
+
+    def _postmaster(self) -> psutil.Process:
+        assert self.postmaster_pid_file is not None
+        return psutil.Process(int(self.postmaster_pid_file.read_text().split()[0]))
 
 
 def process_seconds(pid: int) -> float:
-    """CPU seconds one process has used so far."""
+    """CPU seconds one process (every thread of it) has used so far."""
     return _own(psutil.Process(pid))
 
 
@@ -84,7 +142,15 @@ def _own(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def _component(process: psutil.Process) -> str:
+def _peak_mib(pid: int) -> float:
+    """``VmHWM`` of ``/proc/PID/status``: the most resident memory the process has had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _type(process: psutil.Process) -> str:
     if process.name() == "redis-server":
         return REDIS
     match process.cmdline():
@@ -93,9 +159,8 @@ def _component(process: psutil.Process) -> str:
     return ""
 
 
-def _postgres(pid_file: Path) -> float:
+def _postgres_seconds(postmaster: psutil.Process) -> float:
     """The postmaster, its live children, and the children it has reaped (backends of closed connections)."""
-    postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
     times = postmaster.cpu_times()
     total = float(times.user + times.system + times.children_user + times.children_system)
     for child in postmaster.children(recursive=True):

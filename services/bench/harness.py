@@ -1,83 +1,142 @@
-"""Measuring: rates over a fixed window after a warm-up, for HTTP (a closed loop of concurrent clients) and for CPU
-(one coroutine on one core), plus what every benchmark returns and receives."""
+"""Measuring: a wrk window with the CPU and peak memory of the measured processes around it, turned into a
+``Scenario`` in units; and rates of a coroutine on one core (local verification). Plus what every benchmark group
+receives: the ``BenchContext``."""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
-import aiohttp
-
+from services.bench.cpu import LOAD_TOOL, Meter
+from services.bench.results import APART_TYPES, CONNECTIONS, Scenario
 from services.bench.stack import BenchStack
+from services.bench.wrk import Load, WrkReport, run_wrk
 
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    name: str
-    rate: float
-    baseline_name: str
-    baseline_rate: float
-    unit: str = "/s"
-    #: A breakdown of ``rate`` (name, amount in ``unit``), printed under the row.
-    parts: tuple[tuple[str, float], ...] = ()
-    #: What a reader must know to trust the row (a shortened window, what was not counted).
-    note: str = ""
-
-    @property
-    def ratio(self) -> float:
-        return self.rate / self.baseline_rate if self.baseline_rate else 0.0
+AUTH_WORKERS = 2
+#: Below this many cores, the measured processes are idle (the stack's own timers use a few percent of one).
+_IDLE_CORES = 0.15
+_SETTLE_INTERVAL = 0.5
+_SETTLE_LIMIT = 20.0
 
 
 @dataclass
 class BenchContext:
-    """What benchmarks share: the measuring window, and one stack started on first use and stopped at the end."""
+    """What benchmark groups share: the windows, the connection counts, the unit (set by the first group), a scratch
+    directory, and one stack started on first use and stopped at the end."""
 
-    duration: float = 5.0
-    warmup: float = 1.0
-    concurrency: int = 32
+    duration: int = 8
+    warmup: int = 2
+    connections: tuple[int, ...] = CONNECTIONS
+    #: Live tokens the introspection windows cycle through.
+    tokens: int = 1000
+    #: CPU milliseconds of one request to the unit; 0 until the unit is measured.
+    unit_ms: float = 0.0
     _stack: BenchStack | None = field(default=None, repr=False)
+    _scratch: tempfile.TemporaryDirectory[str] = field(
+        default_factory=lambda: tempfile.TemporaryDirectory(prefix="minidoor-bench-files-"), repr=False
+    )
+
+    @property
+    def scratch(self) -> Path:
+        return Path(self._scratch.name)
+
+    @property
+    def unit_connections(self) -> int:
+        """The connection count the unit is measured at: the middle one (64 by default)."""
+        return sorted(self.connections)[len(self.connections) // 2]
 
     async def stack(self) -> BenchStack:
         if self._stack is None:
-            self._stack = await asyncio.to_thread(BenchStack(AUTH_WORKERS="1").start)
+            self._stack = await asyncio.to_thread(BenchStack(AUTH_WORKERS=str(AUTH_WORKERS)).start)
         return self._stack
 
     def close(self) -> None:
         if self._stack is not None:
             self._stack.stop()
+        self._scratch.cleanup()
 
 
-Request = Callable[[aiohttp.ClientSession], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class Window:
+    report: WrkReport
+    #: CPU seconds used in the window, by process type, the load tool's included.
+    cpu: dict[str, float]
+    peak_rss_mib: dict[str, float]
 
 
-async def http_rate(request: Request, ctx: BenchContext) -> float:
-    """Completed requests per second with ``ctx.concurrency`` in flight; ``request`` raises on a wrong answer."""
-    done = 0
-    started = time.perf_counter()
-    window_start, window_end = started + ctx.warmup, started + ctx.warmup + ctx.duration
-    connector = aiohttp.TCPConnector(limit=ctx.concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+async def measure(
+    load: Load, meter: Meter, *, warmup: int = 0, during: Callable[[], Coroutine[Any, Any, None]] | None = None
+) -> Window:
+    """One wrk window of ``load``, after ``warmup`` seconds of the same load, opened once the measured processes are
+    idle; ``during`` runs alongside the window (e.g. a revocation mid-window)."""
+    if warmup:
+        await warm_up(replace(load, seconds=warmup), meter)
+    await settle(meter)
+    before = meter.seconds()
+    if during is None:
+        run = await asyncio.to_thread(run_wrk, load)
+    else:
+        run, _ = await asyncio.gather(asyncio.to_thread(run_wrk, load), during())
+    after = meter.seconds()
+    cpu = {name: after[name] - before[name] for name in after}
+    cpu[LOAD_TOOL] = run.cpu_seconds
+    return Window(run.report, cpu, meter.peak_rss())
 
-        async def client() -> None:
-            nonlocal done
-            while (now := time.perf_counter()) < window_end:
-                await request(session)
-                if now >= window_start:
-                    done += 1
 
-        await asyncio.gather(*(client() for _ in range(ctx.concurrency)))
-    return done / ctx.duration
+async def warm_up(load: Load, meter: Meter) -> WrkReport:
+    """An unmeasured wrk run, once the processes are idle: connections, pools and caches warmed before the window."""
+    await settle(meter)
+    return (await asyncio.to_thread(run_wrk, load)).report
 
 
-async def cpu_rate(step: Callable[[], Awaitable[object]], ctx: BenchContext) -> float:
+async def settle(meter: Meter) -> None:
+    """Wait (up to ``_SETTLE_LIMIT``) until the measured processes use under ``_IDLE_CORES`` together: requests a
+    stopped wrk left in flight (logins queued in the stream) are finished before the next run, not inside it."""
+    deadline = time.monotonic() + _SETTLE_LIMIT
+    used = sum(meter.seconds().values())
+    while time.monotonic() < deadline:
+        await asyncio.sleep(_SETTLE_INTERVAL)
+        now = sum(meter.seconds().values())
+        if now - used < _IDLE_CORES * _SETTLE_INTERVAL:
+            return
+        used = now
+
+
+def scenario(window: Window, unit_ms: float, **fields: Any) -> Scenario:
+    """The window's figures as a ``Scenario``: rates, latency, errors, and CPU per request in ms and units."""
+    report = window.report
+    requests = max(report.requests, 1)
+    cpu_ms = {name: round(1000 * seconds / requests, 4) for name, seconds in window.cpu.items()}
+    units = {name: round(ms / unit_ms, 2) if unit_ms else 0.0 for name, ms in cpu_ms.items()}
+    own = {name: amount for name, amount in units.items() if name not in APART_TYPES}
+    return Scenario(
+        rate=round(report.rate, 1),
+        requests=report.requests,
+        seconds=round(report.seconds, 2),
+        errors=report.errors,
+        latency_ms=report.latency_ms,
+        cpu_ms=cpu_ms,
+        units=own,
+        units_total=round(sum(own.values()), 2),
+        units_apart={name: amount for name, amount in units.items() if name in APART_TYPES},
+        peak_rss_mib={name: round(mib, 1) for name, mib in window.peak_rss_mib.items() if name not in APART_TYPES},
+        ran_dry=report.dry_threads > 0,
+        **fields,
+    )
+
+
+async def cpu_rate(step: Callable[[], Awaitable[object]], seconds: float, warmup: float) -> float:
     """Calls of ``step`` per second in one coroutine, so on one core."""
-    deadline = time.perf_counter() + ctx.warmup
+    deadline = time.perf_counter() + warmup
     while time.perf_counter() < deadline:
         await step()
     done, started = 0, time.perf_counter()
-    deadline = started + ctx.duration
+    deadline = started + seconds
     while True:
         for _ in range(64):
             await step()

@@ -1,151 +1,167 @@
-"""Mini-program logins per second through the real path (gateway -> Redis stream -> auth worker -> WeChat sandbox
--> user store -> PostgreSQL -> reply), and the CPU milliseconds the stack spends per login, each beside the same
-form POST to a trivial aiohttp endpoint.
+"""Mini-program logins through the real path (gateway -> Redis stream -> auth workers -> WeChat sandbox -> user store
+-> PostgreSQL -> reply) under wrk, at each connection count, with 25 % and with 100 % new users, for each signing
+algorithm the product supports; and the applications and live tokens the other groups log in with.
 
-wx.login() codes come from the sandbox before the measured window, so minting them costs the window nothing. The
-warm-up logs in fresh users; they are the window's returning users, so its logins mix sign-ups and sign-ins.
+``wx.login()`` codes are minted by the sandbox before each window and fed to wrk as a file of login bodies, each sent
+once, so minting costs the window nothing. The warm-up logs in new users; they are the window's returning users.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import secrets
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
+import msgspec
 
-from services.bench.baseline import baseline_server
-from services.bench.cpu import StackCpu, process_seconds
-from services.bench.harness import BenchContext, Result
-from services.bench.stack import BenchStack
-from shared.config import RunnerConfig, load_config
+from services.bench.cpu import StackCpu
+from services.bench.harness import AUTH_WORKERS, BenchContext, measure, scenario, warm_up
+from services.bench.results import ALGORITHMS, NEW_USER_SHARES, NOT_SUPPORTED, Scenario, key
+from services.bench.stack import BenchStack, signing_alg_option
+from services.bench.wrk import Load, threads_for, write_bodies
+from shared import jwtcheck
 
-#: Share of the window's logins by users who logged in before (the rest sign up).
-RETURNING_SHARE = 0.75
-#: Logins per returning openid in one window: half the sandbox's (and WeChat's) 100 jscode2session calls a minute.
-_MAX_USES = 50
-#: Codes live 5 minutes and are all minted before the window.
-_MAX_DURATION = 240.0
-#: Pool size over the warm-up rate times the window: room for a faster window before the pool runs dry.
-_HEADROOM = 1.5
-_TOKEN_PATH = "/api/login/oauth/access_token"
-_BASELINE = "trivial aiohttp endpoint"
+TOKEN_PATH = "/api/login/oauth/access_token"
+ACCESS_TOKEN = '"access_token":"'
+#: Logins of one returning user in a window: under the workers' RATE_LIMIT_PER_WECHAT_USER (20 a minute) with the
+#: warm-up's, and each window has users of its own.
+RETURNING_USES = 10
+#: Codes minted over the expected logins: room for a faster window before the pool runs dry.
+HEADROOM = 2.0
+#: Logins per second assumed before any window has been measured.
+_FIRST_GUESS = 300.0
+_MINTERS = 64
 
 
 @dataclass(frozen=True, slots=True)
-class _Window:
-    done: int
-    seconds: float
-    #: CPU seconds spent in the window, by component.
-    cpu: dict[str, float]
-    #: The window stopped early: the code pool ran out (logins only).
-    ran_dry: bool
+class LoginApp:
+    """An application with a mini-program provider the sandbox knows."""
+
+    alg: str
+    client_id: str
+    client_secret: str
+    appid: str
 
 
-class _Logins:
-    """Posts the login form once per code of its pool; ``send`` is False when the pool is empty."""
-
-    def __init__(self, url: str, client_id: str, codes: deque[str] | None = None) -> None:
-        self.url = url
-        self.client_id = client_id
-        # None: the baseline, which takes any code and never runs out.
-        self.codes = codes
-
-    async def send(self, session: aiohttp.ClientSession) -> bool:
-        if self.codes is None:
-            code = "baseline"
-        elif self.codes:
-            code = self.codes.popleft()
-        else:
-            return False
-        form = {"tag": "wechat_miniprogram", "client_id": self.client_id, "code": code}
-        async with session.post(self.url, data=form) as resp:
-            body = await resp.read()
-        if resp.status != 200 or b'"access_token":"' not in body:
-            raise RuntimeError(f"{self.url} answered {resp.status}: {body[:300]!r}")
-        return True
+async def login_apps(stack: BenchStack) -> dict[str, LoginApp | None]:
+    """An application per algorithm, None for those the product cannot sign with yet. Without a signing-algorithm
+    option in the admin CLI, RS256 is the demo application (the only algorithm there is)."""
+    option = await asyncio.to_thread(signing_alg_option)
+    demo = stack.demo
+    if option is None:
+        rs256 = LoginApp("RS256", demo["clientId"], demo["clientSecret"], demo["wechatAppId"])
+        return {alg: rs256 if alg == "RS256" else None for alg in ALGORITHMS}
+    apps: dict[str, LoginApp | None] = {}
+    for alg in ALGORITHMS:
+        app = await asyncio.to_thread(_create_app, stack, option, alg)
+        # The option may exist and still not sign with this algorithm: the token says what it is.
+        token = (await live_tokens(stack, app, 1))[0]
+        apps[alg] = app if jwtcheck.parse(token).alg == alg else None
+    return apps
 
 
-async def logins_over_http(ctx: BenchContext) -> list[Result]:
-    """Logins per second with ``ctx.concurrency`` in flight, and the stack's CPU-ms per login (by component),
-    beside the same requests to a trivial aiohttp endpoint and its CPU-ms per request."""
-    if ctx.duration > _MAX_DURATION:
-        raise ValueError(
-            f"codes are minted before the window and live 5 minutes: --duration {_MAX_DURATION:.0f} at most"
-        )
+def _create_app(stack: BenchStack, option: str, alg: str) -> LoginApp:
+    name = f"bench-{alg.lower()}"
+    admin = [sys.executable, "-m", "services", "admin"]
+    created = subprocess.run(
+        [*admin, "create-app", "--org", stack.demo["organization"], "--name", name, option, alg],
+        env=stack.env,
+        capture_output=True,
+        check=True,
+    )
+    app = msgspec.json.decode(created.stdout)
+    appid, secret = "wx" + secrets.token_hex(8), secrets.token_hex(16)
+    subprocess.run(
+        [*admin, "attach-provider", "--app", name, "--appid", appid],
+        env={**stack.env, "WECHAT_APP_SECRET": secret},
+        capture_output=True,
+        check=True,
+    )
+    stack.register_sandbox_app(appid, secret)
+    return LoginApp(alg, app["clientId"], app["clientSecret"], appid)
+
+
+async def login_scenarios(ctx: BenchContext, apps: dict[str, LoginApp | None]) -> list[Scenario]:
     stack = await ctx.stack()
-    client_id = stack.demo["clientId"]
-    cpu = StackCpu.of(stack)
-    ramp = min(ctx.warmup, 0.5)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=ctx.concurrency)) as session:
-        returning, rate = await _warm_up(session, stack, ctx)
-        size = math.ceil(rate * (ramp + ctx.duration) * _HEADROOM) + 2 * ctx.concurrency
-        openids, new_users = _mix(returning, size)
-        codes = await _mint(session, stack, openids, ctx.concurrency)
-    logins = await _measure(_Logins(stack.gateway + _TOKEN_PATH, client_id, codes), ctx, ramp, cpu.seconds)
-    with baseline_server() as server:
-        trivial = _Logins(server.url + _TOKEN_PATH, client_id)
-        base = await _measure(trivial, ctx, ctx.warmup, lambda: {"baseline": process_seconds(server.pid)})
-
-    workers = load_config(RunnerConfig, stack.env).auth_workers
-    notes = [f"auth workers: {workers}; new users: {new_users / size:.0%} of logins"]
-    if logins.ran_dry:
-        notes.append(f"the code pool ran dry: measured over {logins.seconds:.1f}s of {ctx.duration:g}s")
-    per_login = {name: 1000 * seconds / logins.done for name, seconds in logins.cpu.items()}
-    unseen = "not counted: " + ", ".join(cpu.unseen) if cpu.unseen else ""
-    return [
-        Result(
-            "login over HTTP", logins.done / logins.seconds, _BASELINE, base.done / base.seconds, note="; ".join(notes)
-        ),
-        Result(
-            "login: stack CPU per login",
-            sum(per_login.values()),
-            _BASELINE + " (CPU)",
-            1000 * sum(base.cpu.values()) / base.done,
-            unit="ms",
-            parts=tuple(per_login.items()),
-            note=unseen,
-        ),
-    ]
+    meter = StackCpu.of(stack)
+    results: list[Scenario] = []
+    guess = _FIRST_GUESS
+    for alg in ALGORITHMS:
+        for connections in ctx.connections:
+            for share in NEW_USER_SHARES:
+                fields: dict[str, Any] = {
+                    "key": key("minidoor", "login", alg=alg, connections=connections, new_users=share),
+                    "system": "minidoor",
+                    "kind": "login",
+                    "label": f"minidoor: login, {alg} access token, {share:.0%} new users",
+                    "alg": alg,
+                    "connections": connections,
+                }
+                app = apps[alg]
+                if app is None:
+                    results.append(Scenario(**fields, new_users=share, status=NOT_SUPPORTED))
+                    continue
+                result = await _login_window(ctx, stack, meter, app, connections, share, guess, fields)
+                guess = max(result.rate, _FIRST_GUESS / 3)
+                results.append(result)
+    return results
 
 
-async def _warm_up(session: aiohttp.ClientSession, stack: BenchStack, ctx: BenchContext) -> tuple[list[str], float]:
-    """Log in fresh users in batches for ``ctx.warmup`` seconds (at least one batch); return them and the login rate
-    of the last batch."""
-    users: list[str] = []
-    batch, spent = 4 * ctx.concurrency, 0.0
-    while True:
-        openids = [_new_openid() for _ in range(batch)]
-        codes = await _mint(session, stack, openids, ctx.concurrency)
-        logins = _Logins(stack.gateway + _TOKEN_PATH, stack.demo["clientId"], codes)
-        started = time.perf_counter()
-        await asyncio.gather(*(_drain(logins, session) for _ in range(ctx.concurrency)))
-        elapsed = time.perf_counter() - started
-        users += openids
-        spent += elapsed
-        rate = batch / elapsed
-        if spent >= ctx.warmup:
-            return users, rate
-        batch = max(batch, math.ceil(rate * min(ctx.warmup - spent, 1.0)))
+async def _login_window(
+    ctx: BenchContext,
+    stack: BenchStack,
+    meter: StackCpu,
+    app: LoginApp,
+    connections: int,
+    new_share: float,
+    guess: float,
+    fields: dict[str, Any],
+) -> Scenario:
+    url = stack.gateway + TOKEN_PATH
+    size = math.ceil(guess * ctx.warmup * HEADROOM) + 2 * connections
+    newcomers = [_new_openid() for _ in range(size)]
+    codes = await mint_codes(stack, app, newcomers)
+    bodies = write_bodies(ctx.scratch / "login-warmup.txt", [login_body(app, code) for code in codes])
+    load = Load(url, bodies, connections, ctx.warmup, ACCESS_TOKEN, once=True)
+    warm = await warm_up(load, meter)
+    returning = _logged_in(newcomers, warm.sent_by_thread, connections)
+    # A warm-up that ran dry measured less than the stack can do.
+    expected = max(warm.rate * (2 if warm.dry_threads else 1), guess)
+    openids, new = _mix(returning, math.ceil(expected * ctx.duration * HEADROOM) + 2 * connections, new_share)
+    codes = await mint_codes(stack, app, openids)
+    write_bodies(bodies, [login_body(app, code) for code in codes])
+    window = await measure(replace(load, seconds=ctx.duration), meter)
+    notes = [f"auth workers: {AUTH_WORKERS}"]
+    if meter.unseen:
+        notes.append("not counted: " + ", ".join(meter.unseen))
+    if window.report.dry_threads:
+        notes.append("the code pool ran dry before the window ended: the rate is a lower bound")
+    return scenario(window, ctx.unit_ms, new_users=round(new / len(openids), 3), notes=notes, **fields)
 
 
-async def _drain(logins: _Logins, session: aiohttp.ClientSession) -> None:
-    while await logins.send(session):
-        pass
+def _logged_in(openids: list[str], sent_by_thread: list[int], connections: int) -> list[str]:
+    """The warm-up's users: thread ``t`` of ``n`` sent the first ``sent`` of lines ``t, t + n, ...``; the last of
+    them per connection may still have been in flight when wrk stopped, and are left out."""
+    threads = threads_for(connections)
+    in_flight = math.ceil(connections / threads)
+    done: list[str] = []
+    for thread, sent in enumerate(sent_by_thread):
+        done += openids[thread::threads][: max(sent - in_flight, 0)]
+    return done
 
 
-def _mix(returning: list[str], size: int) -> tuple[list[str], int]:
-    """``size`` openids, ``RETURNING_SHARE`` of them taken in turn from ``returning`` (each at most ``_MAX_USES``
-    times), the rest new; returns them and how many are new."""
+def _mix(returning: list[str], size: int, new_share: float) -> tuple[list[str], int]:
+    """``size`` openids, ``1 - new_share`` of them taken in turn from ``returning`` (each at most
+    ``RETURNING_USES`` times), the rest new; returns them and how many are new."""
     openids: list[str] = []
     reused = 0
     for i in range(size):
-        if (i + 1) * RETURNING_SHARE >= reused + 1 and reused < _MAX_USES * len(returning):
+        if (i + 1) * (1 - new_share) >= reused + 1 and reused < RETURNING_USES * len(returning):
             openids.append(returning[reused % len(returning)])
             reused += 1
         else:
@@ -153,69 +169,45 @@ def _mix(returning: list[str], size: int) -> tuple[list[str], int]:
     return openids, size - reused
 
 
-async def _mint(session: aiohttp.ClientSession, stack: BenchStack, openids: list[str], concurrency: int) -> deque[str]:
+def login_body(app: LoginApp, code: str) -> str:
+    return f"tag=wechat_miniprogram&client_id={app.client_id}&code={code}"
+
+
+async def mint_codes(stack: BenchStack, app: LoginApp, openids: list[str]) -> list[str]:
     """One sandbox ``wx.login()`` code per openid, in order."""
     codes = [""] * len(openids)
     pending = iter(enumerate(openids))
-    appid = stack.demo["wechatAppId"]
 
-    async def minter() -> None:
+    async def minter(session: aiohttp.ClientSession) -> None:
         for i, openid in pending:
-            async with session.post(stack.sandbox + "/sandbox/login", json={"appid": appid, "openid": openid}) as resp:
+            wx = {"appid": app.appid, "openid": openid}
+            async with session.post(stack.sandbox + "/sandbox/login", json=wx) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"the sandbox minted no code: {resp.status} {await resp.text()}")
                 codes[i] = (await resp.json())["code"]
 
-    await asyncio.gather(*(minter() for _ in range(concurrency)))
-    return deque(codes)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=_MINTERS)) as session:
+        await asyncio.gather(*(minter(session) for _ in range(_MINTERS)))
+    return codes
 
 
-async def _measure(logins: _Logins, ctx: BenchContext, ramp: float, cpu: Callable[[], dict[str, float]]) -> _Window:
-    """A closed loop of ``ctx.concurrency`` clients; after ``ramp`` seconds, a window of ``ctx.duration`` seconds
-    (shorter if the codes run out) whose completed logins and CPU are counted. Raises on any wrong answer."""
-    finished: list[float] = []
-    dry, stop = asyncio.Event(), asyncio.Event()
-    bounds: list[float] = []
-    spent: list[dict[str, float]] = []
+async def live_tokens(stack: BenchStack, app: LoginApp, count: int) -> list[str]:
+    """``count`` access tokens of new users of ``app``, through the real mini-program login."""
+    codes = iter(await mint_codes(stack, app, [_new_openid() for _ in range(count)]))
+    tokens: list[str] = []
 
     async def client(session: aiohttp.ClientSession) -> None:
-        while not stop.is_set():
-            if not await logins.send(session):
-                dry.set()
-                return
-            finished.append(time.perf_counter())
+        for code in codes:
+            form = {"tag": "wechat_miniprogram", "client_id": app.client_id, "code": code}
+            async with session.post(stack.gateway + TOKEN_PATH, data=form) as resp:
+                body = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"the benchmark login failed: {resp.status} {body}")
+            tokens.append(str(body["access_token"]))
 
-    async def clock() -> None:
-        await _sleep_unless(dry, ramp)
-        if dry.is_set():
-            raise RuntimeError("the code pool ran dry before the window opened; try a longer --warmup")
-        spent.append(cpu())
-        bounds.append(time.perf_counter())
-        await _sleep_unless(dry, ctx.duration)
-        spent.append(cpu())
-        bounds.append(time.perf_counter())
-        stop.set()
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=ctx.concurrency)) as session:
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(clock())
-                for _ in range(ctx.concurrency):
-                    group.create_task(client(session))
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-    start, end = bounds
-    before, after = spent
-    done = sum(start <= at <= end for at in finished)
-    if not done:
-        raise RuntimeError("no login finished within the window; try a longer --duration")
-    cpu_used = {name: after[name] - before[name] for name in after}
-    return _Window(done, end - start, cpu_used, dry.is_set())
-
-
-async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(session) for _ in range(min(32, count))))
+    return tokens
 
 
 def _new_openid() -> str:

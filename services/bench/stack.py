@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,11 @@ class BenchStack:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def gateways(self) -> list[str]:
+        """Every gateway replica's base URL (the runner starts one)."""
+        return [self.gateway]
+
+    @property
     def pid(self) -> int:
         """The runner's process id; the services and embedded Redis are its children."""
         if self._process is None:
@@ -84,6 +90,25 @@ class BenchStack:
                 self._process.kill()
                 self._process.wait()
         self._tmp.cleanup()
+
+    def register_sandbox_app(self, appid: str, secret: str) -> None:
+        """Teach the running sandbox a mini-program's AppSecret (the runner gave it the demo's at start)."""
+        body = json.dumps({"appid": appid, "secret": secret}).encode()
+        request = urllib.request.Request(
+            self.sandbox + "/sandbox/apps", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+
+def signing_alg_option() -> str | None:
+    """The admin CLI's option that chooses an application's signing algorithm (such as ``--signing-alg``), or None
+    while the product has none and signs everything RS256."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "services", "admin", "create-app", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"--[a-z-]*alg[a-z-]*", help_text)
+    return found.group(0) if found else None
 
 
 def _ready(url: str) -> bool:

@@ -1,81 +1,146 @@
-"""Token validation: introspections per second over HTTP, and local verifications per second on one core."""
+"""Token validation: RFC 7662 introspection through the gateway and the user store under wrk, over a pool of live
+tokens, with one revoked mid-window and the time until every gateway replica reads it inactive; and local
+verification with ``shared.verifier`` beside bare PyJWT on the same token and key, on one core."""
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Awaitable, Callable
+import asyncio
+import time
+from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from jwt.algorithms import RSAAlgorithm
+import jwt
 
-from services.bench.baseline import baseline_server
-from services.bench.harness import BenchContext, Result, cpu_rate, http_rate
+from services.bench.cpu import StackCpu
+from services.bench.harness import BenchContext, cpu_rate, measure, scenario
+from services.bench.logins import LoginApp, live_tokens
+from services.bench.results import ALGORITHMS, NOT_SUPPORTED, Revocation, Scenario, key
 from services.bench.stack import BenchStack
-from shared.verifier import Verifier, http_jwks
+from services.bench.wrk import Load, write_bodies
+from shared.verifier import ALLOWED_ALGORITHMS, Verifier, http_jwks
 
-Request = Callable[[aiohttp.ClientSession], Awaitable[None]]
+INTROSPECT_PATH = "/api/login/oauth/introspect"
+REVOKE_PATH = "/api/login/oauth/revoke"
+ACTIVE, INACTIVE = '"active":true', '"active":false'
+#: How long a replica may take to read a revoked token inactive before the run gives up on it.
+_REVOCATION_DEADLINE = 10.0
 
 
-async def introspection_over_http(ctx: BenchContext) -> list[Result]:
-    """RFC 7662 introspections of a live token through the gateway and the user store, beside the same requests
-    to a trivial aiohttp endpoint."""
+async def introspection_scenarios(ctx: BenchContext, app: LoginApp) -> list[Scenario]:
     stack = await ctx.stack()
-    token = await _login(stack)
-    auth = {"Authorization": aiohttp.encode_basic_auth(stack.demo["clientId"], stack.demo["clientSecret"])}
+    meter = StackCpu.of(stack)
+    # One more per window: each window revokes one.
+    pool = await live_tokens(stack, app, ctx.tokens + len(ctx.connections))
+    authorization = aiohttp.BasicAuth(app.client_id, app.client_secret).encode()
+    results = []
+    for connections in ctx.connections:
+        bodies = write_bodies(
+            ctx.scratch / "introspection.txt", [f"token={token}&token_type_hint=access_token" for token in pool]
+        )
+        url = stack.gateway + INTROSPECT_PATH
+        load = Load(url, bodies, connections, ctx.duration, ACTIVE, authorization=authorization, also=INACTIVE)
+        victim, lag = pool[-1], list[tuple[float, dict[str, float]]]()
+
+        async def revoke_midway(victim: str = victim, lag: list[tuple[float, dict[str, float]]] = lag) -> None:
+            await asyncio.sleep(ctx.duration / 2)
+            lag.append(await _revocation_lag(stack, app, victim))
+
+        window = await measure(load, meter, warmup=ctx.warmup, during=revoke_midway)
+        pool.remove(victim)
+        ((answered, inactive_after),) = lag
+        revocation = Revocation(
+            answered_ms=answered, inactive_after_ms=inactive_after, inactive_answers=window.report.also
+        )
+        results.append(
+            scenario(
+                window,
+                ctx.unit_ms,
+                key=key("minidoor", "introspection", connections=connections),
+                system="minidoor",
+                kind="introspection",
+                label=f"minidoor: introspection over {ctx.tokens:,} live tokens",
+                connections=connections,
+                revocation=revocation,
+                notes=["not counted: " + ", ".join(meter.unseen)] if meter.unseen else [],
+            )
+        )
+    return results
+
+
+async def _revocation_lag(stack: BenchStack, app: LoginApp, token: str) -> tuple[float, dict[str, float]]:
+    """Revoke ``token``, then ask every gateway replica until each reads it inactive: milliseconds per replica,
+    counted from the moment the revocation was sent; and when the revocation itself was answered."""
+    auth = aiohttp.BasicAuth(app.client_id, app.client_secret)
     form = {"token": token, "token_type_hint": "access_token"}
+    async with aiohttp.ClientSession(auth=auth) as session:
+        sent = time.perf_counter()
+        async with session.post(stack.gateway + REVOKE_PATH, data=form) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"the revocation failed: {resp.status} {await resp.text()}")
+        answered = round(1000 * (time.perf_counter() - sent), 2)
 
-    def poster(url: str) -> Request:
-        async def post(session: aiohttp.ClientSession) -> None:
-            async with session.post(url, data=form, headers=auth) as resp:
-                body = await resp.read()
-            if resp.status != 200 or b'"active":true' not in body:
-                raise RuntimeError(f"{url} answered {resp.status}: {body[:200]!r}")
+        async def inactive_at(base: str) -> float:
+            while time.perf_counter() - sent < _REVOCATION_DEADLINE:
+                async with session.post(base + INTROSPECT_PATH, data=form) as resp:
+                    if INACTIVE in await resp.text():
+                        return round(1000 * (time.perf_counter() - sent), 2)
+                await asyncio.sleep(0.001)
+            raise RuntimeError(f"{base} still reads a revoked token active after {_REVOCATION_DEADLINE:g}s")
 
-        return post
-
-    rate = await http_rate(poster(stack.gateway + "/api/login/oauth/introspect"), ctx)
-    with baseline_server() as server:
-        baseline = await http_rate(poster(server.url + "/introspect"), ctx)
-    return [Result("introspection over HTTP", rate, "trivial aiohttp endpoint", baseline)]
+        lags = await asyncio.gather(*(inactive_at(base) for base in stack.gateways))
+    return answered, {f"gateway {i + 1}": lag for i, lag in enumerate(lags)}
 
 
-async def local_verification(ctx: BenchContext) -> list[Result]:
-    """``shared.verifier.Verifier.verify`` on one core (JWKS cached; the revocation check is its dict lookup),
-    beside a bare RS256 signature check of the same token with the same key."""
+async def verification_scenarios(ctx: BenchContext, apps: dict[str, LoginApp | None]) -> list[Scenario]:
+    """Per algorithm: ``Verifier.verify`` (JWKS cached; the revocation check is its dict lookup) on one core, beside
+    ``jwt.decode`` with the same key and the same checks."""
     stack = await ctx.stack()
-    token = await _login(stack)
+    results = []
+    for alg in ALGORITHMS:
+        fields: dict[str, Any] = {
+            "key": key("minidoor", "verification", alg=alg),
+            "system": "minidoor",
+            "kind": "verification",
+            "label": f"minidoor: local verification ({alg}), shared.verifier, 1 core",
+            "alg": alg,
+            "baseline": "bare PyJWT (jwt.decode, same checks), 1 core",
+        }
+        app = apps[alg]
+        if app is None or alg not in ALLOWED_ALGORITHMS:
+            results.append(Scenario(**fields, status=NOT_SUPPORTED))
+            continue
+        rate, bare = await _verification_rates(ctx, stack, app)
+        per_call = 1000 / rate
+        units = round(per_call / ctx.unit_ms, 2) if ctx.unit_ms else 0.0
+        results.append(
+            Scenario(
+                **fields,
+                rate=round(rate, 1),
+                seconds=ctx.duration,
+                cpu_ms={"verifier": round(per_call, 4)},
+                units={"verifier": units},
+                units_total=units,
+                baseline_rate=round(bare, 1),
+            )
+        )
+    return results
+
+
+async def _verification_rates(ctx: BenchContext, stack: BenchStack, app: LoginApp) -> tuple[float, float]:
+    token = (await live_tokens(stack, app, 1))[0]
+    jwks_url = stack.gateway + "/.well-known/jwks"
     async with aiohttp.ClientSession() as session:
-        jwks_url = stack.gateway + "/.well-known/jwks"
-        verifier = Verifier(issuer=stack.gateway, audience=stack.demo["clientId"], jwks=http_jwks(session, jwks_url))
+        verifier = Verifier(issuer=stack.gateway, audience=app.client_id, jwks=http_jwks(session, jwks_url))
         async with verifier:
             await verifier.verify(token)
-            rate = await cpu_rate(lambda: verifier.verify(token), ctx)
+            rate = await cpu_rate(lambda: verifier.verify(token), ctx.duration, ctx.warmup)
         async with session.get(jwks_url) as resp:
-            jwks = await resp.json()
-    signing_input, _, encoded = token.rpartition(".")
-    signature = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    key = RSAAlgorithm.from_jwk(jwks["keys"][0])
-    assert isinstance(key, rsa.RSAPublicKey)
-    message = signing_input.encode()
+            jwks = jwt.PyJWKSet.from_dict(await resp.json())
+    header = jwt.get_unverified_header(token)
+    signing_key = next(k for k in jwks.keys if k.key_id == header["kid"]).key
+    alg = header["alg"]
 
-    async def bare_verify() -> None:
-        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+    async def bare() -> None:
+        jwt.decode(token, signing_key, algorithms=[alg], audience=app.client_id, issuer=stack.gateway)
 
-    baseline = await cpu_rate(bare_verify, ctx)
-    return [Result("local verification, 1 core", rate, "bare RS256 signature check", baseline)]
-
-
-async def _login(stack: BenchStack) -> str:
-    """An access token of the demo application, through the real mini-program login."""
-    async with aiohttp.ClientSession() as session:
-        wx = {"appid": stack.demo["wechatAppId"], "openid": "bench-user"}
-        async with session.post(stack.sandbox + "/sandbox/login", json=wx) as resp:
-            code = (await resp.json())["code"]
-        form = {"tag": "wechat_miniprogram", "client_id": stack.demo["clientId"], "code": code}
-        async with session.post(stack.gateway + "/api/login/oauth/access_token", data=form) as resp:
-            body = await resp.json()
-            if resp.status != 200:
-                raise RuntimeError(f"the benchmark login failed: {body}")
-    return str(body["access_token"])
+    return rate, await cpu_rate(bare, ctx.duration, ctx.warmup)

@@ -91,6 +91,7 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
     ],
   },
   scopes: ['api'],
+  ttl: { ClientCredentials: 3600 },
   features: {
     clientCredentials: { enabled: true },
     devInteractions: { enabled: false },
