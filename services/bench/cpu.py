@@ -132,11 +132,6 @@ class StackCpu:
         return psutil.Process(int(self.postmaster_pid_file.read_text().split()[0]))
 
 
-def process_seconds(pid: int) -> float:
-    """CPU seconds one process (every thread of it) has used so far."""
-    return _own(psutil.Process(pid))
-
-
 def _own(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
