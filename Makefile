@@ -72,8 +72,9 @@ bench: install wrk $(PEER_STAMP)  ## minidoor beside oidc-provider under wrk: ta
 	$(PY) -m services.bench $(BENCH_ARGS)
 
 .PHONY: bench-smoke
+# The smoke run checks that every process type is counted, so its stack is always the embedded one.
 bench-smoke: install wrk $(PEER_STAMP)  ## every bench scenario for ~2 s, then a check of the files and fields, not speeds (CI)
-	$(PY) -m services.bench --smoke --out bench/results/smoke $(BENCH_ARGS)
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m services.bench --smoke --out bench/results/smoke $(BENCH_ARGS)
 
 .PHONY: testcov
 testcov: install sdk-venv

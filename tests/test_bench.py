@@ -111,7 +111,7 @@ class TestWrkReport:
             b'"sentByThread":[251,251],"latencyUs":{"p50":1500,"p90":3000,"p99":9000,"max":12000,"mean":1800.5}}'
         )
         decoded = msgspec.json.decode(raw, type=WrkReport)
-        assert decoded.rate == 250.0
+        assert decoded.rate == (500 - 3 - 1) / 2  # refusals and unexpected answers are not a rate
         assert decoded.errors.total == 4 and decoded.errors.statuses == {"503": 3}
         assert decoded.latency_ms == Latency(p50=1.5, p90=3.0, p99=9.0, max=12.0)
 

@@ -108,10 +108,11 @@ async def settle(meter: Meter) -> None:
 
 
 def scenario(window: Window, unit_ms: float, **fields: Any) -> Scenario:
-    """The window's figures as a ``Scenario``: rates, latency, errors, and CPU per request in ms and units."""
+    """The window's figures as a ``Scenario``: rates, latency, errors, and CPU per successful request in ms and
+    units (what the errors cost is spread over the answers that counted)."""
     report = window.report
-    requests = max(report.requests, 1)
-    cpu_ms = {name: round(1000 * seconds / requests, 4) for name, seconds in window.cpu.items()}
+    succeeded = max(report.succeeded, 1)
+    cpu_ms = {name: round(1000 * seconds / succeeded, 4) for name, seconds in window.cpu.items()}
     units = {name: round(ms / unit_ms, 2) if unit_ms else 0.0 for name, ms in cpu_ms.items()}
     own = {name: amount for name, amount in units.items() if name not in APART_TYPES}
     return Scenario(

@@ -66,7 +66,8 @@ async def login_apps(stack: BenchStack) -> dict[str, LoginApp | None]:
 
 
 def _create_app(stack: BenchStack, option: str, alg: str) -> LoginApp:
-    name = f"bench-{alg.lower()}"
+    # Unique: a DATABASE_URL outlives the run, and its applications with it.
+    name = f"bench-{alg.lower()}-{secrets.token_hex(4)}"
     admin = [sys.executable, "-m", "services", "admin"]
     created = subprocess.run(
         [*admin, "create-app", "--org", stack.demo["organization"], "--name", name, option, alg],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -50,7 +51,9 @@ def versions(stack: StackCpu | None) -> dict[str, str]:
     found |= peer_versions()
     found["wrk"] = _first_line([wrk_binary(), "--version"]).split(" [")[0].removeprefix("wrk ")
     if stack is not None:
-        found |= {f"{name} server": _first_line([exe, "--version"]) for name, exe in stack.executables().items()}
+        found |= {
+            f"{name} server": _version(_first_line([exe, "--version"])) for name, exe in stack.executables().items()
+        }
     return found
 
 
@@ -58,6 +61,12 @@ def _commit() -> str:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
+
+
+def _version(line: str) -> str:
+    """``16.2`` of ``postgres (PostgreSQL) 16.2``, ``6.2.14`` of ``Redis server v=6.2.14 sha=...``."""
+    found = re.search(r"\d+(\.\d+)+", line)
+    return found.group(0) if found else line
 
 
 def _first_line(args: list[str]) -> str:

@@ -2,6 +2,8 @@
 with ``npm ci`` by ``make bench``) in one Node process, under the same wrk and connection counts. It serves JWT
 client-credentials grants signed RS256 and ES256, and introspection of opaque tokens (it does not introspect JWTs).
 A bare Node ``http`` endpoint (``peer/unit.js``) is the peer's own unit, counted in minidoor's unit like the rest.
+Node runs as it ships (``UV_THREADPOOL_SIZE`` unset: 4 threads sign beside the event loop), and its CPU is every
+thread's.
 """
 
 from __future__ import annotations

@@ -23,9 +23,7 @@ def console(results: Results) -> str:
             "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
         )
         lines += ["    " + detail for detail in _details(s)]
-    met = sum(t.met is True for t in results.targets)
-    missed = sum(t.met is False for t in results.targets)
-    lines += ["", f"targets: {met} met, {missed} missed, {len(results.targets) - met - missed} not measured"]
+    lines += ["", "targets: " + _tally(results)]
     for t in results.targets:
         figure = "" if t.figure is None else f"{t.figure:g}"
         lines.append(
@@ -53,13 +51,15 @@ def markdown(results: Results, png_name: str) -> str:
         "",
         "## Targets",
         "",
+        _tally(results) + ".",
+        "",
         "| target | scenario | figure | goal | verdict |",
         "|---|---|---:|---|---|",
     ]
     for t in results.targets:
         figure = "" if t.figure is None else f"{t.figure:g}"
-        mark = "met" if t.met else "—" if t.met is None else "**missed**"
-        lines.append(f"| {t.name} | `{t.scenario}` | {figure} | {t.goal} | {mark}: {t.verdict} |")
+        verdict = f"**{t.verdict}**" if t.met is False else t.verdict
+        lines.append(f"| {t.name} | `{t.scenario}` | {figure} | {t.goal} | {verdict} |")
     lines += [
         "",
         "## Scenarios",
@@ -75,6 +75,12 @@ def markdown(results: Results, png_name: str) -> str:
     if notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
+
+
+def _tally(results: Results) -> str:
+    met = sum(t.met is True for t in results.targets)
+    missed = sum(t.met is False for t in results.targets)
+    return f"{met} met, {missed} missed, {len(results.targets) - met - missed} not measured"
 
 
 def _title(results: Results) -> str:

@@ -60,7 +60,7 @@ async def unit_scenario(ctx: BenchContext) -> Scenario:
     with unit_server() as server:
         load = Load(server.url, bodies, ctx.unit_connections, ctx.duration, EXPECT)
         window = await measure(load, Processes({"unit": server.pids}), warmup=ctx.warmup)
-    ctx.unit_ms = 1000 * window.cpu["unit"] / max(window.report.requests, 1)
+    ctx.unit_ms = 1000 * window.cpu["unit"] / max(window.report.succeeded, 1)
     return scenario(
         window,
         ctx.unit_ms,

@@ -48,8 +48,14 @@ class WrkReport(msgspec.Struct, frozen=True, rename="camel"):
         return self.duration_us / 1e6
 
     @property
+    def succeeded(self) -> int:
+        """Answers that were what was asked (or ``also``): wrk's requests less the 4xx/5xx and unexpected ones."""
+        return self.requests - self.errors.status - self.errors.unexpected
+
+    @property
     def rate(self) -> float:
-        return self.requests / self.seconds if self.duration_us else 0.0
+        """Successful answers per second: a fast refusal (a 503 shed) adds nothing."""
+        return self.succeeded / self.seconds if self.duration_us else 0.0
 
     @property
     def latency_ms(self) -> Latency:
