@@ -8,7 +8,7 @@ import pytest
 
 from services.bench import plot, report
 from services.bench.check import VERSIONS, check_run
-from services.bench.logins import _logged_in, _mix
+from services.bench.logins import _answered, _mix
 from services.bench.results import (
     NOT_SUPPORTED,
     STACK_TYPES,
@@ -134,13 +134,16 @@ class TestLoginPools:
     def test_mix(self) -> None:
         """A quarter new users: three in four logins by returning users, each at most RETURNING_USES times."""
         openids, new = _mix(["a", "b"], 40, 0.25)
-        assert len(openids) == 40 and new == 20  # 2 returning users x 10 uses, then only new ones
-        assert openids[:8].count("a") + openids[:8].count("b") == 6
+        assert len(openids) == 40 and sum(new) == 20  # 2 returning users x 10 uses, then only new ones
+        assert openids[:8].count("a") + openids[:8].count("b") == 6 and sum(new[:8]) == 2
+        assert all(new[27:]) and all(
+            not flag for openid, flag in zip(openids, new, strict=True) if openid in ("a", "b")
+        )
 
-    def test_logged_in_leaves_out_what_may_be_in_flight(self) -> None:
+    def test_answered_leaves_out_what_may_be_in_flight(self) -> None:
         """Thread t sent lines t, t + 2, ...; the last connection's worth per thread may not have been answered."""
         openids = [f"u{i}" for i in range(20)]
-        assert _logged_in(openids, [5, 3], connections=4) == ["u0", "u2", "u4", "u1"]
+        assert _answered(openids, [5, 3], connections=4) == ["u0", "u2", "u4", "u1"]
 
 
 class TestSmokeCheck:

@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -36,6 +36,7 @@ HEADROOM = 2.0
 #: Logins per second assumed before any window has been measured.
 _FIRST_GUESS = 300.0
 _MINTERS = 64
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,44 +131,47 @@ async def _login_window(
     bodies = write_bodies(ctx.scratch / "login-warmup.txt", [login_body(app, code) for code in codes])
     load = Load(url, bodies, connections, ctx.warmup, ACCESS_TOKEN, once=True)
     warm = await warm_up(load, meter)
-    returning = _logged_in(newcomers, warm.sent_by_thread, connections)
-    # A warm-up that ran dry measured less than the stack can do.
-    expected = max(warm.rate * (2 if warm.dry_threads else 1), guess)
+    returning = _answered(newcomers, warm.sent_by_thread, connections)
+    # Every answer takes a code, a fast refusal too; a warm-up that ran dry measured less than the stack can do.
+    expected = max(warm.requests / warm.seconds * (2 if warm.dry_threads else 1), guess)
     openids, new = _mix(returning, math.ceil(expected * ctx.duration * HEADROOM) + 2 * connections, new_share)
     codes = await mint_codes(stack, app, openids)
     write_bodies(bodies, [login_body(app, code) for code in codes])
     window = await measure(replace(load, seconds=ctx.duration), meter)
+    # The share among the logins sent, not the pool: its tail, past the returning users' uses, is all new.
+    sent_new = _answered(new, window.report.sent_by_thread, connections) or new
     notes = [f"auth workers: {AUTH_WORKERS}"]
     if meter.unseen:
         notes.append("not counted: " + ", ".join(meter.unseen))
     if window.report.dry_threads:
         notes.append("the code pool ran dry before the window ended: the rate is a lower bound")
-    return scenario(window, ctx.unit_ms, new_users=round(new / len(openids), 3), notes=notes, **fields)
+    return scenario(window, ctx.unit_ms, new_users=round(sum(sent_new) / len(sent_new), 3), notes=notes, **fields)
 
 
-def _logged_in(openids: list[str], sent_by_thread: list[int], connections: int) -> list[str]:
-    """The warm-up's users: thread ``t`` of ``n`` sent the first ``sent`` of lines ``t, t + n, ...``; the last of
-    them per connection may still have been in flight when wrk stopped, and are left out."""
+def _answered(lines: list[T], sent_by_thread: list[int], connections: int) -> list[T]:
+    """The lines of a once-only pool that were answered: thread ``t`` of ``n`` sent the first ``sent`` of lines
+    ``t, t + n, ...``; the last of them per connection may still have been in flight when wrk stopped, and are
+    left out."""
     threads = threads_for(connections)
     in_flight = math.ceil(connections / threads)
-    done: list[str] = []
+    done: list[T] = []
     for thread, sent in enumerate(sent_by_thread):
-        done += openids[thread::threads][: max(sent - in_flight, 0)]
+        done += lines[thread::threads][: max(sent - in_flight, 0)]
     return done
 
 
-def _mix(returning: list[str], size: int, new_share: float) -> tuple[list[str], int]:
+def _mix(returning: list[str], size: int, new_share: float) -> tuple[list[str], list[bool]]:
     """``size`` openids, ``1 - new_share`` of them taken in turn from ``returning`` (each at most
-    ``RETURNING_USES`` times), the rest new; returns them and how many are new."""
+    ``RETURNING_USES`` times), the rest new; and which of them are new."""
     openids: list[str] = []
+    new: list[bool] = []
     reused = 0
     for i in range(size):
-        if (i + 1) * (1 - new_share) >= reused + 1 and reused < RETURNING_USES * len(returning):
-            openids.append(returning[reused % len(returning)])
-            reused += 1
-        else:
-            openids.append(_new_openid())
-    return openids, size - reused
+        returns = (i + 1) * (1 - new_share) >= reused + 1 and reused < RETURNING_USES * len(returning)
+        openids.append(returning[reused % len(returning)] if returns else _new_openid())
+        new.append(not returns)
+        reused += returns
+    return openids, new
 
 
 def login_body(app: LoginApp, code: str) -> str:

@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from services.bench.results import OK, STACK_TYPES, Results, Scenario
+from services.bench.results import NOT_SUPPORTED, OK, STACK_TYPES, Results, Scenario
 from services.bench.targets import INTROSPECTION_VS_PEER, LOGIN_VS_PEER
 
 _PEER_COLOR = "#7f7f7f"
@@ -28,6 +28,9 @@ def draw(results: Results, path: Path) -> Path:
     _latency(axes[0][1], results)
     _units(axes[1][0], results)
     _versus(axes[1][1], results)
+    unsupported = sorted({f"{s.kind} {s.alg}".strip() for s in results.scenarios if s.status == NOT_SUPPORTED})
+    if unsupported:
+        figure.supxlabel("not supported yet, so not drawn: " + ", ".join(unsupported), fontsize=9)
     figure.savefig(path, dpi=100)
     return path
 
