@@ -109,7 +109,8 @@ async def login_scenarios(ctx: BenchContext, apps: dict[str, LoginApp | None]) -
                     results.append(Scenario(**fields, new_users=share, status=NOT_SUPPORTED))
                     continue
                 result = await _login_window(ctx, stack, meter, app, connections, share, guess, fields)
-                guess = max(result.rate, _FIRST_GUESS / 3)
+                # Answers, not successes: each takes a code from the pool.
+                guess = max(result.requests / max(result.seconds, 0.1), _FIRST_GUESS / 3)
                 results.append(result)
     return results
 
