@@ -12,10 +12,11 @@ import asyncpg
 import msgspec
 
 from shared.errors import Conflict, NotFound
-from user_store import admin, queries
+from user_store import admin
 from user_store.master_key import MasterKey
 from user_store.migrate import apply_migrations
 from user_store.provider_secrets import open_secret
+from user_store.queries.applications import miniprogram_provider
 from user_store.signing_keys import certificates, keyring
 
 ORGANIZATION = "demo"
@@ -63,7 +64,7 @@ async def seed_demo(
             if not client_secret:
                 # The secret is stored hashed; without the old demo.json the only way to show one is a new one.
                 client_secret = await admin.rotate_client_secret(conn, APPLICATION)
-            provider = await queries.miniprogram_provider(conn, app["clientId"])
+            provider = await miniprogram_provider(conn, app["clientId"])
             assert provider is not None and provider["appid"], "the demo application lost its mini-program provider"
             app_secret = open_secret(
                 master,

@@ -18,7 +18,8 @@ from shared.errors import BadRequest, Conflict, NotFound
 from user_store.db import Conn
 from user_store.master_key import MasterKey
 from user_store.provider_secrets import check_master_key, secret_columns
-from user_store.queries import PROVIDER_TYPE, translate
+from user_store.queries import translate
+from user_store.queries.applications import PROVIDER_TYPE
 
 MASK = "***"
 

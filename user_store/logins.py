@@ -12,10 +12,19 @@ import structlog
 
 from shared.errors import BadRequest, InvalidGrant, Unauthorized
 from shared.messages import LoginResult, WechatLogin
-from user_store import queries
 from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
 from user_store.master_key import MasterKey
+from user_store.queries.applications import login_application
+from user_store.queries.users import (
+    insert_identity,
+    insert_user,
+    lock_keys,
+    refresh_identity,
+    update_user_profile,
+    user_by_openid,
+    user_by_unionid,
+)
 from user_store.session_keys import family_row, identity_row, session_key_columns
 from user_store.signing_keys.signer import Signer, Subject
 from user_store.tokens import issue_tokens
@@ -70,7 +79,7 @@ async def login_wechat(
     (``audit``), not written in it."""
     login = validate_login(login, rules)
     async with transaction(pool) as conn:
-        app = await queries.login_application(conn, login.client_id, login.appid)
+        app = await login_application(conn, login.client_id, login.appid)
         if app is None:
             raise Unauthorized("client_id is invalid")
         if not app["has_appid"]:
@@ -80,7 +89,7 @@ async def login_wechat(
         keys = [_lock_key("wechat-openid", str(org_id), login.appid, login.openid)]
         if login.unionid:
             keys.append(_lock_key("wechat-unionid", str(org_id), login.unionid))
-        await queries.lock_keys(conn, sorted(keys))
+        await lock_keys(conn, sorted(keys))
 
         user, created = await _find_or_create_user(conn, app, login, master)
         if user["is_forbidden"] or user["is_deleted"]:
@@ -130,24 +139,20 @@ async def _find_or_create_user(
     org_id = app["organization_id"]
     identity = dict(organization_id=org_id, appid=login.appid, openid=login.openid, unionid=login.unionid)
     clear, sealed = session_key_columns(master, identity_row(org_id, login.appid, login.openid), login.session_key)
-    user = await queries.user_by_openid(conn, org_id, login.appid, login.openid)
+    user = await user_by_openid(conn, org_id, login.appid, login.openid)
     if user is not None:
-        await queries.refresh_identity(conn, session_key=clear, session_key_sealed=sealed, **identity)
-    elif login.unionid and (user := await queries.user_by_unionid(conn, org_id, login.unionid)) is not None:
-        await queries.insert_identity(
-            conn, user_id=user["id"], session_key=clear, session_key_sealed=sealed, **identity
-        )
+        await refresh_identity(conn, session_key=clear, session_key_sealed=sealed, **identity)
+    elif login.unionid and (user := await user_by_unionid(conn, org_id, login.unionid)) is not None:
+        await insert_identity(conn, user_id=user["id"], session_key=clear, session_key_sealed=sealed, **identity)
     else:
         if not app["enable_sign_up"]:
             raise InvalidGrant("the application does not allow to sign up new account")
         user = await _create_user(conn, app, login)
-        await queries.insert_identity(
-            conn, user_id=user["id"], session_key=clear, session_key_sealed=sealed, **identity
-        )
+        await insert_identity(conn, user_id=user["id"], session_key=clear, session_key_sealed=sealed, **identity)
         return user, True
     # Casdoor documents "update the profile on login" but ignores both fields for existing users; we honour it.
     if login.username or login.avatar:
-        user = await queries.update_user_profile(conn, user["id"], login.username, login.avatar)
+        user = await update_user_profile(conn, user["id"], login.username, login.avatar)
     return user, False
 
 
@@ -157,7 +162,7 @@ async def _create_user(conn: Conn, app: asyncpg.Record, login: WechatLogin) -> a
     candidates.append(fallback)
     candidates.extend(f"{fallback}-{secrets.token_hex(3)}" for _ in range(_SUFFIX_TRIES))
     for name in candidates:
-        user = await queries.insert_user(
+        user = await insert_user(
             conn,
             organization_id=app["organization_id"],
             name=name,

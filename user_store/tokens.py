@@ -37,9 +37,9 @@ import asyncpg
 from shared import jwtcheck
 from shared.errors import BadRequest, InvalidToken, Unauthorized
 from shared.messages import RevokedToken
-from user_store import queries
 from user_store.db import Conn
 from user_store.queries import translate
+from user_store.queries.tokens import insert_token
 from user_store.revocations import Revocations
 from user_store.signing_keys.signer import ALGORITHM, MintedTokens, Signer, Subject, token_hash
 
@@ -268,7 +268,7 @@ async def issue_tokens(
     """Mint an access/refresh pair for ``subject`` and store its row (hashes only) in ``family_id``."""
     token_id = uuid.uuid4()
     minted = signer.mint(subject, token_id=str(token_id), now=int(time.time()))
-    await queries.insert_token(
+    await insert_token(
         conn,
         token_id=token_id,
         family_id=family_id,

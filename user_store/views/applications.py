@@ -10,11 +10,11 @@ from shared.config import ConfigError
 from shared.errors import Unauthorized, Unavailable
 from shared.guard import log_id
 from shared.messages import ApplicationInfo, MiniProgramProvider
-from user_store import queries
 from user_store.appkeys import MASTER_KEY, PG_POOL
 from user_store.db import transaction
 from user_store.http import json_response
 from user_store.provider_secrets import open_secret
+from user_store.queries import applications as queries
 
 log = structlog.get_logger()
 
