@@ -29,7 +29,8 @@ import structlog
 from shared.errors import BadRequest
 from shared.messages import STREAM_FIELD, AuditEvent, audit_decoder
 from shared.redis_keys import RedisKeys
-from user_store.db import CONNECTION_ERRORS, Conn, Pool
+from user_store.db import Conn, Pool
+from user_store.queries import CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from user_store.metrics import UserStoreMetrics

@@ -1,4 +1,5 @@
-"""The asyncpg pool: created with bounded retries, JSON codecs set once, connection failures made retryable."""
+"""The asyncpg pool: created with bounded retries, JSON codecs set once; connections lent inside one translation of
+connection failures (``user_store.queries``), so they come out retryable."""
 
 from __future__ import annotations
 
@@ -13,29 +14,13 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from shared.config import UserStoreConfig
-from shared.errors import Unavailable
+from user_store.queries import CONNECTION_ERRORS, translate_connection
 
 log = structlog.get_logger()
 
 #: A plain connection or one borrowed from a pool; query helpers accept either.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
-
-#: Errors that mean "the database is not reachable right now", as opposed to a bug or bad data.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-)
-#: Errors worth one more try by the caller: the transaction lost a race it could not see coming.
-_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
-    *CONNECTION_ERRORS,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-)
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -68,25 +53,17 @@ async def create_pool(config: UserStoreConfig, *, tries: int = 10, delay: float 
 
 @asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Conn]:
-    """A pooled connection inside one transaction; an unreachable database becomes ``Unavailable``."""
-    try:
+    """A pooled connection inside one transaction; an unreachable database becomes ``Unavailable``
+    (``queries.translate_connection``)."""
+    with translate_connection():
         async with pool.acquire() as conn, conn.transaction():
             yield conn
-    except _RETRYABLE_ERRORS as exc:
-        raise Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1) from exc
-    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-        # A server lost mid-transaction: asyncpg then fails the rollback or commit on the dead connection with these.
-        raise Unavailable(f"the database connection was lost ({type(exc).__name__})", retry_after=1) from exc
 
 
 @asynccontextmanager
 async def connection(pool: Pool) -> AsyncIterator[Conn]:
     """A pooled connection without a transaction (each statement commits alone): for reads that need no common
     snapshot, such as a token check, it saves BEGIN and COMMIT. Errors are translated as ``transaction`` does."""
-    try:
+    with translate_connection():
         async with pool.acquire() as conn:
             yield conn
-    except _RETRYABLE_ERRORS as exc:
-        raise Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1) from exc
-    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-        raise Unavailable(f"the database connection was lost ({type(exc).__name__})", retry_after=1) from exc

@@ -14,7 +14,24 @@ from contextlib import contextmanager
 import asyncpg
 
 from shared.errors import BadRequest, Conflict, Unavailable
-from user_store.db import CONNECTION_ERRORS
+
+#: Errors that mean "the database is not reachable right now", as opposed to a bug or bad data.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+#: Errors worth one more try by the caller: the transaction lost a race it could not see coming.
+_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+#: A server lost mid-transaction: asyncpg then fails the rollback or commit on the dead connection with these.
+_LOST_ERRORS: tuple[type[BaseException], ...] = (asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 @contextmanager
@@ -31,4 +48,20 @@ def translate(what: str) -> Iterator[None]:
         # e.g. a NUL byte, which PostgreSQL text cannot hold: the caller's input, not our failure.
         raise BadRequest(f"invalid {what}: {exc.__class__.__name__}") from exc
     except CONNECTION_ERRORS as exc:
-        raise Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1) from exc
+        raise _unavailable(exc) from exc
+
+
+@contextmanager
+def translate_connection() -> Iterator[None]:
+    """Around a pooled connection's whole use, from acquiring it to releasing it (``user_store.db``): an unreachable
+    database, a lost serialization race or deadlock, or a server lost mid-transaction become ``Unavailable``."""
+    try:
+        yield
+    except _RETRYABLE_ERRORS as exc:
+        raise _unavailable(exc) from exc
+    except _LOST_ERRORS as exc:
+        raise Unavailable(f"the database connection was lost ({type(exc).__name__})", retry_after=1) from exc
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1)
