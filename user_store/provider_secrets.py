@@ -14,6 +14,12 @@ import structlog
 from shared.config import ConfigError
 from user_store.db import Conn
 from user_store.master_key import MasterKey
+from user_store.queries.secrets import (
+    clear_provider_secrets,
+    live_sealed_signing_key,
+    sealed_provider_secrets,
+    write_provider_secrets,
+)
 
 log = structlog.get_logger()
 
@@ -52,16 +58,13 @@ async def prepare_provider_secrets(conn: Conn, master: MasterKey | None) -> None
         log.warning("provider_secrets_unencrypted", hint="set MASTER_KEY or MASTER_KEY_FILE to encrypt them at rest")
     else:
         async with conn.transaction():
-            rows = await conn.fetch("SELECT id, app_secret FROM providers WHERE app_secret IS NOT NULL FOR UPDATE")
-            await conn.executemany(
-                "UPDATE providers SET app_secret = $2, app_secret_sealed = $3 WHERE id = $1",
-                [(row["id"], *secret_columns(master, row["id"], row["app_secret"])) for row in rows],
+            rows = await clear_provider_secrets(conn)
+            await write_provider_secrets(
+                conn, [(row["id"], *secret_columns(master, row["id"], row["app_secret"])) for row in rows]
             )
         log.info("provider_secrets_sealed", count=len(rows))
     unreadable: dict[str, str] = {}
-    for row in await conn.fetch(
-        "SELECT id, name, app_secret_sealed FROM providers WHERE app_secret_sealed IS NOT NULL"
-    ):
+    for row in await sealed_provider_secrets(conn):
         try:
             open_secret(master, row["id"], row["name"], None, row["app_secret_sealed"])
         except ConfigError as exc:
@@ -73,12 +76,9 @@ async def prepare_provider_secrets(conn: Conn, master: MasterKey | None) -> None
 async def check_master_key(conn: Conn, master: MasterKey | None) -> None:
     """Before a write: refuse one the user stores could not read back (``WrongMasterKey``), or a secret in clear
     beside encrypted provider secrets or signing keys (``ConfigError``)."""
-    provider = await conn.fetchrow(
-        "SELECT id, name, app_secret_sealed FROM providers WHERE app_secret_sealed IS NOT NULL LIMIT 1"
-    )
-    key = await conn.fetchrow(
-        "SELECT kid, private_key_enc FROM signing_keys WHERE retired_at IS NULL AND private_key_enc IS NOT NULL LIMIT 1"
-    )
+    providers = await sealed_provider_secrets(conn, limit=1)
+    provider = providers[0] if providers else None
+    key = await live_sealed_signing_key(conn)
     if provider is None and key is None:
         return
     if master is None:

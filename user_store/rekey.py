@@ -12,6 +12,16 @@ from typing import Any
 from shared.config import ConfigError
 from user_store.db import Conn
 from user_store.master_key import MasterKey
+from user_store.queries.secrets import (
+    reseal_identity_session_keys,
+    reseal_provider_secrets,
+    reseal_signing_keys,
+    reseal_token_session_keys,
+    sealed_identity_session_keys,
+    sealed_provider_secrets,
+    sealed_signing_keys,
+    sealed_token_session_keys,
+)
 from user_store.session_keys import family_row, identity_row
 
 
@@ -22,20 +32,15 @@ async def reseal_all(conn: Conn, master: MasterKey | None) -> dict[str, Any]:
         raise ConfigError("rotate-master-key needs MASTER_KEY (the new key) and MASTER_KEY_PREVIOUS (the old one)")
     counts: dict[str, Any] = {}
     async with conn.transaction():
-        rows = await conn.fetch(
-            "SELECT kid, private_key_enc FROM signing_keys WHERE private_key_enc IS NOT NULL FOR UPDATE"
-        )
-        await conn.executemany(
-            "UPDATE signing_keys SET private_key_enc = $2 WHERE kid = $1",
-            [(r["kid"], master.seal(master.open(r["private_key_enc"], r["kid"]), r["kid"])) for r in rows],
+        rows = await sealed_signing_keys(conn)
+        await reseal_signing_keys(
+            conn, [(r["kid"], master.seal(master.open(r["private_key_enc"], r["kid"]), r["kid"])) for r in rows]
         )
         counts["signing_keys"] = len(rows)
     async with conn.transaction():
-        rows = await conn.fetch(
-            "SELECT id, name, app_secret_sealed FROM providers WHERE app_secret_sealed IS NOT NULL FOR UPDATE"
-        )
-        await conn.executemany(
-            "UPDATE providers SET app_secret_sealed = $2 WHERE id = $1",
+        rows = await sealed_provider_secrets(conn, lock=True)
+        await reseal_provider_secrets(
+            conn,
             [
                 (
                     r["id"],
@@ -48,31 +53,22 @@ async def reseal_all(conn: Conn, master: MasterKey | None) -> dict[str, Any]:
         )
         counts["providers"] = len(rows)
     async with conn.transaction():
-        rows = await conn.fetch(
-            "SELECT organization_id, appid, openid, session_key_sealed FROM wechat_identities "
-            "WHERE session_key_sealed IS NOT NULL FOR UPDATE"
-        )
+        rows = await sealed_identity_session_keys(conn)
         updates = []
         for r in rows:
             row = identity_row(r["organization_id"], r["appid"], r["openid"])
             sealed = master.seal_session_key(master.open_session_key(r["session_key_sealed"], row), row)
             updates.append((r["organization_id"], r["appid"], r["openid"], sealed))
-        await conn.executemany(
-            "UPDATE wechat_identities SET session_key_sealed = $4 "
-            "WHERE organization_id = $1 AND appid = $2 AND openid = $3",
-            updates,
-        )
+        await reseal_identity_session_keys(conn, updates)
         counts["wechat_identities"] = len(rows)
     async with conn.transaction():
-        rows = await conn.fetch(
-            "SELECT id, family_id, session_key_sealed FROM tokens WHERE session_key_sealed IS NOT NULL FOR UPDATE"
-        )
+        rows = await sealed_token_session_keys(conn)
         token_updates: list[tuple[Any, bytes]] = []
         for r in rows:
             row = family_row(r["family_id"])
             token_updates.append(
                 (r["id"], master.seal_session_key(master.open_session_key(r["session_key_sealed"], row), row))
             )
-        await conn.executemany("UPDATE tokens SET session_key_sealed = $2 WHERE id = $1", token_updates)
+        await reseal_token_session_keys(conn, token_updates)
         counts["tokens"] = len(rows)
     return counts

@@ -15,6 +15,12 @@ import structlog
 from shared.config import ConfigError
 from user_store.db import Conn
 from user_store.master_key import MasterKey
+from user_store.queries.secrets import (
+    clear_identity_session_keys,
+    clear_token_session_keys,
+    write_identity_session_keys,
+    write_token_session_keys,
+)
 
 log = structlog.get_logger()
 
@@ -51,13 +57,9 @@ async def prepare_session_keys(conn: Conn, master: MasterKey | None) -> None:
         log.warning("session_keys_unencrypted", hint="set MASTER_KEY or MASTER_KEY_FILE to encrypt them at rest")
         return
     async with conn.transaction():
-        identities = await conn.fetch(
-            "SELECT organization_id, appid, openid, session_key FROM wechat_identities "
-            "WHERE session_key <> '' FOR UPDATE"
-        )
-        await conn.executemany(
-            "UPDATE wechat_identities SET session_key = $4, session_key_sealed = $5 "
-            "WHERE organization_id = $1 AND appid = $2 AND openid = $3",
+        identities = await clear_identity_session_keys(conn)
+        await write_identity_session_keys(
+            conn,
             [
                 (
                     r["organization_id"],
@@ -70,9 +72,9 @@ async def prepare_session_keys(conn: Conn, master: MasterKey | None) -> None:
                 for r in identities
             ],
         )
-        tokens = await conn.fetch("SELECT id, family_id, session_key FROM tokens WHERE session_key <> '' FOR UPDATE")
-        await conn.executemany(
-            "UPDATE tokens SET session_key = $2, session_key_sealed = $3 WHERE id = $1",
+        tokens = await clear_token_session_keys(conn)
+        await write_token_session_keys(
+            conn,
             [(r["id"], *session_key_columns(master, family_row(r["family_id"]), r["session_key"])) for r in tokens],
         )
     log.info("session_keys_sealed", identities=len(identities), tokens=len(tokens))

@@ -4,6 +4,8 @@
 - ``applications``: organizations, applications and their mini-program providers.
 - ``users``: users and their WeChat identities.
 - ``tokens``: token rows.
+- ``secrets``: the sealed columns (provider secrets, session_keys, signing keys' private keys), for sealing at start
+  and master-key rotation.
 """
 
 from __future__ import annotations
