@@ -18,8 +18,18 @@ from shared.errors import BadRequest, Conflict, NotFound
 from user_store.db import Conn
 from user_store.master_key import MasterKey
 from user_store.provider_secrets import check_master_key, secret_columns
-from user_store.queries import translate
-from user_store.queries.applications import PROVIDER_TYPE
+from user_store.queries.applications import (
+    application_by_name,
+    insert_application,
+    insert_organization,
+    insert_provider,
+    link_provider,
+    listing,
+    lock_application,
+    lock_provider,
+    set_client_secret_hash,
+    set_provider_secret,
+)
 
 MASK = "***"
 
@@ -72,26 +82,10 @@ def _check_name(kind: str, name: str) -> None:
         raise BadRequest(f"invalid {kind} name {name!r}")
 
 
-_APPLICATIONS = """
-    SELECT a.name, o.name AS organization, a.client_id, a.enable_sign_up, a.expire_in_hours,
-           a.refresh_expire_in_hours, a.created_at,
-           coalesce(array_agg(p.name ORDER BY ap.position) FILTER (WHERE p.name IS NOT NULL), '{}') AS providers
-    FROM applications a
-    JOIN organizations o ON o.id = a.organization_id
-    LEFT JOIN application_providers ap ON ap.application_id = a.id
-    LEFT JOIN providers p ON p.id = ap.provider_id
-"""
-
-
 async def create_organization(conn: Conn, name: str, display_name: str = "") -> Organization:
     """A new organization; ``Conflict`` when the name is taken."""
     _check_name("organization", name)
-    with translate(f"organization {name!r}"):
-        row = await conn.fetchrow(
-            "INSERT INTO organizations (name, display_name) VALUES ($1, $2) RETURNING *", name, display_name
-        )
-    assert row is not None
-    return _organization(row)
+    return _organization(await insert_organization(conn, name, display_name))
 
 
 def _organization(row: asyncpg.Record) -> Organization:
@@ -112,31 +106,24 @@ async def create_application(
         raise BadRequest("expire_in_hours must be positive")
     client_id, client_secret = secrets.token_hex(10), secrets.token_hex(20)
     async with conn.transaction():
-        with translate(f"application {name!r}"):
-            org_id = await conn.fetchval("SELECT id FROM organizations WHERE name = $1", organization)
-            if org_id is None:
-                raise NotFound(f"organization {organization!r} does not exist")
-            await conn.execute(
-                """
-                INSERT INTO applications (name, organization_id, client_id, client_secret_hash, enable_sign_up,
-                                          expire_in_hours)
-                VALUES ($1, $2, $3, $4, $5, $6)
-                """,
-                name,
-                org_id,
-                client_id,
-                _secret_hash(client_secret),
-                enable_sign_up,
-                expire_in_hours,
-            )
+        added = await insert_application(
+            conn,
+            name=name,
+            organization=organization,
+            client_id=client_id,
+            client_secret_hash=_secret_hash(client_secret),
+            enable_sign_up=enable_sign_up,
+            expire_in_hours=expire_in_hours,
+        )
+        if not added:
+            raise NotFound(f"organization {organization!r} does not exist")
         app = await get_application(conn, name)
     return NewApplication(**msgspec.structs.asdict(app), client_secret=client_secret)
 
 
 async def get_application(conn: Conn, name: str) -> Application:
     """The application called ``name`` (no secret); ``NotFound`` when there is none."""
-    with translate("application"):
-        row = await conn.fetchrow(_APPLICATIONS + " WHERE a.name = $1 GROUP BY a.id, o.name", name)
+    row = await application_by_name(conn, name)
     if row is None:
         raise NotFound(f"application {name!r} does not exist")
     return _application(row)
@@ -158,13 +145,7 @@ def _application(row: asyncpg.Record) -> Application:
 async def rotate_client_secret(conn: Conn, application: str) -> str:
     """Replace the application's client secret; return the new one (shown once)."""
     secret = secrets.token_hex(20)
-    with translate("application"):
-        updated = await conn.fetchval(
-            "UPDATE applications SET client_secret_hash = $2 WHERE name = $1 RETURNING id",
-            application,
-            _secret_hash(secret),
-        )
-    if updated is None:
+    if not await set_client_secret_hash(conn, application, _secret_hash(secret)):
         raise NotFound(f"application {application!r} does not exist")
     return secret
 
@@ -183,50 +164,19 @@ async def attach_miniprogram_provider(
     name = name or f"wechat-mp-{appid}"
     _check_name("provider", name)
     async with conn.transaction():
-        with translate(f"provider {name!r}"):
-            await check_master_key(conn, master)
-            app_id = await conn.fetchval("SELECT id FROM applications WHERE name = $1 FOR UPDATE", application)
-            if app_id is None:
-                raise NotFound(f"application {application!r} does not exist")
-            # The id is chosen here because the sealed secret is bound to it; a row already named so keeps its own.
-            provider_id = uuid.uuid4()
-            row = await conn.fetchrow(
-                """
-                INSERT INTO providers (id, name, type, appid, app_secret, app_secret_sealed)
-                VALUES ($1, $2, $3, $4, $5, $6)
-                ON CONFLICT (name) DO NOTHING
-                RETURNING *
-                """,
-                provider_id,
-                name,
-                PROVIDER_TYPE,
-                appid,
-                *secret_columns(master, provider_id, secret),
-            )
-            if row is None:
-                provider_id = await conn.fetchval(
-                    "SELECT id FROM providers WHERE name = $1 AND type = $2 AND appid = $3 FOR UPDATE",
-                    name,
-                    PROVIDER_TYPE,
-                    appid,
-                )
-                if provider_id is None:
-                    raise Conflict(f"provider {name!r} already exists with another type or appid")
-                row = await conn.fetchrow(
-                    "UPDATE providers SET app_secret = $2, app_secret_sealed = $3 WHERE id = $1 RETURNING *",
-                    provider_id,
-                    *secret_columns(master, provider_id, secret),
-                )
-                assert row is not None
-            await conn.execute(
-                """
-                INSERT INTO application_providers (application_id, provider_id, position)
-                SELECT $1, $2, coalesce(max(position) + 1, 0) FROM application_providers WHERE application_id = $1
-                ON CONFLICT (application_id, provider_id) DO NOTHING
-                """,
-                app_id,
-                row["id"],
-            )
+        await check_master_key(conn, master)
+        app_id = await lock_application(conn, application)
+        if app_id is None:
+            raise NotFound(f"application {application!r} does not exist")
+        # The id is chosen here because the sealed secret is bound to it; a row already named so keeps its own.
+        provider_id = uuid.uuid4()
+        row = await insert_provider(conn, provider_id, name, appid, *secret_columns(master, provider_id, secret))
+        if row is None:
+            existing = await lock_provider(conn, name, appid)
+            if existing is None:
+                raise Conflict(f"provider {name!r} already exists with another type or appid")
+            row = await set_provider_secret(conn, existing, name, *secret_columns(master, existing, secret))
+        await link_provider(conn, app_id, row["id"])
     return _provider(row)
 
 
@@ -242,10 +192,7 @@ def _provider(row: asyncpg.Record) -> Provider:
 
 async def list_all(conn: Conn) -> Listing:
     """Every organization, application (without secrets) and provider (secret masked)."""
-    with translate("listing"):
-        orgs = await conn.fetch("SELECT * FROM organizations ORDER BY name")
-        apps = await conn.fetch(_APPLICATIONS + " GROUP BY a.id, o.name ORDER BY a.name")
-        providers = await conn.fetch("SELECT * FROM providers ORDER BY name")
+    orgs, apps, providers = await listing(conn)
     return Listing(
         organizations=[_organization(r) for r in orgs],
         applications=[_application(r) for r in apps],

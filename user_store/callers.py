@@ -17,6 +17,7 @@ from shared.errors import PLEASE_LOGIN, BadRequest, Forbidden, InvalidToken, Not
 from shared.messages import Credentials
 from user_store.db import Conn
 from user_store.queries import translate
+from user_store.queries.applications import application_organization
 from user_store.signing_keys.signer import Signer
 from user_store.tokens import TokenInfo, authenticate_client, inspect_token
 from user_store.users import Lookup, find_user
@@ -50,11 +51,7 @@ async def authenticate(conn: Conn, signer: Signer, credentials: Credentials) -> 
         if not credentials.client_id or not credentials.client_secret:
             raise Unauthorized("send both clientId and clientSecret (or HTTP Basic), or a bearer access token")
         app = await authenticate_client(conn, credentials.client_id, credentials.client_secret)
-        with translate("application"):
-            org = await conn.fetchval(
-                "SELECT o.name FROM applications a JOIN organizations o ON o.id = a.organization_id WHERE a.id = $1",
-                app["id"],
-            )
+        org = await application_organization(conn, app["id"])
         return Caller(kind="application", organization=org, client_id=app["client_id"])
     raise Unauthorized(PLEASE_LOGIN)
 

@@ -39,6 +39,7 @@ from shared.errors import BadRequest, InvalidToken, Unauthorized
 from shared.messages import RevokedToken
 from user_store.db import Conn
 from user_store.queries import translate
+from user_store.queries.applications import application_credentials
 from user_store.queries.tokens import insert_token
 from user_store.revocations import Revocations
 from user_store.signing_keys.signer import ALGORITHM, MintedTokens, Signer, Subject, token_hash
@@ -208,10 +209,7 @@ async def authenticate_client(conn: Conn, client_id: str, client_secret: str) ->
     """
     if not client_id or not client_secret:
         raise BadRequest("client authentication is required: HTTP Basic, or client_id and client_secret")
-    with translate("application"):
-        row = await conn.fetchrow(
-            "SELECT id, client_id, name, client_secret_hash FROM applications WHERE client_id = $1", client_id
-        )
+    row = await application_credentials(conn, client_id)
     given = hashlib.sha256(client_secret.encode("utf-8", "surrogateescape")).digest()
     stored = row["client_secret_hash"] if row is not None else _UNKNOWN_SECRET_HASH
     if not hmac.compare_digest(given, stored) or row is None:

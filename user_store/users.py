@@ -19,6 +19,7 @@ from shared.errors import Conflict, NotFound
 from shared.messages import CasdoorOrganization, CasdoorUser
 from user_store.db import Conn
 from user_store.queries import translate
+from user_store.queries.applications import organization_by_name
 
 MASK = "***"
 PASSWORD_TYPE = "argon2id"
@@ -91,8 +92,7 @@ async def list_users(
 
 
 async def organization(conn: Conn, name: str) -> asyncpg.Record:
-    with translate("organization"):
-        row = await conn.fetchrow("SELECT * FROM organizations WHERE name = $1", name)
+    row = await organization_by_name(conn, name)
     if row is None:
         raise NotFound(f"organization {name!r} does not exist")
     return row
