@@ -16,11 +16,10 @@ import asyncpg
 from shared.errors import PLEASE_LOGIN, BadRequest, Forbidden, InvalidToken, NotFound, Unauthorized
 from shared.messages import Credentials
 from user_store.db import Conn
-from user_store.queries import translate
 from user_store.queries.applications import application_organization
+from user_store.queries.users import Lookup, find_user, is_admin_user
 from user_store.signing_keys.signer import Signer
 from user_store.tokens import TokenInfo, authenticate_client, inspect_token
-from user_store.users import Lookup, find_user
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +68,7 @@ async def is_admin(conn: Conn, caller: Caller, organization: str) -> bool:
         return False
     if not caller.is_user:
         return True
-    with translate("user"):
-        return bool(await conn.fetchval("SELECT is_admin FROM users WHERE id = $1::uuid", caller.user_id))
+    return await is_admin_user(conn, caller.user_id)
 
 
 async def find_target(

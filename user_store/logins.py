@@ -17,6 +17,7 @@ from user_store.db import Conn, Pool, transaction
 from user_store.master_key import MasterKey
 from user_store.queries.applications import login_application
 from user_store.queries.users import (
+    Identity,
     insert_identity,
     insert_user,
     lock_keys,
@@ -137,18 +138,18 @@ async def _find_or_create_user(
     conn: Conn, app: asyncpg.Record, login: WechatLogin, master: MasterKey | None
 ) -> tuple[asyncpg.Record, bool]:
     org_id = app["organization_id"]
-    identity = dict(organization_id=org_id, appid=login.appid, openid=login.openid, unionid=login.unionid)
+    identity = Identity(organization_id=org_id, appid=login.appid, openid=login.openid, unionid=login.unionid)
     clear, sealed = session_key_columns(master, identity_row(org_id, login.appid, login.openid), login.session_key)
     user = await user_by_openid(conn, org_id, login.appid, login.openid)
     if user is not None:
-        await refresh_identity(conn, session_key=clear, session_key_sealed=sealed, **identity)
+        await refresh_identity(conn, identity, session_key=clear, session_key_sealed=sealed)
     elif login.unionid and (user := await user_by_unionid(conn, org_id, login.unionid)) is not None:
-        await insert_identity(conn, user_id=user["id"], session_key=clear, session_key_sealed=sealed, **identity)
+        await insert_identity(conn, identity, user_id=user["id"], session_key=clear, session_key_sealed=sealed)
     else:
         if not app["enable_sign_up"]:
             raise InvalidGrant("the application does not allow to sign up new account")
         user = await _create_user(conn, app, login)
-        await insert_identity(conn, user_id=user["id"], session_key=clear, session_key_sealed=sealed, **identity)
+        await insert_identity(conn, identity, user_id=user["id"], session_key=clear, session_key_sealed=sealed)
         return user, True
     # Casdoor documents "update the profile on login" but ignores both fields for existing users; we honour it.
     if login.username or login.avatar:

@@ -20,20 +20,12 @@ import structlog
 
 from shared.errors import MinidoorError, RateLimited
 from user_store.db import Conn, Pool, connection
-from user_store.queries import translate
+from user_store.queries.users import claim_password_slot, release_password_slot
 
 log = structlog.get_logger()
 
 #: Longer than any change takes (the gateway gives the store 5 s), short enough that a dead store's slot returns soon.
 LEASE_S = 60.0
-
-_CLAIM = """
-    INSERT INTO password_change_slots AS s (user_id, slot, holder, expires_at)
-    VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-    ON CONFLICT (user_id, slot) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-        WHERE s.expires_at < now()
-    RETURNING slot
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +40,8 @@ async def claim(conn: Conn, user_id: str, slots: int, *, lease_s: float = LEASE_
     """One of ``user_id``'s ``slots``; ``RateLimited`` (429) when every one is held by a live change."""
     uid, holder = uuid.UUID(user_id), uuid.uuid4()
     for slot in range(slots):
-        with translate("password change slot"):
-            if await conn.fetchval(_CLAIM, uid, slot, holder, lease_s) is not None:
-                return Slot(uid, slot, holder)
+        if await claim_password_slot(conn, uid, slot, holder, lease_s):
+            return Slot(uid, slot, holder)
     raise RateLimited(f"more than {slots} password changes of this user at once; retry later", retry_after=1)
 
 
@@ -58,12 +49,6 @@ async def release(pool: Pool, slot: Slot) -> None:
     """Free ``slot``; a database that cannot be reached leaves it to its lease, the change itself went through."""
     try:
         async with connection(pool) as conn:
-            with translate("password change slot"):
-                await conn.execute(
-                    "DELETE FROM password_change_slots WHERE user_id = $1 AND slot = $2 AND holder = $3",
-                    slot.user_id,
-                    slot.slot,
-                    slot.holder,
-                )
+            await release_password_slot(conn, slot.user_id, slot.slot, slot.holder)
     except MinidoorError as exc:
         log.warning("password_slot_not_released", error=exc.description, lease_s=LEASE_S)

@@ -1,24 +1,20 @@
-"""Users as the account API sees them: lookups, Casdoor's JSON shape, writes, and password hashing.
-
-asyncpg's unique violations on users become ``Conflict`` here, naming the field that collided.
-"""
+"""Users as the account API sees them: Casdoor's JSON shape and password hashing. Their rows are read and written by
+``user_store.queries.users``; this module adds ``NotFound`` for the ones a caller must find."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Literal
 
 import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from shared.errors import Conflict, NotFound
+from shared.errors import NotFound
 from shared.messages import CasdoorOrganization, CasdoorUser
 from user_store.db import Conn
-from user_store.queries import translate
+from user_store.queries import users as queries
 from user_store.queries.applications import organization_by_name
 
 MASK = "***"
@@ -28,67 +24,13 @@ ORGANIZATION_OWNER = "admin"
 #: argon2-cffi's defaults (RFC 9106's low-memory profile): argon2id, 64 MiB, 3 passes.
 _hasher = PasswordHasher()
 
-_USER = """
-    SELECT u.*, o.name AS organization,
-           coalesce((SELECT w.openid FROM wechat_identities w WHERE w.user_id = u.id
-                     ORDER BY w.created_at LIMIT 1), '') AS openid
-    FROM users u JOIN organizations o ON o.id = u.organization_id
-"""
-Lookup = Literal["name", "id", "email", "phone"]
-_LOOKUPS: dict[Lookup, str] = {
-    "name": "u.name = $2",
-    "id": "u.id = $2::uuid",
-    "email": "lower(u.email) = lower($2)",
-    "phone": "u.phone = $2",
-}
-#: The unique constraints of users, by the field a client sees.
-_UNIQUE = {
-    "users_organization_id_name_key": "name",
-    "users_organization_email": "email",
-    "users_organization_phone": "phone",
-}
-
-
-async def find_user(
-    conn: Conn, organization: str, by: Lookup, value: str, *, lock: bool = False
-) -> asyncpg.Record | None:
-    """The user of ``organization`` whose name, id, email (any case) or phone is ``value``; ``lock`` holds its row
-    until the transaction ends."""
-    if by == "id":
-        try:
-            value = str(uuid.UUID(value))
-        except ValueError:
-            return None
-    sql = f"{_USER} WHERE o.name = $1 AND {_LOOKUPS[by]} ORDER BY u.created_at LIMIT 1"
-    if lock:
-        sql += " FOR UPDATE OF u"
-    with translate("user"):
-        return await conn.fetchrow(sql, organization, value)
-
 
 async def user_by_id(conn: Conn, user_id: str, *, lock: bool = False) -> asyncpg.Record:
     """The user with this id; ``NotFound`` when there is none (a token's user always exists)."""
-    sql = f"{_USER} WHERE u.id = $1::uuid" + (" FOR UPDATE OF u" if lock else "")
-    with translate("user"):
-        row = await conn.fetchrow(sql, user_id)
+    row = await queries.user_by_id(conn, user_id, lock=lock)
     if row is None:
         raise NotFound("the user does not exist")
     return row
-
-
-async def list_users(
-    conn: Conn, organization: str, *, limit: int | None, offset: int
-) -> tuple[list[asyncpg.Record], int]:
-    """A page of the organization's users, oldest first, and how many it has in all."""
-    with translate("user"):
-        rows = await conn.fetch(
-            f"{_USER} WHERE o.name = $1 ORDER BY u.created_at, u.name LIMIT $2 OFFSET $3", organization, limit, offset
-        )
-        total = await conn.fetchval(
-            "SELECT count(*) FROM users u JOIN organizations o ON o.id = u.organization_id WHERE o.name = $1",
-            organization,
-        )
-    return list(rows), int(total)
 
 
 async def organization(conn: Conn, name: str) -> asyncpg.Record:
@@ -96,34 +38,6 @@ async def organization(conn: Conn, name: str) -> asyncpg.Record:
     if row is None:
         raise NotFound(f"organization {name!r} does not exist")
     return row
-
-
-async def taken_by(conn: Conn, user: asyncpg.Record, field: str, value: str) -> bool:
-    """Whether another user of ``user``'s organization already has this name, email (any case) or phone."""
-    condition = {"name": "name = $2", "email": "lower(email) = lower($2)", "phone": "phone = $2"}[field]
-    with translate("user"):
-        return bool(
-            await conn.fetchval(
-                f"SELECT EXISTS (SELECT 1 FROM users WHERE organization_id = $1 AND {condition} AND id <> $3)",
-                user["organization_id"],
-                value,
-                user["id"],
-            )
-        )
-
-
-async def write_user(conn: Conn, user_id: Any, changes: dict[str, Any]) -> None:
-    """Set ``changes`` (column -> value; the columns come from ``user_updates.FIELDS``, never from a client)."""
-    assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=2))
-    try:
-        with translate("user"):
-            await conn.execute(
-                f"UPDATE users SET {assignments}, updated_at = now() WHERE id = $1", user_id, *changes.values()
-            )
-    except Conflict as exc:
-        cause = exc.__cause__
-        field = _UNIQUE.get(getattr(cause, "constraint_name", "") or "", "a unique field")
-        raise Conflict(f"{field} already exists in the organization") from cause
 
 
 def casdoor_user(row: asyncpg.Record) -> CasdoorUser:

@@ -2,7 +2,7 @@
 ``translate``: asyncpg's exceptions become ``shared.errors`` here and only here.
 
 - ``applications``: organizations, applications and their mini-program providers.
-- ``users``: users and their WeChat identities.
+- ``users``: users, their WeChat identities and their password-change slots.
 - ``tokens``: token rows.
 - ``secrets``: the sealed columns (provider secrets, session_keys, signing keys' private keys), for sealing at start
   and master-key rotation.
@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import asyncpg
@@ -37,13 +37,14 @@ _LOST_ERRORS: tuple[type[BaseException], ...] = (asyncpg.InterfaceError, asyncpg
 
 
 @contextmanager
-def translate(what: str) -> Iterator[None]:
-    """Turn a duplicate into ``Conflict`` naming ``what``, unstorable input into ``BadRequest``, a lost database into
-    ``Unavailable``."""
+def translate(what: str, *, duplicate: Callable[[str], str] | None = None) -> Iterator[None]:
+    """Turn a duplicate into ``Conflict`` naming ``what`` (or saying ``duplicate(constraint name)``), unstorable input
+    into ``BadRequest``, a lost database into ``Unavailable``."""
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
-        raise Conflict(f"{what} already exists") from exc
+        message = f"{what} already exists" if duplicate is None else duplicate(exc.constraint_name or "")
+        raise Conflict(message) from exc
     except asyncpg.CheckViolationError as exc:
         raise BadRequest(f"invalid {what} ({exc.constraint_name})") from exc
     except asyncpg.DataError as exc:

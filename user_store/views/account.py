@@ -42,9 +42,9 @@ from user_store.callers import (
 from user_store.db import Conn, connection, transaction
 from user_store.http import json_response, read_json
 from user_store.logout import logout as logout_tokens
+from user_store.queries.users import Lookup, list_users, taken_by, write_user
 from user_store.tokens import revoke_user_tokens
 from user_store.user_updates import parse_columns, plan_changes
-from user_store.users import Lookup
 
 _query_decoder = msgspec.json.Decoder(UserQuery)
 _update_decoder = msgspec.json.Decoder(UserUpdate)
@@ -124,7 +124,7 @@ async def get_users(request: web.Request) -> web.Response:
             raise forbid_listing(caller, owner)
         limit = query.page_size or None
         offset = (max(query.page, 1) - 1) * query.page_size
-        rows, total = await users.list_users(conn, owner, limit=limit, offset=offset)
+        rows, total = await list_users(conn, owner, limit=limit, offset=offset)
     return json_response(UserList(users=[users.casdoor_user(row) for row in rows], total=total))
 
 
@@ -143,7 +143,7 @@ async def update_user(request: web.Request) -> web.Response:
             raise Conflict("the user changed during the update; retry")
         for field in ("name", "email", "phone"):
             new = changes.values.get(field)
-            if new and await users.taken_by(conn, row, field, new):
+            if new and await taken_by(conn, row, field, new):
                 # A name is public in its organization; another user's email or phone is not, so it is not echoed.
                 shown = f"{field} {new!r}" if field == "name" else f"that {field}"
                 raise Conflict(f"{shown} already exists in organization {owner!r}")
@@ -151,7 +151,7 @@ async def update_user(request: web.Request) -> web.Response:
         if changes.password is not None and password_hash is not None:
             values["password_hash"] = password_hash[1]
         if values:
-            await users.write_user(conn, row["id"], values)
+            await write_user(conn, row["id"], values)
         revoked = 0
         if values.get("is_forbidden") or values.get("is_deleted"):
             # As Casdoor: a forbidden or deleted user's tokens die with the change.
