@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import cast
 
 import asyncpg
 import structlog
 
 from shared.errors import InvalidToken
-from user_store import queries
 from user_store.audit import AuditWriter
 from user_store.db import Pool, transaction
+from user_store.queries.tokens import token_owner
 from user_store.revocations import Revocations
 from user_store.tokens import FoundToken, find_token, revoke_family
 
@@ -31,18 +30,8 @@ async def logout(
             found = await find_token(conn, token)
             if found is None:
                 raise InvalidToken("the token is not one minidoor issued; nothing to log out")
-            with queries.translate("token"):
-                # The row exists: find_token just read it in this transaction.
-                owner = cast(
-                    asyncpg.Record,
-                    await conn.fetchrow(
-                        """
-                    SELECT o.name AS organization, u.name, u.id FROM tokens t JOIN users u ON u.id = t.user_id
-                    JOIN organizations o ON o.id = u.organization_id WHERE t.id = $1
-                    """,
-                        uuid.UUID(found.token_id),
-                    ),
-                )
+            # The row exists: find_token just read it in this transaction.
+            owner = await token_owner(conn, uuid.UUID(found.token_id))
             user = f"{owner['organization']}/{owner['name']}"
             revoked = len(await revoke_family(conn, revocations, found.family_id))
             count += revoked

@@ -17,9 +17,9 @@ import structlog
 
 from shared.errors import BadRequest, InvalidGrant, MinidoorError
 from shared.messages import RefreshRequest, RevokedToken, TokenResponse
-from user_store import queries
 from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
+from user_store.queries.tokens import refresh_row, set_replaced_by
 from user_store.revocations import Revocations
 from user_store.signing_keys.signer import Signer, Subject, token_hash
 from user_store.tokens import (
@@ -34,19 +34,6 @@ log = structlog.get_logger()
 
 #: A reuse this soon after the rotation is a concurrent refresh by the same client, not a replay.
 _CONCURRENT_REFRESH_GRACE = timedelta(seconds=5)
-
-_ROW = """
-    SELECT t.id, t.family_id, t.user_id, t.application_id, t.scope, t.session_key, t.session_key_sealed,
-           t.refresh_expires_at,
-           t.revoked_at, t.replaced_by, u.name AS user_name, u.display_name, u.avatar, u.is_forbidden, u.is_deleted,
-           a.client_id, a.expire_in_hours, a.refresh_expire_in_hours, o.name AS organization
-    FROM tokens t
-    JOIN users u ON u.id = t.user_id
-    JOIN applications a ON a.id = t.application_id
-    JOIN organizations o ON o.id = u.organization_id
-    WHERE t.refresh_hash = $1
-    FOR UPDATE OF t
-"""
 
 
 async def refresh_tokens(
@@ -68,8 +55,7 @@ async def refresh_tokens(
     async with transaction(pool) as conn:
         if req.client_secret:
             await authenticate_client(conn, req.client_id, req.client_secret)
-        with queries.translate("token"):
-            row = await conn.fetchrow(_ROW, token_hash(req.refresh_token))
+        row = await refresh_row(conn, token_hash(req.refresh_token))
         if row is None or claims["jti"] != str(row["id"]) or claims["sub"] != str(row["user_id"]):
             raise InvalidGrant("the refresh token is invalid or revoked")
         if row["client_id"] != req.client_id:
@@ -148,7 +134,6 @@ async def _rotate(conn: Conn, signer: Signer, revocations: Revocations, row: asy
         session_key_sealed=row["session_key_sealed"],
     )
     token_id = uuid.UUID(minted.token_id)
-    with queries.translate("token"):
-        await conn.execute("UPDATE tokens SET replaced_by = $2 WHERE id = $1", row["id"], token_id)
+    await set_replaced_by(conn, row["id"], token_id)
     structlog.contextvars.bind_contextvars(user_id=subject.user_id, family_id=str(row["family_id"]))
     return minted.response

@@ -38,9 +38,8 @@ from shared import jwtcheck
 from shared.errors import BadRequest, InvalidToken, Unauthorized
 from shared.messages import RevokedToken
 from user_store.db import Conn
-from user_store.queries import translate
 from user_store.queries.applications import application_credentials
-from user_store.queries.tokens import insert_token
+from user_store.queries.tokens import RevokeBy, TokenColumn, insert_token, revoke_rows, token_by_hash, token_row
 from user_store.revocations import Revocations
 from user_store.signing_keys.signer import ALGORITHM, MintedTokens, Signer, Subject, token_hash
 
@@ -113,19 +112,7 @@ def verify_jwt(signer: Signer, token: str) -> tuple[dict[str, Any], str] | None:
     return claims, key.kid
 
 
-_ROW = """
-    SELECT t.id, t.family_id, t.application_id, t.user_id, t.scope, t.expires_at, t.refresh_expires_at, t.revoked_at,
-           u.name AS user_name, u.is_forbidden, u.is_deleted, a.client_id, o.name AS organization
-    FROM tokens t
-    JOIN users u ON u.id = t.user_id
-    JOIN applications a ON a.id = t.application_id
-    JOIN organizations o ON o.id = u.organization_id
-    WHERE t.{column} = $1
-"""
-_ROW_BY_HASH: dict[TokenKind, str] = {
-    "access": _ROW.format(column="access_hash"),
-    "refresh": _ROW.format(column="refresh_hash"),
-}
+_COLUMN: dict[TokenKind, TokenColumn] = {"access": "access_hash", "refresh": "refresh_hash"}
 
 
 async def inspect_token(
@@ -143,8 +130,7 @@ async def inspect_token(
     kind = _KIND_BY_CLAIM.get(claims.get("tokenType"))
     if kind is None or (expected is not None and kind != expected):
         return None
-    with translate("token"):
-        row = await conn.fetchrow(_ROW_BY_HASH[kind], token_hash(token))
+    row = await token_row(conn, _COLUMN[kind], token_hash(token))
     if row is None or row["revoked_at"] is not None or row["is_forbidden"] or row["is_deleted"]:
         return None
     if client_id is not None and row["client_id"] != client_id:
@@ -177,17 +163,7 @@ async def find_token(conn: Conn, token: str) -> FoundToken | None:
     """The row of ``token`` by its hash in either column, whatever its state: what RFC 7009 revocation needs."""
     if not token or len(token) > jwtcheck.MAX_TOKEN_CHARS:
         return None
-    with translate("token"):
-        row = await conn.fetchrow(
-            """
-            SELECT t.id, t.family_id, t.access_hash = $1 AS is_access, a.client_id, t.user_id, a.name AS application,
-                   o.name AS organization
-            FROM tokens t JOIN applications a ON a.id = t.application_id
-            JOIN organizations o ON o.id = a.organization_id
-            WHERE t.access_hash = $1 OR t.refresh_hash = $1
-            """,
-            token_hash(token),
-        )
+    row = await token_by_hash(conn, token_hash(token))
     if row is None:
         return None
     return FoundToken(
@@ -217,21 +193,8 @@ async def authenticate_client(conn: Conn, client_id: str, client_secret: str) ->
     return row
 
 
-_REVOKE = """
-    UPDATE tokens SET revoked_at = now()
-    WHERE {column} = $1 AND revoked_at IS NULL
-    RETURNING id, greatest(expires_at, refresh_expires_at) AS last_expiry
-"""
-
-
-async def _revoke(conn: Conn, revocations: Revocations, column: str, value: uuid.UUID | str) -> list[RevokedToken]:
-    query = _REVOKE.format(column=column)
-    with translate("token"):
-        rows = list(await conn.fetch(query, value))
-        # Under READ COMMITTED that UPDATE may have waited on a concurrent refresh's row lock without seeing the row
-        # the refresh added to the family: later statements take fresh snapshots, so repeat until nothing is left.
-        while batch := await conn.fetch(query, value):
-            rows.extend(batch)
+async def _revoke(conn: Conn, revocations: Revocations, by: RevokeBy, value: uuid.UUID | str) -> list[RevokedToken]:
+    rows = await revoke_rows(conn, by, value)
     revoked = [RevokedToken(jti=str(row["id"]), exp=int(row["last_expiry"].timestamp())) for row in rows]
     await revocations.announce(revoked)
     return revoked

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, cast
+
+import asyncpg
 
 from user_store.db import Conn
 from user_store.queries import translate
@@ -44,3 +46,98 @@ async def insert_token(
             refresh_expires_at,
             session_key_sealed,
         )
+
+
+TokenColumn = Literal["access_hash", "refresh_hash"]
+_ROW = """
+    SELECT t.id, t.family_id, t.application_id, t.user_id, t.scope, t.expires_at, t.refresh_expires_at, t.revoked_at,
+           u.name AS user_name, u.is_forbidden, u.is_deleted, a.client_id, o.name AS organization
+    FROM tokens t
+    JOIN users u ON u.id = t.user_id
+    JOIN applications a ON a.id = t.application_id
+    JOIN organizations o ON o.id = u.organization_id
+    WHERE t.{column} = $1
+"""
+_ROW_BY_HASH: dict[TokenColumn, str] = {
+    column: _ROW.format(column=column) for column in ("access_hash", "refresh_hash")
+}
+
+
+async def token_row(conn: Conn, column: TokenColumn, token_hash: bytes) -> asyncpg.Record | None:
+    """The row whose ``column`` is ``token_hash``, with its user's state and name, its application and organization."""
+    with translate("token"):
+        return await conn.fetchrow(_ROW_BY_HASH[column], token_hash)
+
+
+async def token_by_hash(conn: Conn, token_hash: bytes) -> asyncpg.Record | None:
+    """The row holding ``token_hash`` in either column, whatever its state; ``is_access`` says which."""
+    with translate("token"):
+        return await conn.fetchrow(
+            """
+            SELECT t.id, t.family_id, t.access_hash = $1 AS is_access, a.client_id, t.user_id, a.name AS application,
+                   o.name AS organization
+            FROM tokens t JOIN applications a ON a.id = t.application_id
+            JOIN organizations o ON o.id = a.organization_id
+            WHERE t.access_hash = $1 OR t.refresh_hash = $1
+            """,
+            token_hash,
+        )
+
+
+async def token_owner(conn: Conn, token_id: uuid.UUID) -> asyncpg.Record:
+    """``organization, name, id`` of the user of a token row that exists."""
+    with translate("token"):
+        row = await conn.fetchrow(
+            """
+            SELECT o.name AS organization, u.name, u.id FROM tokens t JOIN users u ON u.id = t.user_id
+            JOIN organizations o ON o.id = u.organization_id WHERE t.id = $1
+            """,
+            token_id,
+        )
+    return cast(asyncpg.Record, row)
+
+
+async def refresh_row(conn: Conn, refresh_hash: bytes) -> asyncpg.Record | None:
+    """The row of a refresh token, locked until the transaction ends, with what a rotation needs: the login's
+    session_key and scope, its user's profile and state, its application's lifetimes."""
+    with translate("token"):
+        return await conn.fetchrow(
+            """
+            SELECT t.id, t.family_id, t.user_id, t.application_id, t.scope, t.session_key, t.session_key_sealed,
+                   t.refresh_expires_at,
+                   t.revoked_at, t.replaced_by, u.name AS user_name, u.display_name, u.avatar, u.is_forbidden,
+                   u.is_deleted, a.client_id, a.expire_in_hours, a.refresh_expire_in_hours, o.name AS organization
+            FROM tokens t
+            JOIN users u ON u.id = t.user_id
+            JOIN applications a ON a.id = t.application_id
+            JOIN organizations o ON o.id = u.organization_id
+            WHERE t.refresh_hash = $1
+            FOR UPDATE OF t
+            """,
+            refresh_hash,
+        )
+
+
+async def set_replaced_by(conn: Conn, token_id: uuid.UUID, replaced_by: uuid.UUID) -> None:
+    with translate("token"):
+        await conn.execute("UPDATE tokens SET replaced_by = $2 WHERE id = $1", token_id, replaced_by)
+
+
+RevokeBy = Literal["id", "family_id", "user_id"]
+_REVOKE = """
+    UPDATE tokens SET revoked_at = now()
+    WHERE {column} = $1 AND revoked_at IS NULL
+    RETURNING id, greatest(expires_at, refresh_expires_at) AS last_expiry
+"""
+
+
+async def revoke_rows(conn: Conn, by: RevokeBy, value: uuid.UUID | str) -> list[asyncpg.Record]:
+    """``id, last_expiry`` of every live row whose ``by`` column is ``value``, now revoked."""
+    query = _REVOKE.format(column=by)
+    with translate("token"):
+        rows = list(await conn.fetch(query, value))
+        # Under READ COMMITTED that UPDATE may have waited on a concurrent refresh's row lock without seeing the row
+        # the refresh added to the family: later statements take fresh snapshots, so repeat until nothing is left.
+        while batch := await conn.fetch(query, value):
+            rows.extend(batch)
+    return rows
