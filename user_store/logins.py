@@ -16,6 +16,7 @@ from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
 from user_store.master_key import MasterKey
 from user_store.queries.applications import login_application
+from user_store.queries.tokens import subject as token_subject
 from user_store.queries.users import (
     Identity,
     insert_identity,
@@ -27,7 +28,7 @@ from user_store.queries.users import (
     user_by_unionid,
 )
 from user_store.session_keys import family_row, identity_row, session_key_columns
-from user_store.signing_keys.signer import Signer, Subject
+from user_store.signing_keys.signer import Signer
 from user_store.tokens import issue_tokens
 from user_store.user_rules import MAX_DISPLAY_NAME, USERNAME_RE, UserRules, normalize
 
@@ -96,16 +97,7 @@ async def login_wechat(
         if user["is_forbidden"] or user["is_deleted"]:
             raise InvalidGrant("the user is forbidden to sign in")
 
-        subject = Subject(
-            user_id=str(user["id"]),
-            user_name=user["name"],
-            display_name=user["display_name"],
-            avatar=user["avatar"],
-            organization=app["organization"],
-            client_id=app["client_id"],
-            expire_in_hours=app["expire_in_hours"],
-            refresh_expire_in_hours=app["refresh_expire_in_hours"],
-        )
+        subject = token_subject(user, app)
         family_id = uuid.uuid4()
         session_key, sealed = session_key_columns(master, family_row(family_id), login.session_key)
         minted = await issue_tokens(
@@ -113,7 +105,7 @@ async def login_wechat(
             signer,
             subject,
             application_id=app["id"],
-            user_id=user["id"],
+            user_id=user["user_id"],
             family_id=family_id,
             session_key=session_key,
             session_key_sealed=sealed,
@@ -144,16 +136,16 @@ async def _find_or_create_user(
     if user is not None:
         await refresh_identity(conn, identity, session_key=clear, session_key_sealed=sealed)
     elif login.unionid and (user := await user_by_unionid(conn, org_id, login.unionid)) is not None:
-        await insert_identity(conn, identity, user_id=user["id"], session_key=clear, session_key_sealed=sealed)
+        await insert_identity(conn, identity, user_id=user["user_id"], session_key=clear, session_key_sealed=sealed)
     else:
         if not app["enable_sign_up"]:
             raise InvalidGrant("the application does not allow to sign up new account")
         user = await _create_user(conn, app, login)
-        await insert_identity(conn, identity, user_id=user["id"], session_key=clear, session_key_sealed=sealed)
+        await insert_identity(conn, identity, user_id=user["user_id"], session_key=clear, session_key_sealed=sealed)
         return user, True
     # Casdoor documents "update the profile on login" but ignores both fields for existing users; we honour it.
     if login.username or login.avatar:
-        user = await update_user_profile(conn, user["id"], login.username, login.avatar)
+        user = await update_user_profile(conn, user["user_id"], login.username, login.avatar)
     return user, False
 
 

@@ -20,8 +20,9 @@ from shared.messages import RefreshRequest, RevokedToken, TokenResponse
 from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, transaction
 from user_store.queries.tokens import refresh_row, set_replaced_by
+from user_store.queries.tokens import subject as token_subject
 from user_store.revocations import Revocations
-from user_store.signing_keys.signer import Signer, Subject, token_hash
+from user_store.signing_keys.signer import Signer, token_hash
 from user_store.tokens import (
     authenticate_client,
     issue_tokens,
@@ -112,16 +113,7 @@ def _check_scope(requested: str, granted: str) -> None:
 
 async def _rotate(conn: Conn, signer: Signer, revocations: Revocations, row: asyncpg.Record) -> TokenResponse:
     await revoke_token(conn, revocations, row["id"])
-    subject = Subject(
-        user_id=str(row["user_id"]),
-        user_name=row["user_name"],
-        display_name=row["display_name"],
-        avatar=row["avatar"],
-        organization=row["organization"],
-        client_id=row["client_id"],
-        expire_in_hours=row["expire_in_hours"],
-        refresh_expire_in_hours=row["refresh_expire_in_hours"],
-    )
+    subject = token_subject(row, row)
     # The new pair stays in the login's family and keeps its session_key (Casdoor loses it on refresh).
     minted = await issue_tokens(
         conn,

@@ -10,6 +10,7 @@ import asyncpg
 
 from user_store.db import Conn
 from user_store.queries import translate
+from user_store.signing_keys.signer import Subject
 
 
 async def insert_token(
@@ -116,6 +117,23 @@ async def refresh_row(conn: Conn, refresh_hash: bytes) -> asyncpg.Record | None:
             """,
             refresh_hash,
         )
+
+
+def subject(user: asyncpg.Record, application: asyncpg.Record) -> Subject:
+    """Whom a token pair is for: ``user_id``, ``user_name``, ``display_name`` and ``avatar`` of ``user``, and
+    ``organization``, ``client_id``, ``expire_in_hours`` and ``refresh_expire_in_hours`` of ``application``. The
+    login's user and application rows (``queries.users``, ``queries.applications.login_application``) have these
+    columns, and so has ``refresh_row``, which serves as both."""
+    return Subject(
+        user_id=str(user["user_id"]),
+        user_name=user["user_name"],
+        display_name=user["display_name"],
+        avatar=user["avatar"],
+        organization=application["organization"],
+        client_id=application["client_id"],
+        expire_in_hours=application["expire_in_hours"],
+        refresh_expire_in_hours=application["refresh_expire_in_hours"],
+    )
 
 
 async def set_replaced_by(conn: Conn, token_id: uuid.UUID, replaced_by: uuid.UUID) -> None:

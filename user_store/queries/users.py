@@ -14,8 +14,8 @@ from user_store.queries import translate
 
 # --- the WeChat login --------------------------------------------------------------------------------------------
 
-#: The columns of a user the login reads.
-_LOGIN_USER = "u.id, u.name, u.display_name, u.avatar, u.is_forbidden, u.is_deleted"
+#: The columns of a user the login reads, named as ``queries.tokens.subject`` reads them.
+_LOGIN_USER = "u.id AS user_id, u.name AS user_name, u.display_name, u.avatar, u.is_forbidden, u.is_deleted"
 
 
 async def lock_keys(conn: Conn, keys: list[int]) -> None:
