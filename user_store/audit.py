@@ -15,10 +15,8 @@ events directly (``insert_events``). Never a secret in a row: details carry fiel
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,11 +24,12 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
-from shared.errors import BadRequest
+from shared.errors import BadRequest, Unavailable
 from shared.messages import STREAM_FIELD, AuditEvent, audit_decoder
 from shared.redis_keys import RedisKeys
-from user_store.db import Conn, Pool
-from user_store.queries import CONNECTION_ERRORS
+from user_store.db import Conn, Pool, connection
+from user_store.queries.audit import delete_events_before, event_rows
+from user_store.queries.audit import insert_events as insert_events  # the admin CLI's way in
 
 if TYPE_CHECKING:
     from user_store.metrics import UserStoreMetrics
@@ -42,66 +41,8 @@ PRUNE_BATCH = 5000
 PRUNE_EVERY = 3600.0
 #: A stream entry pending this long with a consumer (a store that died before its XACK) is claimed by another.
 _CLAIM_IDLE_MS = 30_000
-_MAX_TEXT = 256
 
 _json_encoder = msgspec.json.Encoder()
-
-_INSERT = """
-    INSERT INTO audit_events (at, action, outcome, actor_kind, actor_id, target_user_id, organization, application,
-                              client_id, client_ip, request_id, details)
-    SELECT at, action, outcome, actor_kind, actor_id, target_user_id, organization, application, client_id, client_ip,
-           request_id, details::jsonb
-    FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
-                $8::text[], $9::text[], $10::inet[], $11::text[], $12::text[])
-         AS e(at, action, outcome, actor_kind, actor_id, target_user_id, organization, application, client_id,
-              client_ip, request_id, details)
-"""
-
-
-def _uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value) if value else None
-    except ValueError:
-        return None
-
-
-def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(value) if value else None
-    except ValueError:
-        return None
-
-
-def _columns(events: Sequence[AuditEvent]) -> list[list[Any]]:
-    """One array per column of ``_INSERT``; text is cut to a bounded length (stream events come from other
-    processes), and an id or IP that does not parse is stored as NULL rather than failing the batch."""
-    now = datetime.now(UTC)
-    cols: list[list[Any]] = [[] for _ in range(12)]
-    for e in events:
-        row = (
-            datetime.fromtimestamp(e.at, UTC) if e.at > 0 else now,
-            e.action[:_MAX_TEXT],
-            e.outcome[:_MAX_TEXT],
-            e.actor_kind[:_MAX_TEXT],
-            e.actor_id[:_MAX_TEXT],
-            _uuid(e.target_user_id),
-            e.organization[:_MAX_TEXT],
-            e.application[:_MAX_TEXT],
-            e.client_id[:_MAX_TEXT],
-            _ip(e.client_ip),
-            e.request_id[:_MAX_TEXT],
-            # Encoded here, not by a pool codec: the admin CLI's plain connection writes through this too.
-            _json_encoder.encode(e.details).decode(),
-        )
-        for col, value in zip(cols, row, strict=True):
-            col.append(value)
-    return cols
-
-
-async def insert_events(conn: Conn, events: Sequence[AuditEvent]) -> None:
-    """One INSERT for all of ``events``."""
-    if events:
-        await conn.execute(_INSERT, *_columns(events))
 
 
 def event_from_context(action: str, **fields: Any) -> AuditEvent:
@@ -118,7 +59,8 @@ def event_from_context(action: str, **fields: Any) -> AuditEvent:
 
 _Item = tuple[AuditEvent, "asyncio.Future[None] | None"]
 _Entry = tuple[bytes, dict[bytes, bytes]]
-_DRAIN_ERRORS: tuple[type[BaseException], ...] = (aioredis.RedisError, *CONNECTION_ERRORS)
+#: Redis away, or PostgreSQL: the writer fails a batch it could not write with ``Unavailable``.
+_DRAIN_ERRORS: tuple[type[BaseException], ...] = (aioredis.RedisError, OSError, TimeoutError, Unavailable)
 
 
 class AuditWriter:
@@ -186,9 +128,9 @@ class AuditWriter:
 
     async def _flush(self, batch: list[_Item]) -> None:
         try:
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 await insert_events(conn, [event for event, _ in batch])
-        except CONNECTION_ERRORS as exc:
+        except Unavailable as exc:
             self._fail(batch, exc)
             return
         except Exception as exc:
@@ -289,17 +231,8 @@ async def prune(pool: Pool, retention_days: int, *, batch: int = PRUNE_BATCH) ->
     """Delete events older than ``retention_days``, ``batch`` rows per statement; returns how many."""
     total = 0
     while True:
-        async with pool.acquire() as conn:
-            status = await conn.execute(
-                """
-                DELETE FROM audit_events WHERE id IN (
-                    SELECT id FROM audit_events WHERE at < now() - make_interval(days => $1) ORDER BY at LIMIT $2
-                )
-                """,
-                retention_days,
-                batch,
-            )
-        deleted = int(status.split()[-1])
+        async with connection(pool) as conn:
+            deleted = await delete_events_before(conn, retention_days, batch)
         total += deleted
         if deleted < batch:
             return total
@@ -311,7 +244,7 @@ async def prune_forever(pool: Pool, retention_days: int) -> None:
             deleted = await prune(pool, retention_days)
             if deleted:
                 log.info("audit_events_pruned", count=deleted, retention_days=retention_days)
-        except CONNECTION_ERRORS as exc:
+        except Unavailable as exc:
             log.warning("audit_prune_failed", error=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(PRUNE_EVERY)
 
@@ -327,14 +260,7 @@ def parse_since(value: str) -> datetime:
 
 async def read_events(conn: Conn, *, organization: str = "", since: datetime | None = None) -> AsyncIterator[bytes]:
     """Each matching event as one JSON line, oldest first; read through a cursor (call inside a transaction)."""
-    query = """
-        SELECT at, action, outcome, actor_kind, actor_id, target_user_id::text AS target_user_id, organization,
-               application, client_id, host(client_ip) AS client_ip, request_id, details::text AS details
-        FROM audit_events
-        WHERE ($1 = '' OR organization = $1) AND ($2::timestamptz IS NULL OR at >= $2)
-        ORDER BY at, id
-    """
-    async for row in conn.cursor(query, organization, since):
+    async for row in event_rows(conn, organization=organization, since=since):
         line = {k: ("" if v is None else v) for k, v in row.items()}
         line["details"] = msgspec.Raw(row["details"].encode())  # already JSON: embedded as it is
         yield _json_encoder.encode(line) + b"\n"

@@ -3,7 +3,8 @@
 
 - ``applications``: organizations, applications and their mini-program providers.
 - ``users``: users, their WeChat identities and their password-change slots.
-- ``tokens``: token rows.
+- ``tokens``: token rows, and the ``Subject`` of a token pair built from the rows beside them.
+- ``audit``: ``audit_events``.
 - ``secrets``: the sealed columns (provider secrets, session_keys, signing keys' private keys), for sealing at start
   and master-key rotation.
 """
