@@ -1,5 +1,4 @@
-"""The user store's SQL, one module per table group. Each helper takes a connection and runs its statements inside
-``translate``: asyncpg's exceptions become ``shared.errors`` here and only here.
+"""Every SQL statement of the user store, one module per table group, each a small named function taking a ``Conn``:
 
 - ``applications``: organizations, applications and their mini-program providers.
 - ``users``: users, their WeChat identities and their password-change slots.
@@ -7,6 +6,17 @@
 - ``audit``: ``audit_events``.
 - ``secrets``: the sealed columns (provider secrets, session_keys, signing keys' private keys), for sealing at start
   and master-key rotation.
+
+The rule: asyncpg's exceptions become ``shared.errors`` here and only here. Every statement runs inside
+``translate(what)`` (a duplicate is ``Conflict``, a refused value ``BadRequest``, a lost server ``Unavailable``),
+and every pooled connection is lent inside ``translate_connection`` (``user_store.db``), which catches what
+happens between statements: acquiring, committing, rolling back on a dead connection, a lost serialization race.
+Code above this package never imports an asyncpg exception.
+
+Not here, on purpose: the migration runner's own bookkeeping (``user_store/migrate.py``: its advisory lock and
+``schema_migrations``, which exist before any table of this package does, and whose failures should stop a start
+as they are), the readiness probe's ``SELECT 1`` (``user_store/views/health.py``, which reads no table and turns any
+failure into "not ready" itself) and, until their move, the signing keys' statements (``user_store/signing_keys/``).
 """
 
 from __future__ import annotations
