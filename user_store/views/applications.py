@@ -3,6 +3,9 @@ public facts, which the gateway caches) and ``.../wechat-miniprogram`` (its WeCh
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -11,7 +14,7 @@ from shared.errors import Unauthorized, Unavailable
 from shared.guard import log_id
 from shared.messages import ApplicationInfo, MiniProgramProvider
 from user_store.appkeys import MASTER_KEY, PG_POOL
-from user_store.db import transaction
+from user_store.db import Conn, transaction
 from user_store.http import json_response
 from user_store.provider_secrets import open_secret
 from user_store.queries import applications as queries
@@ -19,13 +22,19 @@ from user_store.queries import applications as queries
 log = structlog.get_logger()
 
 
-async def application_info(request: web.Request) -> web.Response:
+async def _row(request: web.Request, query: Callable[[Conn, str], Awaitable[asyncpg.Record | None]]) -> asyncpg.Record:
+    """What ``query`` reads for the path's ``client_id``; ``Unauthorized`` when no application has it."""
     client_id = request.match_info["client_id"]
     structlog.contextvars.bind_contextvars(client_id=log_id(client_id))
     async with transaction(request.app[PG_POOL]) as conn:
-        row = await queries.application_info(conn, client_id)
+        row = await query(conn, client_id)
     if row is None:
         raise Unauthorized("client_id is invalid")
+    return row
+
+
+async def application_info(request: web.Request) -> web.Response:
+    row = await _row(request, queries.application_info)
     return json_response(
         ApplicationInfo(
             client_id=row["client_id"],
@@ -38,12 +47,7 @@ async def application_info(request: web.Request) -> web.Response:
 
 
 async def miniprogram_provider(request: web.Request) -> web.Response:
-    client_id = request.match_info["client_id"]
-    structlog.contextvars.bind_contextvars(client_id=log_id(client_id))
-    async with transaction(request.app[PG_POOL]) as conn:
-        row = await queries.miniprogram_provider(conn, client_id)
-    if row is None:
-        raise Unauthorized("client_id is invalid")
+    row = await _row(request, queries.miniprogram_provider)
     if row["provider"] is None:
         raise Unauthorized("the application does not support wechat mini program")
     try:
