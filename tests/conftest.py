@@ -18,7 +18,9 @@ import redis.asyncio as aioredis
 from services.embedded import EmbeddedPostgres, EmbeddedRedis, with_database
 from tests.stack import Stack
 from user_store import admin
+from user_store.db import _init_connection
 from user_store.master_key import MasterKey
+from user_store.migrate import apply_migrations
 
 #: Lines of figures tests want shown after the run even without -s (``pytest_terminal_summary``).
 SUMMARY = pytest.StashKey[list[str]]()
@@ -96,6 +98,16 @@ async def pg_url(pg_server_url: str) -> AsyncIterator[str]:
     url = await create_database(pg_server_url)
     yield url
     await drop_database(pg_server_url, url)
+
+
+@pytest.fixture
+async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool (with the user store's codecs) on a migrated database of the test's own."""
+    conn = await asyncpg.connect(pg_url)
+    await apply_migrations(conn)
+    await conn.close()
+    async with asyncpg.create_pool(pg_url, min_size=1, max_size=2, init=_init_connection) as p:
+        yield p
 
 
 @pytest.fixture

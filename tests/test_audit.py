@@ -8,7 +8,6 @@ import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,9 +24,7 @@ from tests.account_helpers import api, update
 from tests.oauth_helpers import claims_of, eventually, issued_session_key, revoke, stack_login
 from tests.stack import ROOT
 from user_store.audit import AuditStreamDrain, AuditWriter, insert_events, prune
-from user_store.db import _init_connection
 from user_store.metrics import UserStoreMetrics
-from user_store.migrate import apply_migrations
 
 REFRESH_PATH = "/api/login/oauth/refresh_token"
 
@@ -138,16 +135,6 @@ def _cli(stack: Any, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "services", "admin", *args], cwd=ROOT, env=stack.env, capture_output=True, timeout=60
     )
-
-
-@pytest.fixture
-async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    """A migrated database of the test's own."""
-    conn = await asyncpg.connect(pg_url)
-    await apply_migrations(conn)
-    await conn.close()
-    async with asyncpg.create_pool(pg_url, min_size=1, max_size=2, init=_init_connection) as p:
-        yield p
 
 
 def _took_a_batch(writer: AuditWriter):

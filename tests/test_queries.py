@@ -12,21 +12,10 @@ import pytest
 
 from shared.errors import BadRequest, Conflict, Unavailable
 from tests.oauth_helpers import eventually
-from user_store.db import _init_connection, transaction
-from user_store.migrate import apply_migrations
+from user_store.db import transaction
 from user_store.queries import translate
 from user_store.queries.applications import insert_application, insert_organization, organization_by_name
 from user_store.queries.users import insert_user, is_admin_user, write_user
-
-
-@pytest.fixture(name="pool")
-async def _pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    """A migrated database of the test's own."""
-    conn = await asyncpg.connect(pg_url)
-    await apply_migrations(conn)
-    await conn.close()
-    async with asyncpg.create_pool(pg_url, min_size=1, max_size=2, init=_init_connection) as p:
-        yield p
 
 
 @pytest.fixture(name="admin_conn")
