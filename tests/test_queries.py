@@ -111,6 +111,17 @@ class TestTranslate:
         assert caught.value.status == 503 and caught.value.retry_after == 1
         assert caught.value.description == "the database is unavailable (ConnectionDoesNotExistError)"
 
+    async def test_statement_cancelled_by_the_server_is_unavailable(self, pool):
+        """A statement the server cancels (its shutdown stopping the backend, or here statement_timeout) is a 503:
+        SQLSTATE class 57, operator intervention, is the server's doing, not the caller's."""
+        async with pool.acquire() as conn:
+            await conn.execute("SET statement_timeout = 50")
+            with pytest.raises(Unavailable) as caught, translate("sleep"):
+                await conn.fetchval("SELECT pg_sleep(5)")
+            await conn.execute("RESET statement_timeout")
+        assert caught.value.status == 503
+        assert caught.value.description == "the database is unavailable (QueryCanceledError)"
+
     async def test_connection_lost_in_a_transaction_is_unavailable(self, pool, admin_conn):
         """A pooled connection whose server went away between statements is a 503 as well: ``db.transaction`` and
         ``db.connection`` translate what the statement and the rollback raise on the dead connection."""

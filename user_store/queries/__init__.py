@@ -33,7 +33,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    # 57xxx: the server is shutting down or restarting (AdminShutdownError when it stops a backend, CannotConnectNow
+    # while it starts) or cancelled the statement (statement_timeout): a 503 to retry, not a 500.
+    asyncpg.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
 )
