@@ -15,10 +15,12 @@ import asyncpg
 import msgspec
 
 from shared.errors import BadRequest, Conflict, NotFound
+from shared.jwtcheck import SIGNING_ALGORITHMS, SigningAlg
 from user_store.db import Conn
 from user_store.master_key import MasterKey
 from user_store.provider_secrets import check_master_key, secret_columns
 from user_store.queries import PROVIDER_TYPE, translate
+from user_store.signing_keys import keyring
 
 MASK = "***"
 
@@ -37,6 +39,8 @@ class Application(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     enable_sign_up: bool
     expire_in_hours: float
     refresh_expire_in_hours: float
+    #: RS256 or ES256: which key signs the application's tokens (``signing_alg``; Casdoor's name for it).
+    signing_alg: SigningAlg = msgspec.field(name="tokenSigningMethod")
     #: Provider names, in the order the login looks at them.
     providers: list[str]
     created_time: datetime
@@ -73,7 +77,7 @@ def _check_name(kind: str, name: str) -> None:
 
 _APPLICATIONS = """
     SELECT a.name, o.name AS organization, a.client_id, a.enable_sign_up, a.expire_in_hours,
-           a.refresh_expire_in_hours, a.created_at,
+           a.refresh_expire_in_hours, a.signing_alg, a.created_at,
            coalesce(array_agg(p.name ORDER BY ap.position) FILTER (WHERE p.name IS NOT NULL), '{}') AS providers
     FROM applications a
     JOIN organizations o ON o.id = a.organization_id
@@ -102,11 +106,28 @@ def _organization(row: asyncpg.Record) -> Organization:
     )
 
 
+def check_signing_alg(alg: str) -> SigningAlg:
+    """``alg`` if minidoor signs with it; ``BadRequest`` naming the choices otherwise."""
+    if alg not in SIGNING_ALGORITHMS:
+        raise BadRequest(f"the signing algorithm must be {' or '.join(SIGNING_ALGORITHMS)}, not {alg!r}")
+    return alg
+
+
 async def create_application(
-    conn: Conn, organization: str, name: str, enable_sign_up: bool = True, expire_in_hours: float = 168.0
+    conn: Conn,
+    organization: str,
+    name: str,
+    enable_sign_up: bool = True,
+    expire_in_hours: float = 168.0,
+    *,
+    signing_alg: str = "RS256",
+    master: MasterKey | None = None,
 ) -> NewApplication:
-    """A new application in ``organization`` with a fresh client id and secret (the secret is returned once)."""
+    """A new application in ``organization`` with a fresh client id and secret (the secret is returned once),
+    signing its tokens with ``signing_alg``. The first application of an algorithm other than RS256 (whose keys the
+    user store makes at its first start) makes that algorithm's first key, sealed with ``master``."""
     _check_name("application", name)
+    alg = check_signing_alg(signing_alg)
     if not expire_in_hours > 0:
         raise BadRequest("expire_in_hours must be positive")
     client_id, client_secret = secrets.token_hex(10), secrets.token_hex(20)
@@ -118,8 +139,8 @@ async def create_application(
             await conn.execute(
                 """
                 INSERT INTO applications (name, organization_id, client_id, client_secret_hash, enable_sign_up,
-                                          expire_in_hours)
-                VALUES ($1, $2, $3, $4, $5, $6)
+                                          expire_in_hours, signing_alg)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
                 """,
                 name,
                 org_id,
@@ -127,9 +148,34 @@ async def create_application(
                 _secret_hash(client_secret),
                 enable_sign_up,
                 expire_in_hours,
+                alg,
             )
+        await _ensure_signing_key(conn, alg, master)
         app = await get_application(conn, name)
     return NewApplication(**msgspec.structs.asdict(app), client_secret=client_secret)
+
+
+async def set_signing_alg(
+    conn: Conn, application: str, signing_alg: str, *, master: MasterKey | None = None
+) -> Application:
+    """Sign ``application``'s new tokens with ``signing_alg`` (making its first key, as ``create_application``
+    does). Tokens already issued stay valid: their keys stay in the JWKS until they expire."""
+    alg = check_signing_alg(signing_alg)
+    async with conn.transaction():
+        with translate("application"):
+            updated = await conn.fetchval(
+                "UPDATE applications SET signing_alg = $2 WHERE name = $1 RETURNING id", application, alg
+            )
+        if updated is None:
+            raise NotFound(f"application {application!r} does not exist")
+        await _ensure_signing_key(conn, alg, master)
+        app = await get_application(conn, application)
+    return app
+
+
+async def _ensure_signing_key(conn: Conn, alg: SigningAlg, master: MasterKey | None) -> None:
+    if alg != "RS256":
+        await keyring.ensure_key(conn, master, alg)
 
 
 async def get_application(conn: Conn, name: str) -> Application:
@@ -149,6 +195,7 @@ def _application(row: asyncpg.Record) -> Application:
         enable_sign_up=row["enable_sign_up"],
         expire_in_hours=row["expire_in_hours"],
         refresh_expire_in_hours=row["refresh_expire_in_hours"],
+        signing_alg=row["signing_alg"],
         providers=list(row["providers"]),
         created_time=row["created_at"],
     )

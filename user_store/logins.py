@@ -95,6 +95,7 @@ async def login_wechat(
             client_id=app["client_id"],
             expire_in_hours=app["expire_in_hours"],
             refresh_expire_in_hours=app["refresh_expire_in_hours"],
+            signing_alg=app["signing_alg"],
         )
         family_id = uuid.uuid4()
         session_key, sealed = session_key_columns(master, family_row(family_id), login.session_key)

@@ -83,7 +83,7 @@ async def login_application(conn: Conn, client_id: str, appid: str) -> asyncpg.R
         return await conn.fetchrow(
             """
             SELECT a.id, a.name, a.client_id, a.organization_id, o.name AS organization, a.enable_sign_up,
-                   a.expire_in_hours, a.refresh_expire_in_hours,
+                   a.expire_in_hours, a.refresh_expire_in_hours, a.signing_alg,
                    EXISTS (SELECT 1 FROM application_providers ap JOIN providers p ON p.id = ap.provider_id
                            WHERE ap.application_id = a.id AND p.type = $3 AND p.appid = $2) AS has_appid
             FROM applications a JOIN organizations o ON o.id = a.organization_id

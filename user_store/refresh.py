@@ -39,7 +39,7 @@ _ROW = """
     SELECT t.id, t.family_id, t.user_id, t.application_id, t.scope, t.session_key, t.session_key_sealed,
            t.refresh_expires_at,
            t.revoked_at, t.replaced_by, u.name AS user_name, u.display_name, u.avatar, u.is_forbidden, u.is_deleted,
-           a.client_id, a.expire_in_hours, a.refresh_expire_in_hours, o.name AS organization
+           a.client_id, a.expire_in_hours, a.refresh_expire_in_hours, a.signing_alg, o.name AS organization
     FROM tokens t
     JOIN users u ON u.id = t.user_id
     JOIN applications a ON a.id = t.application_id
@@ -135,6 +135,7 @@ async def _rotate(conn: Conn, signer: Signer, revocations: Revocations, row: asy
         client_id=row["client_id"],
         expire_in_hours=row["expire_in_hours"],
         refresh_expire_in_hours=row["refresh_expire_in_hours"],
+        signing_alg=row["signing_alg"],
     )
     # The new pair stays in the login's family and keeps its session_key (Casdoor loses it on refresh).
     minted = await issue_tokens(
