@@ -23,6 +23,7 @@ import msgspec
 from services.embedded import EmbeddedPostgres
 from shared.errors import BadRequest, MinidoorError
 from shared.jwtcheck import SIGNING_ALGORITHMS
+from shared.logs import configure_logging
 from shared.messages import AuditEvent
 from user_store import admin, audit, rekey
 from user_store.master_key import MasterKey, master_key_from_env
@@ -282,6 +283,8 @@ async def _audit(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Log lines (a migration applied, a first ES256 key made) go to stderr: stdout is the command's JSON alone.
+    configure_logging("info", "auto", service="admin")
     if getattr(args, "secret", None) is not None:
         print(
             "error: --secret would put the AppSecret on the command line (ps, shell history, make's echo); pass it on"

@@ -29,7 +29,7 @@ from shared.messages import SigningKeysChanged, token_event_decoder
 from shared.redis_keys import RedisKeys
 from shared.verifier import Verifier, http_jwks
 from tests.conftest import SHOP_APPID as APPID
-from tests.oauth_helpers import eventually, introspect, kid_of, refuses, stack_login
+from tests.oauth_helpers import basic, eventually, introspect, kid_of, make_app, refuses, stack_login
 from tests.stack import ROOT, Stack
 from user_store import admin
 from user_store.appkeys import PG_POOL, SIGNER
@@ -355,7 +355,7 @@ class TestEndToEnd:
         async with aiohttp.ClientSession() as session:
             old_token = (await stack_login(session, stack, "o-rotate-1"))["access_token"]
             old = kid_of(old_token)
-            [rotated] = stack.admin("rotate-keys", "--activate-in", "3")
+            [rotated] = stack.admin("rotate-keys", "--alg", "RS256", "--activate-in", "3")
             new = rotated["kid"]
             assert rotated["status"] == "pending" and rotated["encrypted"] is True
             await eventually(_jwks_has(session, stack, new), 10, "the new key in the JWKS")
@@ -393,6 +393,33 @@ class TestEndToEnd:
                 assert old not in {key["kid"] for key in (await resp.json())["keys"]}
 
 
+class TestAlgorithmsEndToEnd:
+    async def test_cli_per_algorithm(self, stack: Stack):
+        """Through the admin CLI: create-app --alg ES256 starts the ES256 ring, rotate-keys --alg ES256 rotates it
+        alone, rotate-keys with no --alg rotates both rings, set-alg moves an application; tokens follow."""
+        app = make_app(stack, "cli-es256", alg="ES256")
+        keys = {key["algorithm"]: key for key in stack.admin("list-keys") if key["status"] == "current"}
+        assert set(keys) == {"RS256", "ES256"}
+        [rotated] = stack.admin("rotate-keys", "--alg", "ES256", "--activate-in", "0")
+        assert (rotated["algorithm"], rotated["status"]) == ("ES256", "current")
+        statuses = {key["kid"]: key["status"] for key in stack.admin("list-keys")}
+        assert (statuses[keys["RS256"]["kid"]], statuses[keys["ES256"]["kid"]]) == ("current", "superseded")
+        async with aiohttp.ClientSession() as session:
+            token = await _token_with_kid(session, stack, rotated["kid"], client_id=app["clientId"], appid=app["appid"])
+            assert jwt.get_unverified_header(token)["alg"] == "ES256"
+            both = stack.admin("rotate-keys", "--activate-in", "600")
+            assert sorted(key["algorithm"] for key in both) == ["ES256", "RS256"]
+            moved = stack.admin("set-alg", "--app", app["name"], "--alg", "RS256")
+            assert moved["tokenSigningMethod"] == "RS256"
+            login = await stack_login(session, stack, "o-cli-moved", client_id=app["clientId"], appid=app["appid"])
+            assert jwt.get_unverified_header(login["access_token"])["alg"] == "RS256"
+            assert (await introspect(session, stack, token, auth=basic(app["clientId"], app["clientSecret"])))[
+                "active"
+            ] is True
+        with pytest.raises(RuntimeError, match="invalid choice: 'HS256'"):
+            stack.admin("create-app", "--org", "demo", "--name", "cli-hs256", "--alg", "HS256")
+
+
 def _has_kid(client, kid: str):
     async def check() -> bool:
         return kid in client.app[SIGNER].public_keys()
@@ -423,10 +450,14 @@ def _jwks_has(session: aiohttp.ClientSession, stack: Stack, kid: str):
     return check
 
 
-async def _token_with_kid(session: aiohttp.ClientSession, stack: Stack, kid: str) -> str:
-    """Log in until the user store signs with ``kid`` (it does once the key is active and reloaded)."""
+async def _token_with_kid(
+    session: aiohttp.ClientSession, stack: Stack, kid: str, *, client_id: str = "", appid: str = ""
+) -> str:
+    """Log in (to the demo application, or to ``client_id`` with ``appid``) until the user store signs with ``kid``
+    (it does once the key is active and reloaded)."""
     for attempt in range(100):
-        token = str((await stack_login(session, stack, f"o-rotate-{attempt + 2}"))["access_token"])
+        openid = f"o-rotate-{kid}-{attempt + 2}"
+        token = str((await stack_login(session, stack, openid, client_id=client_id, appid=appid))["access_token"])
         if kid_of(token) == kid:
             return token
         await asyncio.sleep(0.2)
