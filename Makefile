@@ -103,8 +103,12 @@ create-org: install  ## make create-org NAME=acme
 	$(PY) -m services admin create-org --name "$(NAME)"
 
 .PHONY: create-app
-create-app: install  ## make create-app ORG=acme NAME=shop
-	$(PY) -m services admin create-app --org "$(ORG)" --name "$(NAME)"
+create-app: install  ## make create-app ORG=acme NAME=shop [ALG=ES256] (default DEFAULT_SIGNING_ALG, else RS256)
+	$(PY) -m services admin create-app --org "$(ORG)" --name "$(NAME)" $(if $(ALG),--alg "$(ALG)")
+
+.PHONY: set-alg
+set-alg: install  ## make set-alg APP=shop ALG=ES256: its new tokens signed so (its old ones stay valid)
+	$(PY) -m services admin set-alg --app "$(APP)" --alg "$(ALG)"
 
 .PHONY: attach-provider
 attach-provider: install  ## make attach-provider APP=shop APPID=wx... [SECRET_FILE=path]; else WECHAT_APP_SECRET or a prompt
@@ -120,8 +124,8 @@ rotate-master-key: install  ## re-seal everything under MASTER_KEY (new), readin
 	$(PY) -m services admin rotate-master-key
 
 .PHONY: rotate-keys
-rotate-keys: install  ## new signing key, in the JWKS now, signing after ACTIVATE_IN seconds (default 90)
-	$(PY) -m services admin rotate-keys $(if $(ACTIVATE_IN),--activate-in "$(ACTIVATE_IN)")
+rotate-keys: install  ## new signing key (of ALG, else of every algorithm in use), signing after ACTIVATE_IN s (90)
+	$(PY) -m services admin rotate-keys $(if $(ALG),--alg "$(ALG)") $(if $(ACTIVATE_IN),--activate-in "$(ACTIVATE_IN)")
 
 .PHONY: retire-key
 retire-key: install  ## make retire-key KID=key-... (its tokens stop verifying at once)

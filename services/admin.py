@@ -22,6 +22,8 @@ import msgspec
 
 from services.embedded import EmbeddedPostgres
 from shared.errors import BadRequest, MinidoorError
+from shared.jwtcheck import SIGNING_ALGORITHMS
+from shared.logs import configure_logging
 from shared.messages import AuditEvent
 from user_store import admin, audit, rekey
 from user_store.master_key import MasterKey, master_key_from_env
@@ -30,6 +32,8 @@ from user_store.signing_keys import certificates, keyring
 
 #: Where ``attach-provider`` reads the AppSecret when no ``--secret-file`` is given (then stdin).
 SECRET_ENV = "WECHAT_APP_SECRET"
+#: The signing algorithm of a new application when ``create-app`` is given no ``--alg`` (else RS256).
+ALG_ENV = "DEFAULT_SIGNING_ALG"
 
 Command = Callable[[asyncpg.Connection, argparse.Namespace], Awaitable[Any]]
 
@@ -48,7 +52,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--no-sign-up", action="store_true", help="log in existing users only")
     p.add_argument("--expire-in-hours", type=float, default=168.0)
+    p.add_argument(
+        "--alg",
+        choices=SIGNING_ALGORITHMS,
+        default=None,
+        help=f"what signs its tokens (default ${ALG_ENV}, else RS256); ES256 is not for Casdoor's Node.js SDK",
+    )
     p.set_defaults(admin_fn=_create_app)
+
+    p = cmds.add_parser("set-alg", help="sign an application's new tokens with another algorithm")
+    p.add_argument("--app", required=True)
+    p.add_argument("--alg", required=True, choices=SIGNING_ALGORITHMS)
+    p.set_defaults(admin_fn=_set_alg)
 
     p = cmds.add_parser(
         "attach-provider",
@@ -66,7 +81,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--app", required=True)
     p.set_defaults(admin_fn=_rotate_secret)
 
-    p = cmds.add_parser("rotate-keys", help="make a new signing key; new tokens use it after --activate-in seconds")
+    p = cmds.add_parser(
+        "rotate-keys", help="make a new signing key per algorithm; new tokens use it after --activate-in seconds"
+    )
+    p.add_argument(
+        "--alg",
+        choices=SIGNING_ALGORITHMS,
+        action="append",
+        help="only this algorithm's key (repeatable; default: every algorithm in use)",
+    )
     p.add_argument(
         "--activate-in",
         type=float,
@@ -120,11 +143,46 @@ async def _create_org(conn: asyncpg.Connection, args: argparse.Namespace) -> Any
 
 
 async def _create_app(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    alg = args.alg or default_signing_alg(os.environ)
+    master = await asyncio.to_thread(_master_key)  # a first ES256 key is sealed as the user store seals keys
     app = await admin.create_application(
-        conn, args.org, args.name, enable_sign_up=not args.no_sign_up, expire_in_hours=args.expire_in_hours
+        conn,
+        args.org,
+        args.name,
+        enable_sign_up=not args.no_sign_up,
+        expire_in_hours=args.expire_in_hours,
+        signing_alg=alg,
+        master=master,
     )
     await _record(
-        conn, "admin.create_app", organization=app.organization, application=app.name, client_id=app.client_id
+        conn,
+        "admin.create_app",
+        organization=app.organization,
+        application=app.name,
+        client_id=app.client_id,
+        details={"signing_alg": app.signing_alg},
+    )
+    return app
+
+
+def default_signing_alg(environ: Mapping[str, str]) -> str:
+    """``$DEFAULT_SIGNING_ALG``, else RS256; ``BadRequest`` naming the variable for another value."""
+    alg = environ.get(ALG_ENV) or "RS256"
+    if alg not in SIGNING_ALGORITHMS:
+        raise BadRequest(f"{ALG_ENV} must be {' or '.join(SIGNING_ALGORITHMS)}, not {alg!r}")
+    return alg
+
+
+async def _set_alg(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    master = await asyncio.to_thread(_master_key)
+    app = await admin.set_signing_alg(conn, args.app, args.alg, master=master)
+    await _record(
+        conn,
+        "admin.set_alg",
+        organization=app.organization,
+        application=app.name,
+        client_id=app.client_id,
+        details={"signing_alg": app.signing_alg},
     )
     return app
 
@@ -186,9 +244,11 @@ def _master_key() -> MasterKey | None:
 
 async def _rotate_keys(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     master = await asyncio.to_thread(_master_key)
-    key = await keyring.rotate_keys(conn, master, activate_in=args.activate_in)
-    await _record(conn, "admin.rotate_keys", details={"kid": key.kid, "activate_in_s": args.activate_in})
-    return key
+    keys = await keyring.rotate_keys(conn, master, args.alg, activate_in=args.activate_in)
+    for key in keys:
+        details = {"kid": key.kid, "algorithm": key.algorithm, "activate_in_s": args.activate_in}
+        await _record(conn, "admin.rotate_keys", details=details)
+    return keys
 
 
 async def _rotate_master_key(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
@@ -223,6 +283,8 @@ async def _audit(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Log lines (a migration applied, a first ES256 key made) go to stderr: stdout is the command's JSON alone.
+    configure_logging("info", "auto", service="admin")
     if getattr(args, "secret", None) is not None:
         print(
             "error: --secret would put the AppSecret on the command line (ps, shell history, make's echo); pass it on"

@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 
 from shared.errors import Conflict, NotFound
+from shared.jwtcheck import SigningAlg
 from user_store import admin
 from user_store.master_key import MasterKey
 from user_store.migrate import apply_migrations
@@ -37,6 +38,8 @@ class Demo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     wechat_app_secret: str
     #: PEM X.509 of the signing key, what a Casdoor server SDK verifies tokens with ("" until a key exists).
     certificate: str = ""
+    #: RS256 or ES256 (``DEFAULT_SIGNING_ALG``): what signs the demo application's tokens.
+    signing_alg: str = "RS256"
 
     @property
     def sandbox_apps(self) -> str:
@@ -44,13 +47,20 @@ class Demo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 
 async def seed_demo(
-    database_url: str, state_dir: Path, gateway: str, sandbox: str, *, master: MasterKey | None = None
+    database_url: str,
+    state_dir: Path,
+    gateway: str,
+    sandbox: str,
+    *,
+    master: MasterKey | None = None,
+    signing_alg: SigningAlg = "RS256",
 ) -> Demo:
     """Migrate, create the demo data if missing, and (re)write ``demo.json``. Safe to run on every start.
 
-    With the user store's ``master`` key, the signing keys are prepared as the user store will at its start
-    (idempotent), so ``certificate`` is there from the first run; without, it is the current key's if any. The
-    provider's secret is sealed with it, and opened with it for the sandbox."""
+    The demo application signs with ``signing_alg``, switched to it when it signed otherwise. With the user store's
+    ``master`` key, the signing keys are prepared as the user store will at its start (idempotent), so
+    ``certificate`` is there from the first run; without, it is the current key's if any. The provider's secret is
+    sealed with it, and opened with it for the sandbox."""
     demo_file = state_dir / "demo.json"
     conn = await asyncpg.connect(database_url)
     try:
@@ -59,7 +69,9 @@ async def seed_demo(
             try:
                 app = msgspec.to_builtins(await admin.get_application(conn, APPLICATION))
             except NotFound:
-                app = await _create(conn, master)
+                app = await _create(conn, master, signing_alg)
+            if app["tokenSigningMethod"] != signing_alg:
+                await admin.set_signing_alg(conn, APPLICATION, signing_alg, master=master)
             client_secret = app.get("clientSecret") or _saved_secret(demo_file, app["clientId"])
             if not client_secret:
                 # The secret is stored hashed; without the old demo.json the only way to show one is a new one.
@@ -88,6 +100,7 @@ async def seed_demo(
         wechat_app_id=provider["appid"],
         wechat_app_secret=app_secret,
         certificate=certificate,
+        signing_alg=signing_alg,
     )
     # Created 0600 rather than chmod-ed after the write: it holds the client secret from its first byte.
     fd = os.open(demo_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -97,12 +110,14 @@ async def seed_demo(
     return demo
 
 
-async def _create(conn: asyncpg.Connection, master: MasterKey | None) -> dict[str, str]:
+async def _create(conn: asyncpg.Connection, master: MasterKey | None, signing_alg: SigningAlg) -> dict[str, str]:
     try:
         await admin.create_organization(conn, ORGANIZATION, display_name="Demo organization")
     except Conflict:
         pass  # made by hand or by an earlier seed: reuse it
-    app = msgspec.to_builtins(await admin.create_application(conn, ORGANIZATION, APPLICATION))
+    app = msgspec.to_builtins(
+        await admin.create_application(conn, ORGANIZATION, APPLICATION, signing_alg=signing_alg, master=master)
+    )
     appid = "wx" + secrets.token_hex(8)
     await admin.attach_miniprogram_provider(conn, APPLICATION, appid, secrets.token_hex(16), master=master)
     return dict(app)
@@ -110,10 +125,10 @@ async def _create(conn: asyncpg.Connection, master: MasterKey | None) -> dict[st
 
 async def _certificate(conn: asyncpg.Connection) -> str:
     try:
-        _kid, pem = await certificates.current_certificate(conn)
+        cert = await certificates.application_certificate(conn, APPLICATION)
     except NotFound:
         return ""
-    return pem
+    return cert.certificate
 
 
 def _saved_secret(demo_file: Path, client_id: str) -> str:

@@ -61,7 +61,12 @@ class Runner:
             database_url, redis_url = self._start_infrastructure()
             demo = asyncio.run(
                 seed_demo(
-                    database_url, self.state_dir, self._gateway_url(), self._sandbox_url(), master=self._master_key()
+                    database_url,
+                    self.state_dir,
+                    self._gateway_url(),
+                    self._sandbox_url(),
+                    master=self._master_key(),
+                    signing_alg=self.config.default_signing_alg,
                 )
             )
             self._start_services(database_url, redis_url, demo)

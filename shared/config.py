@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from shared.errors import MinidoorError
+from shared.jwtcheck import SigningAlg
 from shared.ratelimit import parse_networks
 
 
@@ -256,6 +257,8 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     master_key_file: str = ""
     #: Passed to the gateway and the workers; empty: one is generated once into ``STATE_DIR/stream.key``.
     stream_seal_key: str = ""
+    #: What signs the demo application's tokens (at every start), and new applications' (``create-app``).
+    default_signing_alg: SigningAlg = "RS256"
     gateway_port: Port = 8000
     user_store_port: Port = 8001
     wechat_sandbox_port: Port = 8002

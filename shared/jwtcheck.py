@@ -1,10 +1,12 @@
-"""A strict, fast check of the RSA-signed JWTs minidoor issues, shared by ``shared.verifier`` and the user store.
+"""A strict, fast check of the JWTs minidoor issues (RS256 or ES256), shared by ``shared.verifier`` and the user store.
 
 PyJWT's parser validates base64 one character at a time in Python: ~100 µs per segment pass, more than the RSA
 signature itself. Here a compiled regex does that job, msgspec decodes the JSON, and ``cryptography`` checks the
 signature; the rules are PyJWT's (``exp <= now - leeway`` is expired, ``nbf``/``iat`` later than ``now + leeway``
-are not valid yet, any expected audience in ``aud`` is enough). Only RSA algorithms exist here: there is no HMAC
-path to confuse with a public key, and ``none`` is not an algorithm. Every failure is ``InvalidToken``.
+are not valid yet, any expected audience in ``aud`` is enough). Only public-key algorithms exist here: RSA
+(RS*/PS*) and ECDSA on P-256 (ES256). There is no HMAC path to confuse with a public key, ``none`` is not an
+algorithm, and an algorithm of one family with a key of the other (RS256 with an EC key, ES256 with an RSA key) is
+refused before any signature check. Every failure is ``InvalidToken``.
 """
 
 from __future__ import annotations
@@ -15,27 +17,39 @@ import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from shared.errors import InvalidToken
 
 MAX_TOKEN_CHARS = 8192
 REQUIRED_CLAIMS = ("exp", "iat", "nbf", "iss", "sub", "aud", "jti")
 _HASHES: dict[str, hashes.HashAlgorithm] = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
-#: Padding and hash of every algorithm this module can check (PSS salted with the hash's length, as PyJWT does).
-_SCHEMES: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {
+#: Padding and hash of every RSA algorithm this module can check (PSS salted with the hash's length, as PyJWT does).
+_RSA_SCHEMES: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {
     **{f"RS{bits}": (padding.PKCS1v15(), hashed) for bits, hashed in _HASHES.items()},
     **{
         f"PS{bits}": (padding.PSS(mgf=padding.MGF1(hashed), salt_length=hashed.digest_size), hashed)
         for bits, hashed in _HASHES.items()
     },
 }
-RSA_ALGORITHMS = frozenset(_SCHEMES)
+RSA_ALGORITHMS = frozenset(_RSA_SCHEMES)
+#: Curve, hash and coordinate size of each ECDSA algorithm; the JWS signature is ``r || s``, each that many bytes.
+_EC_SCHEMES: dict[str, tuple[type[ec.EllipticCurve], hashes.HashAlgorithm, int]] = {
+    "ES256": (ec.SECP256R1, hashes.SHA256(), 32)
+}
+EC_ALGORITHMS = frozenset(_EC_SCHEMES)
+ALGORITHMS = RSA_ALGORITHMS | EC_ALGORITHMS
+#: What an application signs with (``applications.signing_alg``): RS256, Casdoor's default, or ES256, several times
+#: cheaper to sign (a login) but about twice as dear to verify (an introspection, a local check).
+SigningAlg = Literal["RS256", "ES256"]
+SIGNING_ALGORITHMS: tuple[SigningAlg, ...] = ("RS256", "ES256")
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 _decode_json = msgspec.json.Decoder()
 
@@ -81,7 +95,7 @@ def parse(token: object) -> ParsedJwt:
 
 def check(
     parsed: ParsedJwt,
-    key: rsa.RSAPublicKey,
+    key: PublicKey,
     *,
     algorithms: Collection[str],
     issuer: str,
@@ -89,20 +103,38 @@ def check(
     leeway: float = 0.0,
     required: Collection[str] = REQUIRED_CLAIMS,
 ) -> dict[str, Any]:
-    """The claims of ``parsed`` once its signature (by ``key``, with its own ``alg`` from ``algorithms``), ``iss``,
-    ``aud`` (skipped when ``audience`` is None), ``exp``, ``nbf`` and ``iat`` hold, and every ``required`` claim is
-    there."""
+    """The claims of ``parsed`` once its signature (by ``key``, with its own ``alg`` from ``algorithms``, which
+    must fit the key's type), ``iss``, ``aud`` (skipped when ``audience`` is None), ``exp``, ``nbf`` and ``iat``
+    hold, and every ``required`` claim is there."""
     alg = parsed.alg
-    if not isinstance(alg, str) or alg not in algorithms or alg not in RSA_ALGORITHMS:
+    if not isinstance(alg, str) or alg not in algorithms or alg not in ALGORITHMS:
         raise InvalidToken(f"the token's algorithm {alg!r} is not accepted")
-    scheme, hash_algorithm = _SCHEMES[alg]
+    if not fits(alg, key):
+        raise InvalidToken("the token's algorithm does not match its key")
     try:
-        key.verify(parsed.signature, parsed.signing_input, scheme, hash_algorithm)
+        if isinstance(key, rsa.RSAPublicKey):
+            scheme, hash_algorithm = _RSA_SCHEMES[alg]
+            key.verify(parsed.signature, parsed.signing_input, scheme, hash_algorithm)
+        else:
+            _curve, hash_algorithm, size = _EC_SCHEMES[alg]
+            signature = parsed.signature
+            if len(signature) != 2 * size:
+                raise InvalidSignature
+            r, s = int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+            key.verify(encode_dss_signature(r, s), parsed.signing_input, ec.ECDSA(hash_algorithm))
     except InvalidSignature:
         raise InvalidToken("the token's signature does not verify") from None
     claims = _object(parsed.payload)
     _check_claims(claims, issuer=issuer, audience=audience, leeway=leeway, required=required)
     return claims
+
+
+def fits(alg: str, key: PublicKey) -> bool:
+    """Whether ``alg`` is an algorithm of ``key``'s type (and, for ECDSA, of its curve)."""
+    if alg in RSA_ALGORITHMS:
+        return isinstance(key, rsa.RSAPublicKey)
+    scheme = _EC_SCHEMES.get(alg)
+    return scheme is not None and isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, scheme[0])
 
 
 def _check_claims(

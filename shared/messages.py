@@ -192,15 +192,19 @@ class Introspection(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     token_use: str | None = None
 
 
-class Jwk(msgspec.Struct, frozen=True, kw_only=True):
-    """One RSA public key of ``/.well-known/jwks``; ``x5c`` holds its self-signed certificate (base64 DER)."""
+class Jwk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One public key of ``/.well-known/jwks``: RSA (``n``, ``e``) or EC (``crv``, ``x``, ``y``), as its ``kty``
+    says; the other type's members are left out. ``x5c`` holds its self-signed certificate (base64 DER)."""
 
     kty: str
     kid: str
     alg: str
     use: str
-    n: str
-    e: str
+    n: str = ""
+    e: str = ""
+    crv: str = ""
+    x: str = ""
+    y: str = ""
     x5c: list[str]
 
 

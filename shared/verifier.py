@@ -10,9 +10,10 @@
     async with verifier:
         claims = await verifier.verify(token)      # or raises shared.errors.InvalidToken (401 invalid_token)
 
-Checks, in order: the header's ``alg`` is in a fixed allow-list of RSA algorithms (never ``none``, never HS*, so a
-public key is never taken for an HMAC secret); its ``kid`` names a key of the cached JWKS (an unknown kid re-reads
-the JWKS, at most once per ``refresh_cooldown``) whose own ``alg``, if given, is the header's; the signature;
+Checks, in order: the header's ``alg`` is in a fixed allow-list of public-key algorithms (RSA, and ES256 on P-256;
+never ``none``, never HS*, so a public key is never taken for an HMAC secret); its ``kid`` names a key of the cached
+JWKS (an unknown kid re-reads the JWKS, at most once per ``refresh_cooldown``) whose own ``alg``, if given, is the
+header's, and whose type fits it (an RS256 header on an EC key, or ES256 on an RSA key, is refused); the signature;
 ``iss``; ``aud`` (when an audience is set); ``exp``/``nbf``/``iat`` with ``leeway`` seconds; ``tokenType``
 (``access-token`` unless asked otherwise); and the ``jti`` is not revoked. The JWKS cache's ages (``jwks_max_age``,
 ``refresh_cooldown``) and the denylist's pruning period run on ``clock`` (``time.monotonic`` unless a test passes its
@@ -40,8 +41,8 @@ import jwt
 import msgspec
 import redis.asyncio as aioredis
 import structlog
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from shared import jwtcheck
 from shared.errors import InvalidToken, Unavailable
@@ -50,8 +51,8 @@ from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger()
 
-#: The only algorithms a Verifier can be asked to accept: RSA signatures, which need the public key to verify.
-ALLOWED_ALGORITHMS = jwtcheck.RSA_ALGORITHMS
+#: The only algorithms a Verifier can be asked to accept: RSA and ECDSA signatures, which need the public key to verify.
+ALLOWED_ALGORITHMS = jwtcheck.ALGORITHMS
 #: Shorter RSA keys are factorable; a JWKS offering one is not trusted with it.
 MIN_RSA_BITS = 2048
 _PRUNE_EVERY = 60.0
@@ -76,12 +77,13 @@ def http_jwks(session: aiohttp.ClientSession, url: str, timeout: float = 5.0) ->
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    public_key: rsa.RSAPublicKey
+    public_key: jwtcheck.PublicKey
     alg: str | None
 
 
 def parse_jwks(doc: Mapping[str, Any], algorithms: Collection[str]) -> dict[str, _Key]:
-    """The RSA signature keys of a JWK set, by kid; entries of another type, use or algorithm are skipped."""
+    """The RSA and EC P-256 signature keys of a JWK set, by kid; entries of another type, curve, use or algorithm
+    (or whose ``alg`` does not fit their type) are skipped."""
     entries = doc.get("keys")
     if not isinstance(entries, list):
         raise ValueError("the JWKS has no 'keys' list")
@@ -89,22 +91,35 @@ def parse_jwks(doc: Mapping[str, Any], algorithms: Collection[str]) -> dict[str,
     for entry in entries:
         if not isinstance(entry, Mapping):
             continue
-        kid, alg = entry.get("kid"), entry.get("alg")
-        if not isinstance(kid, str) or entry.get("kty") != "RSA" or entry.get("use", "sig") != "sig":
+        kid, alg, kty = entry.get("kid"), entry.get("alg"), entry.get("kty")
+        if not isinstance(kid, str) or kty not in ("RSA", "EC") or entry.get("use", "sig") != "sig":
             continue
         if alg is not None and alg not in algorithms:
             continue
-        try:
-            key = RSAAlgorithm.from_jwk(dict(entry))
-        except (jwt.InvalidKeyError, ValueError, TypeError, KeyError):
-            log.warning("jwks_entry_skipped", kid=kid)
+        public = _public_key(kid, kty, entry)
+        if public is None:
             continue
-        public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
-        if public.key_size < MIN_RSA_BITS:
-            log.warning("jwks_entry_skipped", kid=kid, reason=f"{public.key_size}-bit key")
+        if isinstance(alg, str) and not jwtcheck.fits(alg, public):
+            log.warning("jwks_entry_skipped", kid=kid, reason=f"alg {alg} does not fit a {kty} key")
             continue
         keys[kid] = _Key(public, alg if isinstance(alg, str) else None)
     return keys
+
+
+def _public_key(kid: str, kty: str, entry: Mapping[str, Any]) -> jwtcheck.PublicKey | None:
+    try:
+        key = RSAAlgorithm.from_jwk(dict(entry)) if kty == "RSA" else ECAlgorithm.from_jwk(dict(entry))
+    except (jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+        log.warning("jwks_entry_skipped", kid=kid)
+        return None
+    public = key.public_key() if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) else key
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
+        log.warning("jwks_entry_skipped", kid=kid, reason=f"{public.key_size}-bit key")
+        return None
+    if isinstance(public, ec.EllipticCurvePublicKey) and not isinstance(public.curve, ec.SECP256R1):
+        log.warning("jwks_entry_skipped", kid=kid, reason=f"curve {public.curve.name}")
+        return None
+    return public
 
 
 class Verifier:
@@ -114,7 +129,7 @@ class Verifier:
         issuer: str,
         jwks: JwksSource,
         audience: str | Collection[str] | None,
-        algorithms: Collection[str] = ("RS256",),
+        algorithms: Collection[str] = jwtcheck.SIGNING_ALGORITHMS,
         leeway: float = 10.0,
         token_type: str = "access-token",
         redis: aioredis.Redis | None = None,

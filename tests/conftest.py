@@ -173,6 +173,8 @@ def _stack_fixture(name: str, **env: str):
 
 
 stack = _stack_fixture("stack")
+#: Its demo application (and every application created without --alg) signs ES256.
+es256_stack = _stack_fixture("es256_stack", DEFAULT_SIGNING_ALG="ES256")
 #: No auth worker at all, and a short deadline: what a client sees when nothing consumes the queue.
 stack_without_workers = _stack_fixture("stack_without_workers", AUTH_WORKERS="0", LOGIN_TIMEOUT="1.5")
 

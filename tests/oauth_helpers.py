@@ -129,9 +129,12 @@ def refuses(verifier: Verifier, token: str) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def make_app(stack: Stack, name: str, *, expire_in_hours: float = 168.0) -> dict[str, str]:
-    """A new application of the demo organization with its own mini-program provider, known to the sandbox."""
-    app = stack.admin("create-app", "--org", "demo", "--name", name, "--expire-in-hours", str(expire_in_hours))
+def make_app(stack: Stack, name: str, *, expire_in_hours: float = 168.0, alg: str = "") -> dict[str, str]:
+    """A new application of the demo organization with its own mini-program provider, known to the sandbox;
+    ``alg`` is its signing algorithm (default: the stack's DEFAULT_SIGNING_ALG, else RS256). Its signing key is in
+    the JWKS (the user store has loaded it) when this returns."""
+    args = ["--expire-in-hours", str(expire_in_hours), *(["--alg", alg] if alg else [])]
+    app = stack.admin("create-app", "--org", "demo", "--name", name, *args)
     appid, secret = f"wx{name.replace('-', '')[:14]:0<14}", "s" * 32
     stack.admin("attach-provider", "--app", name, "--appid", appid, stdin=secret)
     payload = json.dumps({"appid": appid, "secret": secret}).encode()
@@ -140,7 +143,17 @@ def make_app(stack: Stack, name: str, *, expire_in_hours: float = 168.0) -> dict
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
-    return {"clientId": app["clientId"], "clientSecret": app["clientSecret"], "appid": appid}
+    kid = stack.admin("certificate", "--app", name)["name"]
+    deadline = time.monotonic() + 10
+    while kid not in jwks_kids(stack):  # a first ES256 key waits for the store's next reload
+        assert time.monotonic() < deadline, f"{name}'s signing key {kid} never reached the JWKS"
+        time.sleep(0.2)
+    return {"clientId": app["clientId"], "clientSecret": app["clientSecret"], "appid": appid, "name": name}
+
+
+def jwks_kids(stack: Stack) -> set[str]:
+    with urllib.request.urlopen(stack.gateway + "/.well-known/jwks", timeout=10) as resp:
+        return {key["kid"] for key in json.load(resp)["keys"]}
 
 
 def unsigned_token(claims: dict[str, Any], kid: str) -> str:

@@ -117,7 +117,8 @@ class TestEventsOfAStack:
         lines = [msgspec.json.decode(line) for line in out.stdout.splitlines()]
         assert [line["action"] for line in lines] == ["admin.create_org", "admin.create_app"]
         assert {line["organization"] for line in lines} == {org} and lines[0]["at"] <= lines[1]["at"]
-        assert lines[0]["actor_kind"] == "admin" and lines[1]["client_id"] and lines[1]["details"] == {}
+        assert lines[0]["actor_kind"] == "admin" and lines[1]["client_id"]
+        assert lines[1]["details"] == {"signing_alg": "RS256"}
         future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%MZ")
         out = _cli(stack, "audit", "--org", org, "--since", future)
         assert out.returncode == 0 and out.stdout == b""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, GatewayConfig, UserStoreConfig, WorkerConfig, load_config
+from shared.config import ConfigError, GatewayConfig, RunnerConfig, UserStoreConfig, WorkerConfig, load_config
 from tests.stack import ROOT
 
 SHORT = "short-secret-value"
@@ -52,6 +52,13 @@ class TestLoadConfig:
         """Unset optional secrets (no seal key, no master key) are not errors: they mean "off"."""
         assert load_config(GatewayConfig, _BASE).stream_seal_key == ""
         assert load_config(UserStoreConfig, _BASE).master_key == ""
+
+    def test_default_signing_alg(self):
+        """The runner's DEFAULT_SIGNING_ALG is RS256 unless set to ES256; any other value names the variable."""
+        assert load_config(RunnerConfig, {}).default_signing_alg == "RS256"
+        assert load_config(RunnerConfig, {"DEFAULT_SIGNING_ALG": "ES256"}).default_signing_alg == "ES256"
+        with pytest.raises(ConfigError, match="DEFAULT_SIGNING_ALG"):
+            load_config(RunnerConfig, {"DEFAULT_SIGNING_ALG": "HS256"})
 
 
 @pytest.mark.parametrize(

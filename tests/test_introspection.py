@@ -90,6 +90,20 @@ class TestActive:
         assert body["aud"] == [stack.demo["clientId"]]
         assert body["token_use"] == "access"
 
+    async def test_es256_access_token(self, session, stack):
+        """An ES256 application's access token answers the same fields; to another application it is inactive."""
+        app = make_app(stack, "introspect-es256", alg="ES256")
+        token = (await stack_login(session, stack, "o-es", client_id=app["clientId"], appid=app["appid"]))[
+            "access_token"
+        ]
+        assert jwt.get_unverified_header(token)["alg"] == "ES256"
+        body = await introspect(session, stack, token, auth=basic(app["clientId"], app["clientSecret"]))
+        claims = claims_of(token)
+        assert set(body) == INTROSPECTION_FIELDS
+        assert (body["active"], body["client_id"], body["aud"]) == (True, app["clientId"], [app["clientId"]])
+        assert (body["sub"], body["jti"], body["exp"]) == (claims["sub"], claims["jti"], claims["exp"])
+        assert (await introspect(session, stack, token)) == {"active": False}
+
     async def test_hint_decides_the_kind(self, session, stack):
         """token_type_hint is honoured: a refresh token is inactive where an access token is expected, and the
         other way round; without a hint either kind is active."""

@@ -76,7 +76,7 @@ class TestInspectToken:
         assert (info.kind, info.token_id, info.user_id) == ("access", claims["jti"], tokens["user_id"])
         assert (info.client_id, info.organization, info.user_name) == (shop.client_id, "acme", "wechat-openid-1")
         assert (info.expires_at, info.issuer, info.audience) == (claims["exp"], ISSUER, (shop.client_id,))
-        assert info.kid == client.app[SIGNER].current.kid
+        assert info.kid == client.app[SIGNER].current["RS256"].kid
 
     async def test_refresh_where_access_is_expected(self, client, shop):
         """The refresh token is not live where an access token is expected, and the other way round."""
@@ -123,8 +123,10 @@ class TestInspectToken:
         token = (await login(client, shop))["access_token"]
         claims, kid = claims_of(token), jwt.get_unverified_header(token)["kid"]
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        public_pem = client.app[SIGNER].current.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        public_pem = (
+            client.app[SIGNER]
+            .current["RS256"]
+            .public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
         candidates = [
             jwt.encode(claims, other, algorithm="RS256", headers={"kid": kid}),

@@ -332,7 +332,7 @@ class TestTokens:
         token = body["token"]
         signer = client.app[SIGNER]
         header = jwt.get_unverified_header(token["access_token"])
-        assert header["kid"] == signer.current.kid
+        assert header["kid"] == signer.current["RS256"].kid
         public = signer.public_keys()[header["kid"]]
         claims = jwt.decode(token["access_token"], public, algorithms=["RS256"], audience=shop.client_id, issuer=ISSUER)
         assert claims["aud"] == [shop.client_id]

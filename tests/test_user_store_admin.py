@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from services.admin import default_signing_alg
 from shared.config import Secret, UserStoreConfig
 from shared.errors import BadRequest, Conflict, NotFound
 from user_store import admin
@@ -19,6 +20,7 @@ from user_store.app import create_app
 from user_store.appkeys import SIGNER
 from user_store.db import create_pool
 from user_store.migrate import apply_migrations, load_migrations
+from user_store.signing_keys import keyring
 
 
 @pytest.fixture(name="raw_conn")
@@ -77,7 +79,7 @@ class TestSigningKeys:
         second = TestClient(TestServer(create_app(_config(pg_url))))
         try:
             await asyncio.gather(first.start_server(), second.start_server())
-            kids = {first.app[SIGNER].current.kid, second.app[SIGNER].current.kid}
+            kids = {first.app[SIGNER].current["RS256"].kid, second.app[SIGNER].current["RS256"].kid}
         finally:
             await asyncio.gather(first.close(), second.close())
         assert await raw_conn.fetchval("SELECT count(*) FROM signing_keys") == 1
@@ -89,14 +91,14 @@ class TestSigningKeys:
         kids = []
         for _ in range(2):
             async with TestClient(TestServer(create_app(_config(pg_url)))) as client:
-                kids.append(client.app[SIGNER].current.kid)
+                kids.append(client.app[SIGNER].current["RS256"].kid)
         assert kids[0] == kids[1]
         await raw_conn.execute("UPDATE signing_keys SET retired_at = now()")
         async with TestClient(TestServer(create_app(_config(pg_url)))) as client:
             signer = client.app[SIGNER]
-            assert signer.current.kid != kids[0]
-            assert list(signer.public_keys()) == [signer.current.kid]
-            assert [k["kid"] for k in signer.jwks()["keys"]] == [signer.current.kid]
+            assert signer.current["RS256"].kid != kids[0]
+            assert list(signer.public_keys()) == [signer.current["RS256"].kid]
+            assert [k["kid"] for k in signer.jwks()["keys"]] == [signer.current["RS256"].kid]
 
 
 class TestPool:
@@ -132,6 +134,25 @@ class TestAdmin:
         assert app.client_secret not in str(list(row.values()))
         as_json = msgspec.json.decode(msgspec.json.encode(app))
         assert {"clientId", "clientSecret", "enableSignUp", "expireInHours"} <= as_json.keys()
+        assert (row["signing_alg"], as_json["tokenSigningMethod"]) == ("RS256", "RS256")
+
+    async def test_es256_application(self, conn):
+        """An ES256 application is stored so (Casdoor's ``tokenSigningMethod`` in JSON) and makes the first ES256
+        key, current at once; a second one reuses that key. RS256 keys are left to the user store's start."""
+        await admin.create_organization(conn, "acme")
+        app = await admin.create_application(conn, "acme", "shop", signing_alg="ES256")
+        await admin.create_application(conn, "acme", "blog", signing_alg="ES256")
+        assert msgspec.to_builtins(app)["tokenSigningMethod"] == "ES256"
+        assert [(key.algorithm, key.status) for key in await keyring.list_keys(conn)] == [("ES256", "current")]
+        assert await keyring.algorithms_in_use(conn) == ["RS256", "ES256"]
+
+    def test_default_signing_alg(self):
+        """``create-app`` without ``--alg`` takes DEFAULT_SIGNING_ALG, else RS256; another value names the
+        variable."""
+        assert default_signing_alg({}) == "RS256"
+        assert default_signing_alg({"DEFAULT_SIGNING_ALG": "ES256"}) == "ES256"
+        with pytest.raises(BadRequest, match="DEFAULT_SIGNING_ALG must be RS256 or ES256, not 'ES512'"):
+            default_signing_alg({"DEFAULT_SIGNING_ALG": "ES512"})
 
     async def test_create_application_errors(self, conn):
         """An unknown organization is NotFound, a taken name Conflict, a non-positive expiry BadRequest."""
@@ -143,6 +164,11 @@ class TestAdmin:
             await admin.create_application(conn, "acme", "shop")
         with pytest.raises(BadRequest):
             await admin.create_application(conn, "acme", "other", expire_in_hours=0)
+        for alg in ("HS256", "none", "rs256", "ES512"):
+            with pytest.raises(BadRequest, match="must be RS256 or ES256"):
+                await admin.create_application(conn, "acme", "other", signing_alg=alg)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE applications SET signing_alg = 'HS256'")
 
     async def test_rotate_client_secret(self, conn):
         """Rotating replaces the stored hash with the new secret's; an unknown application is NotFound."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from typing import Any
@@ -14,8 +15,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.warnings import InsecureKeyLengthWarning
 
 from shared import jwtcheck
@@ -32,34 +34,54 @@ ISSUER = "http://issuer.test"
 AUDIENCE = "a" * 20
 
 
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
 class KeyServer:
     """A JWKS endpoint under the test's control, counting how often it is read."""
 
     def __init__(self) -> None:
-        self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.keys: dict[str, PrivateKey] = {}
+        #: Each key's JWK ``alg`` member (None: left out); RS256 unless added otherwise.
+        self.algs: dict[str, str | None] = {}
         self.fetches = 0
         self.failing = False
 
-    def add(self, kid: str) -> rsa.RSAPrivateKey:
-        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return self.keys[kid]
+    def add(self, kid: str, alg: str = "RS256", *, advertise: bool = True) -> PrivateKey:
+        """A new key: RSA 2048 for RS*, EC P-256 for ES256; ``advertise`` puts its ``alg`` in the JWKS."""
+        key: PrivateKey
+        if alg == "ES256":
+            key = ec.generate_private_key(ec.SECP256R1())
+        else:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.keys[kid], self.algs[kid] = key, alg if advertise else None
+        return key
 
     async def handle(self, request: web.Request) -> web.Response:
         self.fetches += 1
         if self.failing:
             return web.Response(status=503)
-        jwks = [
-            {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, "alg": "RS256", "use": "sig"}
-            for kid, key in self.keys.items()
-        ]
+        jwks = []
+        for kid, key in self.keys.items():
+            public = key.public_key()
+            jwk = (
+                RSAAlgorithm.to_jwk(public, as_dict=True)
+                if isinstance(public, rsa.RSAPublicKey)
+                else ECAlgorithm.to_jwk(public, as_dict=True)
+            )
+            alg = self.algs.get(kid, "RS256")
+            jwks.append({**jwk, "kid": kid, "use": "sig", **({"alg": alg} if alg else {})})
         return web.json_response({"keys": jwks})
 
-    def token(self, kid: str, *, key: rsa.RSAPrivateKey | None = None, alg: str = "RS256", **claims: Any) -> str:
+    def token(self, kid: str, *, key: PrivateKey | None = None, alg: str = "", **claims: Any) -> str:
+        """A token with ``kid`` in its header, signed by ``key`` (default: the kid's) with ``alg`` (default: the
+        kid's algorithm)."""
         now = int(time.time())
         body = {
             "iss": ISSUER, "aud": [AUDIENCE], "sub": str(uuid.uuid4()), "jti": str(uuid.uuid4()), "iat": now,
             "nbf": now, "exp": now + 3600, "tokenType": "access-token", **claims,
         }  # fmt: skip
+        alg = alg or self.algs.get(kid) or "RS256"
         return jwt.encode(body, key or self.keys[kid], algorithm=alg, headers={"kid": kid})
 
 
@@ -159,6 +181,46 @@ class TestChecks:
         """Built without an audience (as the gateway is), tokens of every application verify."""
         async with make_verifier(keys, audience=None) as verifier:
             await verifier.verify(keys.token("k1", aud=["b" * 20]))
+
+
+class TestEs256:
+    async def test_es256_token(self, keys):
+        """An ES256 token of an EC P-256 key of the JWKS verifies beside RS256 ones, with the default algorithms."""
+        keys.add("e1", "ES256")
+        async with make_verifier(keys) as verifier:
+            claims = await verifier.verify(keys.token("e1", scope="profile"))
+            await verifier.verify(keys.token("k1"))
+        assert claims["scope"] == "profile"
+
+    @pytest.mark.parametrize("advertise", [True, False], ids=["jwk-alg", "no-jwk-alg"])
+    async def test_header_alg_must_fit_the_key(self, keys, advertise):
+        """Algorithm confusion: a token naming an RSA key (RS256 kid) whose header says ES256, and one naming an EC
+        key whose header says RS256, are refused before any signature check, whether or not the JWKS gives
+        each key's ``alg``."""
+        keys.add("k2", "RS256", advertise=advertise)
+        keys.add("e1", "ES256", advertise=advertise)
+        attacker_ec = ec.generate_private_key(ec.SECP256R1())
+        attacker_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        forged = [keys.token("k2", key=attacker_ec, alg="ES256"), keys.token("e1", key=attacker_rsa, alg="RS256")]
+        async with make_verifier(keys) as verifier:
+            for token in forged:
+                with pytest.raises(InvalidToken, match="does not match its key"):
+                    await verifier.verify(token)
+
+    async def test_es256_refused_when_not_allowed(self, keys):
+        """A verifier built for RS256 only refuses ES256 tokens, and never asks the JWKS for their key."""
+        keys.add("e1", "ES256")
+        async with make_verifier(keys, algorithms=["RS256"]) as verifier:
+            with pytest.raises(InvalidToken, match="algorithm"):
+                await verifier.verify(keys.token("e1"))
+
+    async def test_other_curves_are_skipped(self, keys):
+        """An EC key on another curve than P-256, or whose ``alg`` does not fit its type, is not trusted."""
+        keys.keys["p384"], keys.algs["p384"] = ec.generate_private_key(ec.SECP384R1()), "ES384"
+        keys.keys["mislabelled"], keys.algs["mislabelled"] = ec.generate_private_key(ec.SECP256R1()), "RS256"
+        async with make_verifier(keys, algorithms=["RS256", "ES256"]) as verifier:
+            await verifier.verify(keys.token("k1"))
+            assert set(verifier._keys) == {"k1"}
 
 
 class TestJwksCache:
@@ -305,18 +367,41 @@ class TestJwtCheck:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
-    def _check(self, token: str, **kwargs: Any) -> dict[str, Any]:
+    def _check(self, token: str, key: Any = None, **kwargs: Any) -> dict[str, Any]:
         options: dict[str, Any] = {"algorithms": {"RS256", "PS256"}, "issuer": ISSUER, "audience": AUDIENCE}
-        return jwtcheck.check(jwtcheck.parse(token), self.key.public_key(), **{**options, **kwargs})
+        return jwtcheck.check(jwtcheck.parse(token), key or self.key.public_key(), **{**options, **kwargs})
 
-    def _token(self, headers: dict[str, Any] | None = None, alg: str = "RS256", **claims: Any) -> str:
+    def _token(
+        self, headers: dict[str, Any] | None = None, alg: str = "RS256", key: PrivateKey | None = None, **claims: Any
+    ) -> str:
         now = int(time.time())
         body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "s", "jti": "j", "iat": now, "nbf": now, "exp": now + 60}
-        return jwt.encode({**body, **claims}, self.key, algorithm=alg, headers=headers)
+        return jwt.encode({**body, **claims}, key or self.key, algorithm=alg, headers=headers)
 
     def test_rsa_pss_and_string_audience(self):
         """PS256 verifies when allowed, and a single-string aud is accepted like a list."""
         assert self._check(self._token(alg="PS256"))["aud"] == AUDIENCE
+
+    def test_es256(self):
+        """An ES256 token verifies with its P-256 key; its JWS signature is r || s (64 bytes), so a DER-encoded
+        one or one of another length is refused, and neither key type checks the other algorithm's tokens."""
+        ec_key = ec.generate_private_key(ec.SECP256R1())
+        token = self._token(alg="ES256", key=ec_key)
+        assert self._check(token, key=ec_key.public_key(), algorithms={"ES256"})["sub"] == "s"
+        parsed = jwtcheck.parse(token)
+        r, s = int.from_bytes(parsed.signature[:32], "big"), int.from_bytes(parsed.signature[32:], "big")
+        head = token.rsplit(".", 1)[0]
+        for signature in (encode_dss_signature(r, s), parsed.signature[:-1], parsed.signature + b"\0"):
+            bad = head + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+            with pytest.raises(InvalidToken, match="signature"):
+                self._check(bad, key=ec_key.public_key(), algorithms={"ES256"})
+        with pytest.raises(InvalidToken, match="does not match its key"):
+            self._check(token, algorithms={"ES256"})  # the RSA key
+        with pytest.raises(InvalidToken, match="does not match its key"):
+            self._check(self._token(), key=ec_key.public_key(), algorithms={"RS256"})
+        p384 = ec.generate_private_key(ec.SECP384R1())
+        with pytest.raises(InvalidToken, match="does not match its key"):
+            self._check(token, key=p384.public_key(), algorithms={"ES256"})
 
     @pytest.mark.parametrize(
         ("claims", "message"),

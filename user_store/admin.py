@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from shared.errors import BadRequest, Conflict, NotFound
+from shared.jwtcheck import SIGNING_ALGORITHMS, SigningAlg
 from user_store.db import Conn
 from user_store.master_key import MasterKey
 from user_store.provider_secrets import check_master_key, secret_columns
@@ -30,6 +31,10 @@ from user_store.queries.applications import (
     set_client_secret_hash,
     set_provider_secret,
 )
+from user_store.queries.applications import (
+    set_signing_alg as set_application_signing_alg,
+)
+from user_store.signing_keys import keyring
 
 MASK = "***"
 
@@ -48,6 +53,8 @@ class Application(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     enable_sign_up: bool
     expire_in_hours: float
     refresh_expire_in_hours: float
+    #: RS256 or ES256: which key signs the application's tokens (``signing_alg``; Casdoor's name for it).
+    signing_alg: SigningAlg = msgspec.field(name="tokenSigningMethod")
     #: Provider names, in the order the login looks at them.
     providers: list[str]
     created_time: datetime
@@ -97,11 +104,28 @@ def _organization(row: asyncpg.Record) -> Organization:
     )
 
 
+def check_signing_alg(alg: str) -> SigningAlg:
+    """``alg`` if minidoor signs with it; ``BadRequest`` naming the choices otherwise."""
+    if alg not in SIGNING_ALGORITHMS:
+        raise BadRequest(f"the signing algorithm must be {' or '.join(SIGNING_ALGORITHMS)}, not {alg!r}")
+    return alg
+
+
 async def create_application(
-    conn: Conn, organization: str, name: str, enable_sign_up: bool = True, expire_in_hours: float = 168.0
+    conn: Conn,
+    organization: str,
+    name: str,
+    enable_sign_up: bool = True,
+    expire_in_hours: float = 168.0,
+    *,
+    signing_alg: str = "RS256",
+    master: MasterKey | None = None,
 ) -> NewApplication:
-    """A new application in ``organization`` with a fresh client id and secret (the secret is returned once)."""
+    """A new application in ``organization`` with a fresh client id and secret (the secret is returned once),
+    signing its tokens with ``signing_alg``. The first application of an algorithm other than RS256 (whose keys the
+    user store makes at its first start) makes that algorithm's first key, sealed with ``master``."""
     _check_name("application", name)
+    alg = check_signing_alg(signing_alg)
     if not expire_in_hours > 0:
         raise BadRequest("expire_in_hours must be positive")
     client_id, client_secret = secrets.token_hex(10), secrets.token_hex(20)
@@ -114,11 +138,32 @@ async def create_application(
             client_secret_hash=_secret_hash(client_secret),
             enable_sign_up=enable_sign_up,
             expire_in_hours=expire_in_hours,
+            signing_alg=alg,
         )
         if not added:
             raise NotFound(f"organization {organization!r} does not exist")
+        await _ensure_signing_key(conn, alg, master)
         app = await get_application(conn, name)
     return NewApplication(**msgspec.structs.asdict(app), client_secret=client_secret)
+
+
+async def set_signing_alg(
+    conn: Conn, application: str, signing_alg: str, *, master: MasterKey | None = None
+) -> Application:
+    """Sign ``application``'s new tokens with ``signing_alg`` (making its first key, as ``create_application``
+    does). Tokens already issued stay valid: their keys stay in the JWKS until they expire."""
+    alg = check_signing_alg(signing_alg)
+    async with conn.transaction():
+        if not await set_application_signing_alg(conn, application, alg):
+            raise NotFound(f"application {application!r} does not exist")
+        await _ensure_signing_key(conn, alg, master)
+        app = await get_application(conn, application)
+    return app
+
+
+async def _ensure_signing_key(conn: Conn, alg: SigningAlg, master: MasterKey | None) -> None:
+    if alg != "RS256":
+        await keyring.ensure_key(conn, master, alg)
 
 
 async def get_application(conn: Conn, name: str) -> Application:
@@ -137,6 +182,7 @@ def _application(row: asyncpg.Record) -> Application:
         enable_sign_up=row["enable_sign_up"],
         expire_in_hours=row["expire_in_hours"],
         refresh_expire_in_hours=row["refresh_expire_in_hours"],
+        signing_alg=row["signing_alg"],
         providers=list(row["providers"]),
         created_time=row["created_at"],
     )

@@ -2,8 +2,9 @@
 
 A token is live when all of these hold:
 
-- it is a JWT signed RS256 by a live key of the ``Signer`` (current, pending or superseded; not retired nor
-  expired), with our ``iss``, and ``exp``/``nbf`` hold with no leeway (this is the authority);
+- it is a JWT signed by a live key of the ``Signer`` (current, pending or superseded; not retired nor expired) with
+  that key's own algorithm (RS256 or ES256; a header naming the other is refused), with our ``iss``, and
+  ``exp``/``nbf`` hold with no leeway (this is the authority);
 - its row, found by the token's sha256 in the column its ``tokenType`` claim names, exists, has its ``jti`` and
   ``sub``, is neither revoked nor past the row's expiry;
 - its user is neither forbidden nor deleted.
@@ -41,7 +42,7 @@ from user_store.db import Conn
 from user_store.queries.applications import application_credentials
 from user_store.queries.tokens import RevokeBy, TokenColumn, insert_token, revoke_rows, token_by_hash, token_row
 from user_store.revocations import Revocations
-from user_store.signing_keys.signer import ALGORITHM, MintedTokens, Signer, Subject, token_hash
+from user_store.signing_keys.signer import MintedTokens, Signer, Subject, token_hash
 
 TokenKind = Literal["access", "refresh"]
 
@@ -53,7 +54,6 @@ _KIND_BY_HINT: dict[str, TokenKind] = {
     "refresh_token": "refresh",
     "refresh-token": "refresh",
 }
-_ALGORITHMS = frozenset({ALGORITHM})
 _UNKNOWN_SECRET_HASH = hashlib.sha256(b"no such application").digest()
 
 
@@ -100,13 +100,16 @@ def kind_from_hint(hint: str) -> TokenKind | None:
 
 
 def verify_jwt(signer: Signer, token: str) -> tuple[dict[str, Any], str] | None:
-    """The claims and kid of ``token`` if one of the signer's live keys signed it and ``iss``/``exp``/``nbf`` hold."""
+    """The claims and kid of ``token`` if one of the signer's live keys signed it, with the key's algorithm, and
+    ``iss``/``exp``/``nbf`` hold."""
     try:
         parsed = jwtcheck.parse(token)
         key = signer.key(parsed.kid)
         if key is None:
             return None
-        claims = jwtcheck.check(parsed, key.public_key, algorithms=_ALGORITHMS, issuer=signer.issuer, audience=None)
+        claims = jwtcheck.check(
+            parsed, key.public_key, algorithms=(key.algorithm,), issuer=signer.issuer, audience=None
+        )
     except InvalidToken:
         return None
     return claims, key.kid

@@ -56,7 +56,7 @@ async def login_application(conn: Conn, client_id: str, appid: str) -> asyncpg.R
         return await conn.fetchrow(
             """
             SELECT a.id, a.name, a.client_id, a.organization_id, o.name AS organization, a.enable_sign_up,
-                   a.expire_in_hours, a.refresh_expire_in_hours,
+                   a.expire_in_hours, a.refresh_expire_in_hours, a.signing_alg,
                    EXISTS (SELECT 1 FROM application_providers ap JOIN providers p ON p.id = ap.provider_id
                            WHERE ap.application_id = a.id AND p.type = $3 AND p.appid = $2) AS has_appid
             FROM applications a JOIN organizations o ON o.id = a.organization_id
@@ -95,7 +95,7 @@ async def organization_by_name(conn: Conn, name: str) -> asyncpg.Record | None:
 
 _APPLICATIONS = """
     SELECT a.name, o.name AS organization, a.client_id, a.enable_sign_up, a.expire_in_hours,
-           a.refresh_expire_in_hours, a.created_at,
+           a.refresh_expire_in_hours, a.signing_alg, a.created_at,
            coalesce(array_agg(p.name ORDER BY ap.position) FILTER (WHERE p.name IS NOT NULL), '{}') AS providers
     FROM applications a
     JOIN organizations o ON o.id = a.organization_id
@@ -122,6 +122,7 @@ async def insert_application(
     client_secret_hash: bytes,
     enable_sign_up: bool,
     expire_in_hours: float,
+    signing_alg: str = "RS256",
 ) -> bool:
     """Whether the application was added: False when ``organization`` does not exist."""
     with translate(f"application {name!r}"):
@@ -131,8 +132,8 @@ async def insert_application(
         await conn.execute(
             """
             INSERT INTO applications (name, organization_id, client_id, client_secret_hash, enable_sign_up,
-                                      expire_in_hours)
-            VALUES ($1, $2, $3, $4, $5, $6)
+                                      expire_in_hours, signing_alg)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
             """,
             name,
             org_id,
@@ -140,6 +141,7 @@ async def insert_application(
             client_secret_hash,
             enable_sign_up,
             expire_in_hours,
+            signing_alg,
         )
     return True
 
@@ -148,6 +150,15 @@ async def application_by_name(conn: Conn, name: str) -> asyncpg.Record | None:
     """The application with its organization's name and its providers' names, in the order the login reads them."""
     with translate("application"):
         return await conn.fetchrow(_APPLICATIONS + " WHERE a.name = $1 GROUP BY a.id, o.name", name)
+
+
+async def set_signing_alg(conn: Conn, application: str, signing_alg: str) -> bool:
+    """Whether ``application`` exists (and now signs with ``signing_alg``)."""
+    with translate("application"):
+        updated = await conn.fetchval(
+            "UPDATE applications SET signing_alg = $2 WHERE name = $1 RETURNING id", application, signing_alg
+        )
+    return updated is not None
 
 
 async def set_client_secret_hash(conn: Conn, application: str, client_secret_hash: bytes) -> bool:

@@ -107,7 +107,8 @@ async def refresh_row(conn: Conn, refresh_hash: bytes) -> asyncpg.Record | None:
             SELECT t.id, t.family_id, t.user_id, t.application_id, t.scope, t.session_key, t.session_key_sealed,
                    t.refresh_expires_at,
                    t.revoked_at, t.replaced_by, u.name AS user_name, u.display_name, u.avatar, u.is_forbidden,
-                   u.is_deleted, a.client_id, a.expire_in_hours, a.refresh_expire_in_hours, o.name AS organization
+                   u.is_deleted, a.client_id, a.expire_in_hours, a.refresh_expire_in_hours, a.signing_alg,
+                   o.name AS organization
             FROM tokens t
             JOIN users u ON u.id = t.user_id
             JOIN applications a ON a.id = t.application_id
@@ -121,7 +122,8 @@ async def refresh_row(conn: Conn, refresh_hash: bytes) -> asyncpg.Record | None:
 
 def subject(user: asyncpg.Record, application: asyncpg.Record) -> Subject:
     """Whom a token pair is for: ``user_id``, ``user_name``, ``display_name`` and ``avatar`` of ``user``, and
-    ``organization``, ``client_id``, ``expire_in_hours`` and ``refresh_expire_in_hours`` of ``application``. The
+    ``organization``, ``client_id``, ``expire_in_hours``, ``refresh_expire_in_hours`` and ``signing_alg`` of
+    ``application``. The
     login's user and application rows (``queries.users``, ``queries.applications.login_application``) have these
     columns, and so has ``refresh_row``, which serves as both."""
     return Subject(
@@ -133,6 +135,7 @@ def subject(user: asyncpg.Record, application: asyncpg.Record) -> Subject:
         client_id=application["client_id"],
         expire_in_hours=application["expire_in_hours"],
         refresh_expire_in_hours=application["refresh_expire_in_hours"],
+        signing_alg=application["signing_alg"],
     )
 
 

@@ -1,20 +1,25 @@
 """Signing keys in PostgreSQL: created, encrypted at rest, rotated, retired, and re-read by running user stores.
 
-The life of a key (columns of ``signing_keys``)::
+Keys form one ring per algorithm (``algorithm``: RS256 or ES256): each ring has its own current key, its own
+rotations and its own expiries, and an application's tokens are signed by the current key of its ``signing_alg``.
+RS256 always has a ring (the default, and what every application had before ES256); ES256 gets one when the first
+application needs it. The life of a key in its ring (columns of ``signing_keys``)::
 
     pending ──activates_at──► current ──a newer key activates──► superseded ──verify_until──► expired
        └───────────── retired_at (retire-key): out of the JWKS at once, its tokens stop verifying ─────┘
 
-Pending, current and superseded keys are "live": in the JWKS, and they verify. Only the current key signs. A
-rotation lists the new key ``activate_in`` seconds before it signs, so every JWKS cache (the HTTP max-age,
-PyJWKClient's cooldown, each store's reload) knows it before the first token it signs arrives. A superseded key stays
-until ``verify_until``: its successor's activation plus the longest token lifetime of any application plus a grace.
-Every writer holds one transaction-level advisory lock, so concurrent starts and admin commands serialise.
+Pending, current and superseded keys are "live": in the JWKS, and they verify. Only the current key of each
+algorithm signs. A rotation lists the new key ``activate_in`` seconds before it signs, so every JWKS cache (the HTTP
+max-age, PyJWKClient's cooldown, each store's reload) knows it before the first token it signs arrives. A superseded
+key stays until ``verify_until``: the activation of its successor (of the same algorithm) plus the longest token
+lifetime of any application plus a grace. Every writer holds one transaction-level advisory lock, so concurrent
+starts and admin commands serialise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -22,20 +27,21 @@ from datetime import datetime, timedelta
 import asyncpg
 import msgspec
 import structlog
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.config import ConfigError
 from shared.errors import BadRequest, NotFound
+from shared.jwtcheck import SIGNING_ALGORITHMS, SigningAlg
 from user_store.db import Conn, Pool
 from user_store.master_key import MasterKey
 from user_store.signing_keys.material import (
+    PrivateKey,
     certificate_der,
     load_private_key,
     new_private_key,
     private_key_pem,
     self_signed_certificate,
 )
-from user_store.signing_keys.signer import ALGORITHM, Signer, SigningKey
+from user_store.signing_keys.signer import Signer, SigningKey
 
 log = structlog.get_logger()
 
@@ -46,6 +52,11 @@ DEFAULT_ACTIVATE_IN = 90.0
 #: How long a superseded key outlives the longest token lifetime: stores not yet reloaded, clock skew.
 SUPERSEDE_GRACE = timedelta(minutes=10)
 _LIVE = "retired_at IS NULL AND (verify_until IS NULL OR verify_until > now())"
+#: The kid of the current key of the algorithm ``{alg}`` names (an SQL expression): its newest live, active key.
+_CURRENT_OF = (
+    f"SELECT kid FROM signing_keys WHERE {_LIVE} AND activates_at <= now() AND algorithm = {{alg}} "
+    "ORDER BY activates_at DESC, kid DESC LIMIT 1"
+)
 _NO_MASTER_KEY = (
     "the signing keys are encrypted at rest but no master key is set: set MASTER_KEY or MASTER_KEY_FILE "
     "(make run keeps it in STATE_DIR/master.key)"
@@ -57,7 +68,7 @@ class KeyInfo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     kid: str
     algorithm: str
-    #: pending, current, superseded, expired or retired.
+    #: pending, current, superseded, expired or retired (current, superseded: within the key's algorithm).
     status: str
     encrypted: bool
     created_time: datetime
@@ -72,11 +83,10 @@ _INFO = f"""
                WHEN retired_at IS NOT NULL THEN 'retired'
                WHEN verify_until IS NOT NULL AND verify_until <= now() THEN 'expired'
                WHEN activates_at > now() THEN 'pending'
-               WHEN kid = (SELECT kid FROM signing_keys WHERE {_LIVE} AND activates_at <= now()
-                           ORDER BY activates_at DESC, kid DESC LIMIT 1) THEN 'current'
+               WHEN kid = ({_CURRENT_OF.format(alg="k.algorithm")}) THEN 'current'
                ELSE 'superseded'
            END AS status
-    FROM signing_keys
+    FROM signing_keys k
 """
 
 
@@ -98,6 +108,16 @@ async def list_keys(conn: Conn) -> list[KeyInfo]:
     return [_key_info(row) for row in await conn.fetch(_INFO + " ORDER BY activates_at DESC, kid DESC")]
 
 
+async def current_certificate(conn: Conn, alg: SigningAlg) -> tuple[str, str] | None:
+    """``(kid, certificate PEM)`` of the current ``alg`` key, if there is one and it has its certificate."""
+    row = await conn.fetchrow(
+        f"SELECT kid, certificate_pem FROM signing_keys WHERE kid = ({_CURRENT_OF.format(alg='$1')})", alg
+    )
+    if row is None or not row["certificate_pem"]:
+        return None
+    return row["kid"], row["certificate_pem"]
+
+
 async def _get_info(conn: Conn, kid: str) -> KeyInfo:
     row = await conn.fetchrow(_INFO + " WHERE kid = $1", kid)
     if row is None:
@@ -105,14 +125,23 @@ async def _get_info(conn: Conn, kid: str) -> KeyInfo:
     return _key_info(row)
 
 
+async def algorithms_in_use(conn: Conn) -> list[SigningAlg]:
+    """RS256, the algorithm of every application and of every live key: the rings to keep, in a fixed order."""
+    rows = await conn.fetch(
+        f"SELECT signing_alg AS alg FROM applications UNION SELECT algorithm FROM signing_keys WHERE {_LIVE}"
+    )
+    found = {"RS256", *(row["alg"] for row in rows)}
+    return [alg for alg in SIGNING_ALGORITHMS if alg in found]
+
+
 async def prepare_keys(conn: Conn, master: MasterKey | None) -> None:
     """What a starting user store does once: check the master key against the stored keys (``ConfigError`` with a
     clear message when it is missing or wrong), encrypt keys still in clear when there is one, give every key a
-    certificate, and create a key when none is current."""
+    certificate, and create a key for each algorithm in use that has no current one."""
     async with conn.transaction():
         await _lock(conn)
         rows = await conn.fetch(
-            "SELECT kid, private_key_pem, private_key_enc, certificate_pem, retired_at FROM signing_keys"
+            "SELECT kid, algorithm, private_key_pem, private_key_enc, certificate_pem, retired_at FROM signing_keys"
         )
         for row in rows:
             kid, pem = row["kid"], row["private_key_pem"]
@@ -131,45 +160,69 @@ async def prepare_keys(conn: Conn, master: MasterKey | None) -> None:
                     master.seal(pem.encode(), kid),
                 )
                 log.info("signing_key_encrypted", kid=kid)
-        if not await conn.fetchval(f"SELECT count(*) FROM signing_keys WHERE {_LIVE} AND activates_at <= now()"):
-            kid = await _insert_key(conn, master, activate_in=0.0)
-            log.info("signing_key_created", kid=kid)
+        created = False
+        for alg in await algorithms_in_use(conn):
+            if not await _has_current(conn, alg):
+                kid = await _insert_key(conn, master, alg, activate_in=0.0)
+                log.info("signing_key_created", kid=kid, algorithm=alg)
+                created = True
+        if created:
             await _recompute_expiry(conn)
     if master is None:
         log.warning("signing_keys_unencrypted", hint="set MASTER_KEY or MASTER_KEY_FILE to encrypt them at rest")
 
 
-async def rotate_keys(conn: Conn, master: MasterKey | None, *, activate_in: float = DEFAULT_ACTIVATE_IN) -> KeyInfo:
-    """A new signing key, listed in the JWKS now and signing in ``activate_in`` seconds (at once when no key is
-    current). The keys it supersedes keep verifying until their last token expires."""
+async def rotate_keys(
+    conn: Conn,
+    master: MasterKey | None,
+    algorithms: Sequence[SigningAlg] | None = None,
+    *,
+    activate_in: float = DEFAULT_ACTIVATE_IN,
+) -> list[KeyInfo]:
+    """A new signing key for each of ``algorithms`` (default: every algorithm in use), listed in the JWKS now and
+    signing in ``activate_in`` seconds (at once for an algorithm with no current key). The keys they supersede keep
+    verifying until their last token expires."""
     if not 0 <= activate_in <= 7 * 24 * 3600:
         raise BadRequest("activate_in must be between 0 seconds and 7 days")
     async with conn.transaction():
         await _lock(conn)
-        sealed = await conn.fetchrow(
-            "SELECT kid, private_key_enc FROM signing_keys WHERE retired_at IS NULL AND private_key_enc IS NOT NULL "
-            "LIMIT 1"
-        )
-        if sealed is not None:
-            if master is None:
-                raise ConfigError(_NO_MASTER_KEY)
-            master.open(sealed["private_key_enc"], sealed["kid"])  # a key sealed under another master key is useless
-        has_current = await conn.fetchval(f"SELECT count(*) FROM signing_keys WHERE {_LIVE} AND activates_at <= now()")
-        kid = await _insert_key(conn, master, activate_in=activate_in if has_current else 0.0)
+        await _check_master_key(conn, master)
+        kids = []
+        for alg in algorithms or await algorithms_in_use(conn):
+            has_current = await _has_current(conn, alg)
+            kids.append(await _insert_key(conn, master, alg, activate_in=activate_in if has_current else 0.0))
+        await _recompute_expiry(conn)
+        infos = [await _get_info(conn, kid) for kid in kids]
+    return infos
+
+
+async def ensure_key(conn: Conn, master: MasterKey | None, alg: SigningAlg) -> KeyInfo | None:
+    """A current ``alg`` key, made now and signing at once, unless there is one (then None): what creating an
+    application of ``alg`` does, so its first login finds a key. Refuses a master key that would not open the others."""
+    async with conn.transaction():
+        await _lock(conn)
+        if await _has_current(conn, alg):
+            return None
+        await _check_master_key(conn, master)
+        kid = await _insert_key(conn, master, alg, activate_in=0.0)
         await _recompute_expiry(conn)
         info = await _get_info(conn, kid)
+    log.info("signing_key_created", kid=kid, algorithm=alg)
     return info
 
 
 async def retire_key(conn: Conn, kid: str) -> KeyInfo:
-    """Take ``kid`` out of the JWKS now: tokens it signed stop verifying. The current key cannot be retired."""
+    """Take ``kid`` out of the JWKS now: tokens it signed stop verifying. A current key cannot be retired."""
     async with conn.transaction():
         await _lock(conn)
         info = await _get_info(conn, kid)
         if info.status == "retired":
             return info
         if info.status == "current":
-            raise BadRequest(f"{kid} is the current signing key; run rotate-keys --activate-in 0 first, then retire it")
+            raise BadRequest(
+                f"{kid} is the current {info.algorithm} signing key; run rotate-keys --alg {info.algorithm} "
+                "--activate-in 0 first, then retire it"
+            )
         await conn.execute("UPDATE signing_keys SET retired_at = now() WHERE kid = $1", kid)
         await _recompute_expiry(conn)
         info = await _get_info(conn, kid)
@@ -180,8 +233,24 @@ async def _lock(conn: Conn) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEY_LOCK)
 
 
-async def _insert_key(conn: Conn, master: MasterKey | None, *, activate_in: float) -> str:
-    key = await asyncio.to_thread(new_private_key)
+async def _has_current(conn: Conn, alg: SigningAlg) -> bool:
+    return await conn.fetchval(_CURRENT_OF.format(alg="$1"), alg) is not None
+
+
+async def _check_master_key(conn: Conn, master: MasterKey | None) -> None:
+    """``ConfigError``/``WrongMasterKey`` unless ``master`` opens the stored keys: a key the running stores could
+    not open is never added."""
+    sealed = await conn.fetchrow(
+        "SELECT kid, private_key_enc FROM signing_keys WHERE retired_at IS NULL AND private_key_enc IS NOT NULL LIMIT 1"
+    )
+    if sealed is not None:
+        if master is None:
+            raise ConfigError(_NO_MASTER_KEY)
+        master.open(sealed["private_key_enc"], sealed["kid"])  # a key sealed under another master key is useless
+
+
+async def _insert_key(conn: Conn, master: MasterKey | None, alg: SigningAlg, *, activate_in: float) -> str:
+    key = await asyncio.to_thread(new_private_key, alg)
     kid = f"key-{secrets.token_hex(4)}"
     pem = private_key_pem(key)
     await conn.execute(
@@ -190,7 +259,7 @@ async def _insert_key(conn: Conn, master: MasterKey | None, *, activate_in: floa
         VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second')
         """,
         kid,
-        ALGORITHM,
+        alg,
         None if master is not None else pem.decode(),
         master.seal(pem, kid) if master is not None else None,
         self_signed_certificate(key, kid),
@@ -200,42 +269,45 @@ async def _insert_key(conn: Conn, master: MasterKey | None, *, activate_in: floa
 
 
 async def _recompute_expiry(conn: Conn) -> None:
-    """Give each live key the activation of its successor as ``superseded_at`` and, from it, ``verify_until``.
+    """Give each live key the activation of its successor in its algorithm's ring as ``superseded_at`` and, from it,
+    ``verify_until``.
 
     Expired keys are left alone, so retiring a key never brings an older one back."""
     rows = await conn.fetch(
-        f"SELECT kid, activates_at, superseded_at, verify_until FROM signing_keys WHERE {_LIVE} "
-        "ORDER BY activates_at, kid"
+        f"SELECT kid, algorithm, activates_at, superseded_at, verify_until FROM signing_keys WHERE {_LIVE} "
+        "ORDER BY algorithm, activates_at, kid"
     )
     hours = await conn.fetchval(
         "SELECT coalesce(max(greatest(expire_in_hours, refresh_expire_in_hours)), 0) FROM applications"
     )
     lifetime = timedelta(hours=float(hours)) + SUPERSEDE_GRACE
-    successors: list[asyncpg.Record | None] = [*rows[1:], None]
-    for row, successor in zip(rows, successors, strict=True):
-        superseded_at: datetime | None = None
-        verify_until: datetime | None = None
-        if successor is not None:
-            superseded_at = successor["activates_at"]
-            verify_until = superseded_at + lifetime
-            if row["superseded_at"] == superseded_at and row["verify_until"] is not None:
-                verify_until = max(verify_until, row["verify_until"])
-        if (superseded_at, verify_until) != (row["superseded_at"], row["verify_until"]):
-            await conn.execute(
-                "UPDATE signing_keys SET superseded_at = $2, verify_until = $3 WHERE kid = $1",
-                row["kid"],
-                superseded_at,
-                verify_until,
-            )
+    for _alg, group in itertools.groupby(rows, key=lambda row: row["algorithm"]):
+        ring = list(group)
+        successors: list[asyncpg.Record | None] = [*ring[1:], None]
+        for row, successor in zip(ring, successors, strict=True):
+            superseded_at: datetime | None = None
+            verify_until: datetime | None = None
+            if successor is not None:
+                superseded_at = successor["activates_at"]
+                verify_until = superseded_at + lifetime
+                if row["superseded_at"] == superseded_at and row["verify_until"] is not None:
+                    verify_until = max(verify_until, row["verify_until"])
+            if (superseded_at, verify_until) != (row["superseded_at"], row["verify_until"]):
+                await conn.execute(
+                    "UPDATE signing_keys SET superseded_at = $2, verify_until = $3 WHERE kid = $1",
+                    row["kid"],
+                    superseded_at,
+                    verify_until,
+                )
 
 
-def _private_key(row: asyncpg.Record, master: MasterKey | None) -> rsa.RSAPrivateKey:
-    kid = row["kid"]
+def _private_key(row: asyncpg.Record, master: MasterKey | None) -> PrivateKey:
+    kid, alg = row["kid"], row["algorithm"]
     if row["private_key_enc"] is not None:
         if master is None:
             raise ConfigError(_NO_MASTER_KEY)
-        return load_private_key(kid, master.open(row["private_key_enc"], kid))
-    return load_private_key(kid, row["private_key_pem"].encode())
+        return load_private_key(kid, master.open(row["private_key_enc"], kid), alg)
+    return load_private_key(kid, row["private_key_pem"].encode(), alg)
 
 
 class KeyLoader:
@@ -245,23 +317,27 @@ class KeyLoader:
         self._master = master
         self._loaded: dict[str, SigningKey] = {}
 
-    async def live_keys(self, conn: Conn) -> tuple[list[SigningKey], SigningKey | None]:
-        """Every live key, newest first, and the current one (None if, against all rules, no key is active)."""
+    async def live_keys(self, conn: Conn) -> tuple[list[SigningKey], dict[SigningAlg, SigningKey]]:
+        """Every live key, newest first, and the current key of each algorithm (none for an algorithm whose keys
+        are all pending, which the rules never leave)."""
         rows = await conn.fetch(
-            f"SELECT kid, activates_at <= now() AS active FROM signing_keys WHERE {_LIVE} "
+            f"SELECT kid, algorithm, activates_at <= now() AS active FROM signing_keys WHERE {_LIVE} "
             "ORDER BY activates_at DESC, kid DESC"
         )
         missing = [row["kid"] for row in rows if row["kid"] not in self._loaded]
         if missing:
             for row in await conn.fetch(
-                "SELECT kid, private_key_pem, private_key_enc, certificate_pem, created_at "
+                "SELECT kid, algorithm, private_key_pem, private_key_enc, certificate_pem, created_at "
                 "FROM signing_keys WHERE kid = ANY($1::text[])",
                 missing,
             ):
                 self._loaded[row["kid"]] = self._signing_key(row)
         keys = [self._loaded[row["kid"]] for row in rows if row["kid"] in self._loaded]
         self._loaded = {key.kid: key for key in keys}
-        current = next((self._loaded[row["kid"]] for row in rows if row["active"]), None)
+        current: dict[SigningAlg, SigningKey] = {}
+        for row in rows:
+            if row["active"] and row["kid"] in self._loaded:
+                current.setdefault(row["algorithm"], self._loaded[row["kid"]])
         return keys, current
 
     def _signing_key(self, row: asyncpg.Record) -> SigningKey:
@@ -294,14 +370,15 @@ class KeyReloader:
         """One pass; True when the signer's keys changed."""
         async with self._pool.acquire() as conn:
             keys, current = await self._loader.live_keys(conn)
-        if current is None:
+        if not current:
             log.error("no_current_signing_key", kids=[key.kid for key in keys])
             return False
         kids = tuple(key.kid for key in keys)
-        if (current.kid, kids) == self._signer.state:
+        current_kids = tuple(key.kid for _, key in sorted(current.items()))
+        if (current_kids, kids) == self._signer.state:
             return False
         self._signer.update(keys, current)
-        log.info("signing_keys_reloaded", current=current.kid, kids=list(kids))
+        log.info("signing_keys_reloaded", current=list(current_kids), kids=list(kids))
         await self._on_change(kids)
         return True
 

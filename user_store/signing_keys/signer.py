@@ -1,8 +1,10 @@
-"""RS256 signing keys and token minting.
+"""Signing keys and token minting: an application's tokens are signed with the current key of its algorithm.
 
-Keys are parsed from PEM once, when loaded, and kept as ``cryptography`` key objects: PyJWT re-parsing a PEM on
-every signature costs ~27 ms, signing with a loaded key well under 1 ms. Loading, encryption at rest and rotation
-live in ``user_store.signing_keys.keyring``; a running store swaps a ``Signer``'s keys in place with ``Signer.update``.
+There is one current key per algorithm (RS256, ES256: ``keyring`` keeps a ring of each); every live key of every
+algorithm verifies and is in the JWKS. Keys are parsed from PEM once, when loaded, and kept as ``cryptography`` key
+objects: PyJWT re-parsing a PEM on every signature costs ~27 ms, signing with a loaded key well under 1 ms. Loading,
+encryption at rest and rotation live in ``user_store.signing_keys.keyring``; a running store swaps a ``Signer``'s
+keys in place with ``Signer.update``.
 """
 
 from __future__ import annotations
@@ -12,41 +14,48 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import jwt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from shared.errors import Unavailable
+from shared.jwtcheck import PublicKey, SigningAlg
 from shared.messages import Jwk, JwkSet, TokenResponse
+from user_store.signing_keys.material import PrivateKey, algorithm_of
 
-ALGORITHM = "RS256"
 SCOPE = "profile"
+#: Bytes of each coordinate of a P-256 point; a JWK's ``x`` and ``y`` keep their leading zeros (RFC 7518 6.2.1.2).
+_P256_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     kid: str
-    private_key: rsa.RSAPrivateKey
+    private_key: PrivateKey
     created_at: datetime
     #: DER of the key's self-signed certificate, the JWKS ``x5c``.
     certificate_der: bytes = b""
-    public_key: rsa.RSAPublicKey = field(init=False, repr=False, compare=False)
+    #: Follows from the key's type (RSA: RS256, EC P-256: ES256), which ``keyring`` checks against the row's.
+    algorithm: SigningAlg = field(init=False)
+    public_key: PublicKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "algorithm", algorithm_of(self.private_key))
         object.__setattr__(self, "public_key", self.private_key.public_key())
 
     def jwk(self) -> Jwk:
-        numbers = self.public_key.public_numbers()
-        return Jwk(
-            kty="RSA",
-            kid=self.kid,
-            alg=ALGORITHM,
-            use="sig",
-            n=_b64url_uint(numbers.n),
-            e=_b64url_uint(numbers.e),
-            x5c=[base64.b64encode(self.certificate_der).decode()] if self.certificate_der else [],
-        )
+        x5c = [base64.b64encode(self.certificate_der).decode()] if self.certificate_der else []
+        public = self.public_key
+        if isinstance(public, rsa.RSAPublicKey):
+            rsa_numbers = public.public_numbers()
+            n, e = _b64url_uint(rsa_numbers.n), _b64url_uint(rsa_numbers.e)
+            return Jwk(kty="RSA", kid=self.kid, alg=self.algorithm, use="sig", n=n, e=e, x5c=x5c)
+        ec_numbers = public.public_numbers()
+        x, y = _b64url_uint(ec_numbers.x, _P256_BYTES), _b64url_uint(ec_numbers.y, _P256_BYTES)
+        return Jwk(kty="EC", kid=self.kid, alg=self.algorithm, use="sig", crv="P-256", x=x, y=y, x5c=x5c)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,8 @@ class Subject:
     client_id: str
     expire_in_hours: float
     refresh_expire_in_hours: float
+    #: The application's ``signing_alg``: which current key signs.
+    signing_alg: SigningAlg = "RS256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,35 +85,40 @@ class MintedTokens:
 
 
 class Signer:
-    """Mints JWTs with ``current``; ``keys`` are every key that still verifies (current, pending, superseded), newest
-    first. Handlers share one Signer; the key reloader replaces its keys with ``update`` (one synchronous step, so a
-    handler never sees half a change)."""
+    """Mints an application's JWTs with ``current[its signing_alg]``; ``keys`` are every key that still verifies
+    (current, pending, superseded; of every algorithm), newest first. Handlers share one Signer; the key reloader
+    replaces its keys with ``update`` (one synchronous step, so a handler never sees half a change)."""
 
-    def __init__(self, issuer: str, keys: Sequence[SigningKey], current: SigningKey | None = None) -> None:
+    def __init__(
+        self, issuer: str, keys: Sequence[SigningKey], current: Mapping[SigningAlg, SigningKey] | None = None
+    ) -> None:
         self.issuer = issuer
         self.update(keys, current)
 
-    def update(self, keys: Sequence[SigningKey], current: SigningKey | None = None) -> None:
+    def update(self, keys: Sequence[SigningKey], current: Mapping[SigningAlg, SigningKey] | None = None) -> None:
+        """Swap in ``keys``; ``current`` is the key that signs for each algorithm (default: the newest of each)."""
         if not keys:
             raise ValueError("a Signer needs at least one signing key")
-        current = current or keys[0]
-        if current not in keys:
-            raise ValueError(f"the current key {current.kid} must be one of the keys")
+        if current is None:
+            current = {key.algorithm: key for key in reversed(keys)}
+        for alg, key in current.items():
+            if key not in keys or key.algorithm != alg:
+                raise ValueError(f"the current {alg} key {key.kid} must be one of the keys, and an {alg} key")
         self.keys = tuple(keys)
-        self.current = current
+        self.current: Mapping[SigningAlg, SigningKey] = MappingProxyType(dict(current))
         self._by_kid = {key.kid: key for key in self.keys}
         self._jwk_set = JwkSet(keys=[key.jwk() for key in self.keys])
 
     @property
-    def state(self) -> tuple[str, tuple[str, ...]]:
-        """``(current kid, every kid)``: what a reload compares to decide whether anything changed."""
-        return self.current.kid, tuple(self._by_kid)
+    def state(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``(current kids, every kid)``: what a reload compares to decide whether anything changed."""
+        return tuple(key.kid for _, key in sorted(self.current.items())), tuple(self._by_kid)
 
     def key(self, kid: object) -> SigningKey | None:
         """The key that verifies tokens with this ``kid`` header, if it still may."""
         return self._by_kid.get(kid) if isinstance(kid, str) else None
 
-    def public_keys(self) -> dict[str, rsa.RSAPublicKey]:
+    def public_keys(self) -> dict[str, PublicKey]:
         """Public half of every verifying key, by kid."""
         return {key.kid: key.public_key for key in self.keys}
 
@@ -132,8 +148,12 @@ class Signer:
             "displayName": subject.display_name,
             "avatar": subject.avatar,
         }
-        access = self._sign({**claims, "exp": now + expires_in, "tokenType": "access-token"})
-        refresh = self._sign({**claims, "exp": now + refresh_in, "tokenType": "refresh-token"})
+        key = self.current.get(subject.signing_alg)
+        if key is None:
+            # Only between an application's first key of a new algorithm and this store's next reload.
+            raise Unavailable(f"no {subject.signing_alg} signing key is loaded yet", retry_after=2)
+        access = _sign(key, {**claims, "exp": now + expires_in, "tokenType": "access-token"})
+        refresh = _sign(key, {**claims, "exp": now + refresh_in, "tokenType": "refresh-token"})
         response = TokenResponse(
             access_token=access,
             # Casdoor returns the access token as the id token too; mini programs written for it expect that.
@@ -152,10 +172,9 @@ class Signer:
             refresh_expires_at=now + refresh_in,
         )
 
-    def _sign(self, claims: Mapping[str, Any]) -> str:
-        return jwt.encode(
-            dict(claims), self.current.private_key, algorithm=ALGORITHM, headers={"kid": self.current.kid}
-        )
+
+def _sign(key: SigningKey, claims: Mapping[str, Any]) -> str:
+    return jwt.encode(dict(claims), key.private_key, algorithm=key.algorithm, headers={"kid": key.kid})
 
 
 def token_hash(token: str) -> bytes:
@@ -163,6 +182,6 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _b64url_uint(value: int) -> str:
-    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+def _b64url_uint(value: int, size: int = 0) -> str:
+    raw = value.to_bytes(size or (value.bit_length() + 7) // 8 or 1, "big")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

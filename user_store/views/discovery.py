@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shared.jwtcheck import SIGNING_ALGORITHMS
 from shared.messages import OpenIdConfiguration
 from user_store.appkeys import CONFIG, SIGNER
 from user_store.http import json_response
-from user_store.signing_keys.signer import ALGORITHM, SCOPE
+from user_store.signing_keys.signer import SCOPE
 
 _CLAIMS = (
     "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "scope", "tokenType", "owner", "name", "displayName",
@@ -34,7 +35,7 @@ def openid_configuration(issuer: str) -> OpenIdConfiguration:
         end_session_endpoint=f"{base}/api/logout",
         response_types_supported=["token"],
         subject_types_supported=["public"],
-        id_token_signing_alg_values_supported=[ALGORITHM],
+        id_token_signing_alg_values_supported=list(SIGNING_ALGORITHMS),
         token_endpoint_auth_methods_supported=["none", *_CLIENT_AUTH],
         introspection_endpoint_auth_methods_supported=_CLIENT_AUTH,
         revocation_endpoint_auth_methods_supported=_CLIENT_AUTH,
