@@ -3,8 +3,10 @@ and data that survives a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import stat
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -14,6 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
+from services import ports as ports_module
+from services.ports import free_ports
 from tests.stack import Stack
 
 
@@ -103,3 +107,25 @@ class TestEmbeddedRun:
             with pytest.raises(RuntimeError, match="exited with 1"):
                 embedded_stack.start()
         assert "set GATEWAY_PORT to a free port" in embedded_stack.log_tail()
+
+
+class TestPorts:
+    def test_ports_are_free_distinct_and_outside_the_ephemeral_range(self):
+        """A stack's ports come from below the kernel's ephemeral range, where no client connection takes its source
+        port between the choice and the bind (what made a stack fail with "address already in use")."""
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        ports = free_ports(8)
+        assert len(set(ports)) == 8 and all(port < low for port in ports)
+        with contextlib.ExitStack() as held:
+            for port in ports:
+                held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+
+    def test_a_taken_port_is_never_chosen(self, monkeypatch):
+        """With a listener on the only port there is to choose, the choice fails instead of handing it out."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            monkeypatch.setattr(ports_module, "_listener_range", lambda: (port, port))
+            with pytest.raises(RuntimeError, match="no 1 free ports"):
+                free_ports(1)
