@@ -23,14 +23,25 @@ Revocation: a task subscribes to ``RedisKeys.token_events``. On every (re)subscr
 (``RedisKeys.revoked_tokens``), so a revocation published while it was disconnected is not lost; ``SigningKeysChanged``
 re-reads the JWKS at once. Without Redis only expiry ends a token; ``revocation_live`` tells whether the
 subscription is up.
+
+How far behind the feed may be: every ``PING_INTERVAL`` the task PINGs on the subscription's own connection. Redis
+answers in order, after every message it published before, so a PONG proves that whatever was published before its
+PING was sent has been applied. ``revocations_synced(max_lag)`` is true while the last PONG's PING left less than
+``max_lag`` seconds ago: a connection that died silently (no reset, no error) shows within ``max_lag``, and a caller
+that must never answer from a stale denylist (the gateway's introspection) can ask the authority instead.
+``await sync()`` waits for the PONG of a PING sent after the call: once a call that revoked has returned, this
+process's next check sees it. These lags are measured on ``time.monotonic``, never on ``clock``: a test's clock
+must not make a stale feed look fresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -56,6 +67,8 @@ ALLOWED_ALGORITHMS = jwtcheck.ALGORITHMS
 #: Shorter RSA keys are factorable; a JWKS offering one is not trusted with it.
 MIN_RSA_BITS = 2048
 _PRUNE_EVERY = 60.0
+#: Seconds between the PINGs that measure how far behind the revocation feed is (and the longest ``sync`` waits).
+PING_INTERVAL = 0.1
 
 #: Returns a JWK set document (``{"keys": [...]}``); raising means "not now", the old keys stay.
 JwksSource = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -162,12 +175,32 @@ class Verifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.revocation_live = False
+        #: When the PING of the last PONG received was sent (monotonic); -inf while unsubscribed.
+        self._synced_at = -math.inf
+        self._ping_ids = itertools.count(1)
+        #: PINGs in flight, in the order sent: (id, sent at).
+        self._pings: deque[tuple[int, float]] = deque()
+        #: Waiters of ``sync``: when they asked, and the future a PONG of a later PING resolves.
+        self._sync_waiters: list[tuple[float, asyncio.Future[None]]] = []
 
     async def start(self) -> None:
         """Fetch the JWKS and subscribe to revocations in the background: a source that is down delays nothing."""
-        self._spawn(self.refresh_jwks())
+        self._spawn(self._first_jwks())
         if self._redis is not None:
             self._spawn(self._listen())
+
+    async def _first_jwks(self) -> None:
+        """Until a JWKS has been read: a source still starting (the user store beside a new gateway) is asked
+        again within a second, not once per ``refresh_cooldown`` on a token's unknown kid."""
+        backoff = 0.2
+        while not self._closing:
+            async with self._refresh_lock:
+                if not self._keys:
+                    await self._read_jwks(self._clock())
+                if self._keys:
+                    return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     async def close(self) -> None:
         # redis-py's pub/sub read can swallow a cancellation that lands as its read timeout fires (Python 3.11's
@@ -193,10 +226,49 @@ class Verifier:
     def is_revoked(self, jti: str) -> bool:
         return jti in self._revoked
 
+    def has_key(self, kid: object) -> bool:
+        """Whether the cached JWKS holds a key for this ``kid`` header (nothing is fetched)."""
+        return isinstance(kid, str) and kid in self._keys
+
+    def accepts(self, alg: object) -> bool:
+        return isinstance(alg, str) and alg in self._algorithms
+
+    def revocations_synced(self, max_lag: float) -> bool:
+        """True while the subscription is up and every revocation published more than ``max_lag`` seconds ago has
+        been applied (the module docstring says how that is known)."""
+        return self.revocation_live and time.monotonic() - self._synced_at < max_lag
+
+    async def sync(self, timeout: float = 1.0) -> bool:
+        """Wait until whatever was published before this call has been applied (the next PONG, at most
+        ``PING_INTERVAL`` plus a round trip away); False when the subscription is down or none came in ``timeout``."""
+        if not self.revocation_live:
+            return False
+        asked_at = time.monotonic()
+        waiter = (asked_at, asyncio.get_running_loop().create_future())
+        self._sync_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter[1]
+        except TimeoutError:
+            return False
+        finally:
+            self._sync_waiters.remove(waiter)
+        return True
+
     async def verify(self, token: str, *, token_type: str | None = None) -> dict[str, Any]:
         """The claims of ``token``; ``InvalidToken`` when it is not a live token for us, ``Unavailable`` when no
         JWKS could ever be fetched."""
-        parsed = jwtcheck.parse(token)
+        claims = await self.signed_claims(jwtcheck.parse(token))
+        expected_type = token_type or self._token_type
+        if claims.get("tokenType") != expected_type:
+            raise InvalidToken(f"the token is not an {expected_type}")
+        if claims["jti"] in self._revoked:
+            raise InvalidToken("the token has been revoked")
+        return claims
+
+    async def signed_claims(self, parsed: jwtcheck.ParsedJwt) -> dict[str, Any]:
+        """What ``verify`` checks but ``tokenType`` and revocation: the algorithm, the key, the signature, ``iss``,
+        ``aud`` (when the verifier has an audience), and the time claims with ``leeway``."""
         alg, kid = parsed.alg, parsed.kid
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise InvalidToken(f"the token's algorithm {alg!r} is not accepted")
@@ -214,7 +286,7 @@ class Verifier:
             self._spawn(self.refresh_jwks())
         if key.alg is not None and key.alg != alg:
             raise InvalidToken("the token's algorithm does not match its key")
-        claims = jwtcheck.check(
+        return jwtcheck.check(
             parsed,
             key.public_key,
             algorithms=self._algorithms,
@@ -222,12 +294,6 @@ class Verifier:
             audience=self._audience,
             leeway=self._leeway,
         )
-        expected_type = token_type or self._token_type
-        if claims.get("tokenType") != expected_type:
-            raise InvalidToken(f"the token is not an {expected_type}")
-        if claims["jti"] in self._revoked:
-            raise InvalidToken("the token has been revoked")
-        return claims
 
     async def refresh_jwks(self, *, force: bool = False) -> None:
         """Re-read the JWKS unless it was tried less than ``refresh_cooldown`` ago (``force`` skips that)."""
@@ -235,16 +301,20 @@ class Verifier:
             now = self._clock()
             if not force and now - self._attempted_at < self._cooldown:
                 return
-            self._attempted_at = now
-            try:
-                keys = parse_jwks(await self._fetch(), self._algorithms)
-            except Exception as exc:  # any failure of a pluggable source means "keep the keys we have"
-                log.warning("jwks_fetch_failed", error=f"{type(exc).__name__}: {exc}")
-                return
-            if keys.keys() != self._keys.keys():
-                log.info("jwks_loaded", kids=sorted(keys))
-            self._keys = keys
-            self._fetched_at = now
+            await self._read_jwks(now)
+
+    async def _read_jwks(self, now: float) -> None:
+        """One read of the JWKS, holding ``_refresh_lock``."""
+        self._attempted_at = now
+        try:
+            keys = parse_jwks(await self._fetch(), self._algorithms)
+        except Exception as exc:  # any failure of a pluggable source means "keep the keys we have"
+            log.warning("jwks_fetch_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if keys.keys() != self._keys.keys():
+            log.info("jwks_loaded", kids=sorted(keys))
+        self._keys = keys
+        self._fetched_at = now
 
     async def _listen(self) -> None:
         assert self._redis is not None and self._redis_keys is not None
@@ -253,26 +323,62 @@ class Verifier:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self._redis_keys.token_events)
-                pruned = self._clock()
+                pruned, pinged = self._clock(), time.monotonic()
                 while not self._closing:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=PING_INTERVAL)
                     if message is not None and message["type"] == "subscribe":
                         # Also after redis-py reconnects by itself: whatever was published meanwhile is in the set.
+                        self._unsynced()
                         await self._reload_denylist()
                         self.revocation_live, backoff = True, 0.1
+                        pinged = -math.inf  # in sync as soon as the first PONG is back
                     elif message is not None and message["type"] == "message":
                         self._on_event(message["data"])
+                    elif message is not None and message["type"] == "pong":
+                        self._on_pong(message["data"])
+                    now = time.monotonic()
+                    if self.revocation_live and now - pinged >= PING_INTERVAL:
+                        # Only this task writes to the connection: never in the middle of redis-py reconnecting it.
+                        await pubsub.ping(str(self._ping()))
+                        pinged = now
                     if self._clock() - pruned > _PRUNE_EVERY:
                         self._prune()
                         pruned = self._clock()
             except (aioredis.RedisError, OSError) as exc:
-                self.revocation_live = False
                 log.warning("revocations_unsubscribed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
             finally:
+                self.revocation_live = False
+                self._unsynced()
                 with contextlib.suppress(aioredis.RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _ping(self) -> int:
+        """The id of a PING about to be sent, recorded with the time it leaves."""
+        ping_id = next(self._ping_ids)
+        self._pings.append((ping_id, time.monotonic()))
+        if len(self._pings) > 1000:  # PONGs that never came (a connection replaced under us): forget the oldest
+            self._pings.popleft()
+        return ping_id
+
+    def _on_pong(self, data: bytes | str) -> None:
+        try:
+            ping_id = int(data)
+        except ValueError:
+            return  # redis-py's own health check, or a PING that is not ours
+        while self._pings and self._pings[0][0] <= ping_id:
+            answered, sent_at = self._pings.popleft()
+            if answered == ping_id:
+                self._synced_at = max(self._synced_at, sent_at)
+        for asked_at, future in self._sync_waiters:
+            if asked_at <= self._synced_at and not future.done():
+                future.set_result(None)
+
+    def _unsynced(self) -> None:
+        """A new or lost subscription: nothing applied so far counts until a PONG on the new one."""
+        self._synced_at = -math.inf
+        self._pings.clear()
 
     async def _reload_denylist(self) -> None:
         assert self._redis is not None and self._redis_keys is not None

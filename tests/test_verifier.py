@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -316,6 +317,112 @@ class TestRevocation:
             del keys.keys["k1"]
             await Revocations(redis_client, RedisKeys(key_prefix)).keys_changed(["k2"])
             await eventually(refuses(verifier, token), 5, "dropping the retired key")
+
+
+class TestFeedLag:
+    async def test_synced_while_pongs_come_back(self, keys, redis_client, key_prefix):
+        """Subscribed, the feed counts as in sync within a PING interval; ``sync`` returns once a revocation
+        published before it has been applied."""
+        token = keys.token("k1")
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        async with make_verifier(keys, redis=redis_client, redis_keys=RedisKeys(key_prefix)) as verifier:
+            assert not verifier.revocations_synced(1.0)
+            await eventually(_synced(verifier), 5, "the feed in sync", interval=0.01)
+            await Revocations(redis_client, RedisKeys(key_prefix)).announce(
+                [RevokedToken(jti=jti, exp=int(time.time()) + 60)]
+            )
+            assert await verifier.sync()
+            assert verifier.is_revoked(jti)
+
+    async def test_a_silent_connection_is_out_of_sync_within_a_second(self, keys, redis_url, key_prefix):
+        """A subscription whose connection stops carrying bytes without an error (a partition, not a reset) still
+        looks live, but is no longer in sync within ``max_lag``, and ``sync`` gives up; once bytes flow again it
+        is in sync again."""
+        async with _Proxy(redis_url) as proxy:
+            redis = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}")
+            try:
+                async with make_verifier(keys, redis=redis, redis_keys=RedisKeys(key_prefix)) as verifier:
+                    await eventually(_synced(verifier), 5, "the feed in sync", interval=0.01)
+                    proxy.frozen = True
+                    frozen_at = time.monotonic()
+                    await eventually(_not_synced(verifier), 2, "the feed out of sync", interval=0.01)
+                    assert time.monotonic() - frozen_at <= 1.05
+                    assert verifier.revocation_live
+                    assert not await verifier.sync(timeout=0.3)
+                    proxy.frozen = False
+                    await eventually(_synced(verifier), 5, "the feed in sync again", interval=0.01)
+            finally:
+                await redis.aclose()
+
+
+class _Proxy:
+    """A TCP relay to Redis that can stop relaying (``frozen``) without closing anything."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._target = urllib.parse.urlsplit(redis_url)
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def frozen(self) -> bool:
+        return not self._flowing.is_set()
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        if value:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
+
+    async def __aenter__(self) -> _Proxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._target.scheme == "unix":
+            up_reader, up_writer = await asyncio.open_unix_connection(self._target.path)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(self._target.hostname, self._target.port)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._relay(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _relay(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            sink.close()
+
+
+def _synced(verifier: Verifier):
+    async def check() -> bool:
+        return verifier.revocations_synced(1.0)
+
+    return check
+
+
+def _not_synced(verifier: Verifier):
+    async def check() -> bool:
+        return not verifier.revocations_synced(1.0)
+
+    return check
 
 
 class TestEndToEnd:
