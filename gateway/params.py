@@ -16,15 +16,12 @@ Either parse is done once per request and cached on it, so the rate-limit middle
 
 from __future__ import annotations
 
-import base64
-import binascii
-from urllib.parse import parse_qsl
-
 import msgspec
 from aiohttp import web
 
 from gateway import appkeys
 from shared.errors import PLEASE_LOGIN, BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from shared.forms import FORM, basic_credentials, basic_pair, form_fields
 from shared.guard import check_field, valid_client_id
 from shared.messages import Credentials
 
@@ -34,8 +31,6 @@ JSON_FIELDS = (
     "tag", "avatar", "refresh_token", "subject_token", "subject_token_type", "audience", "resource", "assertion",
     "client_assertion", "client_assertion_type",
 )  # fmt: skip
-
-FORM = "application/x-www-form-urlencoded"
 
 
 async def read_oauth_params(request: web.Request) -> dict[str, str]:
@@ -120,14 +115,6 @@ async def read_body(request: web.Request) -> bytes:
         raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
 
 
-def form_fields(body: bytes) -> list[tuple[str, str]]:
-    """The fields of an ``application/x-www-form-urlencoded`` body, blank ones included."""
-    try:
-        return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-    except UnicodeDecodeError:
-        raise BadRequest("the form body is not valid UTF-8") from None
-
-
 def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
     """String fields of a JSON object body. A JSON content type must carry valid JSON; any other content type is
     tried as JSON (Casdoor reads the raw body whatever its type) and refused when it is not."""
@@ -155,23 +142,4 @@ def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
 
 
 def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        return None
-    return basic_pair(encoded.strip())
-
-
-def basic_pair(encoded: str) -> tuple[str, str]:
-    """``(user, password)`` of an HTTP Basic credential (the part after "Basic ")."""
-    # A str with non-ASCII makes b64decode raise a plain ValueError (not binascii.Error): the 500 fuzzing found.
-    if not encoded.isascii():
-        raise BadRequest("the Authorization header is not valid HTTP Basic")
-    try:
-        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise BadRequest("the Authorization header is not valid HTTP Basic") from None
-    client_id, sep, secret = decoded.partition(":")
-    if not sep:
-        raise BadRequest("the Authorization header is not valid HTTP Basic")
-    return client_id, secret
+    return basic_credentials(request.headers.get("Authorization", ""))

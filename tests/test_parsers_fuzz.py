@@ -16,9 +16,10 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.params import FORM, JSON_FIELDS, _json_fields, basic_pair, caller_credentials, checked, form_fields
+from gateway.params import JSON_FIELDS, _json_fields, caller_credentials, checked
 from gateway.views.account import _int
 from shared.errors import MinidoorError
+from shared.forms import FORM, basic_pair, form_fields
 from shared.guard import MAX_FIELD_CHARS, MAX_JSON_DEPTH, check_body, check_field, check_text, json_depth
 from shared.messages import Credentials
 from shared.user_store_client import application_path

@@ -76,7 +76,8 @@ class TestAuth:
         ],
     )
     async def test_internal_routes_require_the_token(self, client, method, path):
-        """Without the bearer token every /internal/* route answers 401 invalid_token, even unknown ones."""
+        """Without the bearer token every /internal/* route answers 401 invalid_token, even unknown ones (but
+        introspection, which takes client credentials instead: tests/test_introspection.py)."""
         body = await call(client, method, path, token=None, status=401)
         assert body["error"] == "invalid_token"
         assert body["error_description"]

@@ -18,14 +18,19 @@ def json_response(value: Any) -> web.Response:
     return web.Response(body=_encoder.encode(value), content_type="application/json")
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The raw body; ``PayloadTooLarge`` beyond the app's limit."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"the body exceeds {request.client_max_size} bytes") from None
+
+
 async def read_json(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
     """The body decoded as ``decoder``'s type; a clear 400/413/415 for anything else."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("the body must be application/json")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the body exceeds {request.client_max_size} bytes") from None
+    raw = await read_body(request)
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:

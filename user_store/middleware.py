@@ -42,11 +42,16 @@ async def client_ip_middleware(request: web.Request, handler: Handler) -> web.St
     return await handler(request)
 
 
+#: Internal routes a service on the private network calls with its application's client credentials, checked by
+#: the view: the internal token is neither needed nor enough there (``views/introspection.py``).
+CLIENT_AUTHENTICATED_PATHS = frozenset({"/internal/tokens/introspect"})
+
+
 @web.middleware
 async def internal_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every ``/internal/*`` request must carry ``Authorization: Bearer <internal_token>`` (or, during a rollover,
-    ``INTERNAL_TOKEN_PREVIOUS``)."""
-    if request.path.startswith("/internal/"):
+    ``INTERNAL_TOKEN_PREVIOUS``), but those of ``CLIENT_AUTHENTICATED_PATHS``."""
+    if request.path.startswith("/internal/") and request.path not in CLIENT_AUTHENTICATED_PATHS:
         config = request.app[CONFIG]
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         tokens = [config.internal_token, *([config.internal_token_previous] if config.internal_token_previous else [])]

@@ -1,5 +1,11 @@
 """RFC 7662 introspection (``POST /internal/tokens/introspect``) and RFC 7009 revocation
-(``POST /internal/tokens/revoke``), behind the gateway's routes of the same name."""
+(``POST /internal/tokens/revoke``), behind the gateway's routes of the same name.
+
+Introspection is also the one internal route a service on the private network may call itself, with its
+application's client credentials and no internal token (``middleware.CLIENT_AUTHENTICATED_PATHS``): as RFC 7662
+asks, a form body (``token``, ``token_type_hint``, and ``client_id``/``client_secret`` unless sent as HTTP Basic).
+The gateway sends a JSON ``TokenRequest``. Either way the client credentials are required and checked here.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,13 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from shared.errors import BadRequest
-from shared.guard import log_id
+from shared.errors import BadRequest, UnsupportedMediaType
+from shared.forms import FORM, basic_credentials, form_fields
+from shared.guard import check_field, log_id
 from shared.messages import Introspection, TokenRequest
 from user_store.appkeys import AUDIT, PG_POOL, REVOCATIONS, SIGNER
 from user_store.db import connection, transaction
-from user_store.http import json_response, read_json
+from user_store.http import json_response, read_body, read_json
 from user_store.tokens import (
     TokenInfo,
     authenticate_client,
@@ -30,12 +37,14 @@ INACTIVE = Introspection(active=False)
 
 
 def introspection(info: TokenInfo) -> Introspection:
-    """RFC 7662's answer for a live token; ``username`` is the user's name, as Casdoor's JWT ``name``."""
+    """RFC 7662's answer for a live token; ``username`` is the token's ``name`` claim, as Casdoor answers (and as
+    the gateway does, from the token alone): the user's name when it was issued."""
+    name = info.claims.get("name")
     return Introspection(
         active=True,
         scope=info.scope,
         client_id=info.client_id,
-        username=info.user_name,
+        username=name if isinstance(name, str) else info.user_name,
         token_type="Bearer",
         exp=info.expires_at,
         iat=info.issued_at,
@@ -48,9 +57,34 @@ def introspection(info: TokenInfo) -> Introspection:
     )
 
 
+async def _introspection_request(request: web.Request) -> TokenRequest:
+    """The gateway's JSON ``TokenRequest``, or an RFC 7662 form with the client credentials in it or in HTTP Basic."""
+    if request.content_type != FORM:
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType("the body must be application/x-www-form-urlencoded (RFC 7662) or JSON")
+        return await read_json(request, _request_decoder)
+    form = dict(form_fields(await read_body(request)))
+    for key, value in form.items():
+        if key != "token":  # RFC 7662: any string is an answer, {"active": false}
+            check_field(key, value)
+    client_id, client_secret = form.get("client_id", ""), form.get("client_secret", "")
+    if not client_id and not client_secret:
+        client_id, client_secret = basic_credentials(request.headers.get("Authorization", "")) or ("", "")
+    if not client_id or not client_secret:
+        raise BadRequest("client authentication is required: HTTP Basic, or client_id and client_secret")
+    if not form.get("token"):
+        raise BadRequest("token is missing")
+    return TokenRequest(
+        client_id=client_id,
+        client_secret=client_secret,
+        token=form.get("token", ""),
+        token_type_hint=form.get("token_type_hint", ""),
+    )
+
+
 async def introspect(request: web.Request) -> web.Response:
     """Active only for a live token issued to the calling application, of the kind ``token_type_hint`` names."""
-    req = await read_json(request, _request_decoder)
+    req = await _introspection_request(request)
     structlog.contextvars.bind_contextvars(client_id=log_id(req.client_id))
     async with connection(request.app[PG_POOL]) as conn:
         caller = await authenticate_client(conn, req.client_id, req.client_secret)
