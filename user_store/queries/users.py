@@ -25,6 +25,11 @@ async def lock_keys(conn: Conn, keys: list[int]) -> None:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
 
 
+# A login reads the user FOR KEY SHARE: an update-user forbidding it (FOR UPDATE) waits for the login's commit, so
+# revoke_user_tokens sees the token it minted; a login after the forbid waits for that commit and reads the flag.
+# Either way no token of a forbidden user outlives the change, which the gateways' introspection relies on.
+
+
 async def user_by_openid(conn: Conn, organization_id: Any, appid: str, openid: str) -> asyncpg.Record | None:
     with translate("user"):
         return await conn.fetchrow(
@@ -32,6 +37,7 @@ async def user_by_openid(conn: Conn, organization_id: Any, appid: str, openid: s
             SELECT {_LOGIN_USER}, w.unionid
             FROM wechat_identities w JOIN users u ON u.id = w.user_id
             WHERE w.organization_id = $1 AND w.appid = $2 AND w.openid = $3
+            FOR KEY SHARE OF u
             """,
             organization_id,
             appid,
@@ -47,6 +53,7 @@ async def user_by_unionid(conn: Conn, organization_id: Any, unionid: str) -> asy
             FROM wechat_identities w JOIN users u ON u.id = w.user_id
             WHERE w.organization_id = $1 AND w.unionid = $2
             ORDER BY w.created_at LIMIT 1
+            FOR KEY SHARE OF u
             """,
             organization_id,
             unionid,
