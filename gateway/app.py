@@ -14,6 +14,7 @@ from redis.backoff import NoBackoff
 
 from gateway import appkeys
 from gateway.applications import ApplicationCache
+from gateway.introspector import ClientSecrets, Introspector
 from gateway.jobs import JobPublisher
 from gateway.limits import GatewayLimits, limits_ctx, rate_limit_middleware
 from gateway.metrics import GatewayMetrics, metrics_middleware
@@ -102,5 +103,7 @@ async def _verifier(app: web.Application) -> AsyncIterator[None]:
     )
     await verifier.start()
     app[appkeys.VERIFIER] = verifier
+    secrets = ClientSecrets(app[appkeys.CONFIG].client_secret_ttl)
+    app[appkeys.INTROSPECTOR] = Introspector(verifier, client, secrets, app[appkeys.METRICS])
     yield
     await verifier.close()

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from gateway.applications import ApplicationCache
+    from gateway.introspector import Introspector
     from gateway.jobs import JobPublisher
     from gateway.limits import GatewayLimits
     from gateway.metrics import GatewayMetrics
@@ -36,8 +37,10 @@ APPLICATIONS: web.AppKey[ApplicationCache] = web.AppKey("applications")
 #: Publishes code-exchange jobs (``gateway/jobs.py``) and waits on ``REPLIES`` for the answer.
 PUBLISHER: web.AppKey[JobPublisher] = web.AppKey("publisher")
 REPLIES: web.AppKey[ReplyWaiter] = web.AppKey("replies")
-#: Checks bearer access tokens locally (``shared.verifier``), for the per-user limits.
+#: Checks bearer access tokens locally (``shared.verifier``), for the per-user limits and introspection.
 VERIFIER: web.AppKey[Verifier] = web.AppKey("verifier")
+#: Answers introspection from ``VERIFIER`` when it can, else asks the user store (``gateway/introspector.py``).
+INTROSPECTOR: web.AppKey[Introspector] = web.AppKey("introspector")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 LIMITS: web.AppKey[GatewayLimits] = web.AppKey("limits")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")

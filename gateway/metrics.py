@@ -62,6 +62,12 @@ class GatewayMetrics:
         self.rate_limited = Counter(
             "minidoor_gateway_rate_limited", "Requests refused with 429 by a rate limit", ["limit"], registry=r
         )
+        self.introspections = Counter(
+            "minidoor_gateway_introspections",
+            "Introspections by who answered: the gateway alone, or the user store",
+            ["answered_by"],
+            registry=r,
+        )
         self.stream_length = Gauge("minidoor_stream_length", "Jobs in the code-exchange stream", registry=r)
         self.stream_pending = Gauge(
             "minidoor_stream_pending", "Jobs taken by a worker, not yet acknowledged", registry=r

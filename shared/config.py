@@ -85,6 +85,9 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     #: How long a client_id lookup is cached (unknown ids for a fifth of it).
     client_cache_ttl: Seconds = 30.0
+    #: How long introspection trusts a client secret the user store accepted (``gateway/introspector.py``): after
+    #: a rotation (``make rotate-secret``), the old secret is refused everywhere within this many seconds.
+    client_secret_ttl: Seconds = 5.0
     #: Approximate cap on the job stream's length (XADD MAXLEN ~).
     stream_max_len: Annotated[int, msgspec.Meta(ge=100)] = 100_000
     shutdown_grace: Seconds = 10.0

@@ -8,13 +8,32 @@ import json
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import jwt
+import msgspec
 import pytest
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.oauth_helpers import basic, claims_of, introspect, kid_of, make_app, revoke, stack_login, unsigned_token
+from shared.config import GatewayConfig
+from tests.account_helpers import app_params, update
+from tests.cluster import Cluster
+from tests.oauth_helpers import (
+    basic,
+    claims_of,
+    eventually,
+    introspect,
+    kid_of,
+    make_app,
+    revoke,
+    stack_login,
+    unsigned_token,
+)
 from tests.stack import Stack
 
 INTROSPECTION_FIELDS = {
@@ -167,17 +186,17 @@ class TestInactive:
         assert (await introspect(session, stack, token)) == {"active": False}
         assert time.monotonic() - started < 5
 
-    @pytest.mark.parametrize("flag", ["is_forbidden", "is_deleted"])
-    async def test_forbidden_or_deleted_user(self, session, stack, db, flag):
-        """Tokens of a forbidden or deleted user are inactive while the flag is set."""
-        token = (await stack_login(session, stack, f"o-{flag}"))["access_token"]
-        user_id = claims_of(token)["sub"]
-        await db.execute(f"UPDATE users SET {flag} = true WHERE id = $1", user_id)
-        try:
-            assert (await introspect(session, stack, token)) == {"active": False}
-        finally:
-            await db.execute(f"UPDATE users SET {flag} = false WHERE id = $1", user_id)
+    @pytest.mark.parametrize("field", ["isForbidden", "isDeleted"])
+    async def test_forbidden_or_deleted_user(self, session, stack, field):
+        """A user made forbidden or deleted through update-user has its tokens revoked with the change: inactive
+        within a second at every gateway, and still inactive once the flag is cleared again (as in Casdoor)."""
+        token = (await stack_login(session, stack, f"o-{field}"))["access_token"]
+        target = f"demo/{claims_of(token)['name']}"
         assert (await introspect(session, stack, token))["active"] is True
+        await update(session, stack, {field: True}, id=target, **app_params(stack))
+        await eventually(_inactive(session, stack, token), 1.0, "the user's token inactive", interval=0.02)
+        await update(session, stack, {field: False}, id=target, **app_params(stack))
+        assert (await introspect(session, stack, token)) == {"active": False}
 
     async def test_another_applications_token(self, session, stack, other_app):
         """An application cannot introspect another application's tokens: they are inactive for it."""
@@ -243,3 +262,264 @@ class TestPlainHttpClient:
         assert status == 200
         assert body["active"] is True
         assert body["sub"] == claims_of(token)["sub"]
+
+
+def _inactive(session: aiohttp.ClientSession, stack: Stack, token: str, **kwargs: Any):
+    async def check() -> bool:
+        return (await introspect(session, stack, token, **kwargs)) == {"active": False}
+
+    return check
+
+
+def _store_url(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.user_store_port}/internal/tokens/introspect"
+
+
+async def store_introspect(
+    session: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    *,
+    headers: dict[str, str] | None = None,
+    status: int = 200,
+    **form: str,
+) -> dict[str, Any]:
+    """POST the user store's introspection as a service on the private network does: an RFC 7662 form."""
+    async with session.post(url, data={"token": token, **form}, headers=headers) as resp:
+        body = await resp.json()
+        assert resp.status == status, body
+        return dict(body)
+
+
+class TestUserStoreEntryPoint:
+    """``POST /internal/tokens/introspect`` on the user store, for internal services, with client credentials."""
+
+    async def test_client_credentials_without_the_internal_token(self, session, stack):
+        """HTTP Basic or form credentials of the application, no internal token: the gateway's answer."""
+        token = (await stack_login(session, stack, "o-store-route", username="grace"))["access_token"]
+        auth = basic(stack.demo["clientId"], stack.demo["clientSecret"])
+        direct = await store_introspect(session, _store_url(stack), token, headers=auth, token_type_hint="access_token")
+        assert direct == await introspect(session, stack, token, token_type_hint="access_token")
+        assert direct["active"] is True and direct["username"] == "grace"
+        credentials = {"client_id": stack.demo["clientId"], "client_secret": stack.demo["clientSecret"]}
+        assert (await store_introspect(session, _store_url(stack), token, **credentials))["active"] is True
+
+    async def test_client_errors(self, session, stack):
+        """No client credentials: 400 invalid_request; a wrong secret: 401 invalid_client; no token: 400; a body
+        that is neither a form nor JSON: 415."""
+        url = _store_url(stack)
+        assert (await store_introspect(session, url, "t", status=400))["error"] == "invalid_request"
+        wrong = basic(stack.demo["clientId"], "0" * 40)
+        assert (await store_introspect(session, url, "t", headers=wrong, status=401))["error"] == "invalid_client"
+        auth = basic(stack.demo["clientId"], stack.demo["clientSecret"])
+        assert (await store_introspect(session, url, "", headers=auth, status=400))["error"] == "invalid_request"
+        async with session.post(url, data=b"token=t", headers={**auth, "Content-Type": "text/plain"}) as resp:
+            assert resp.status == 415
+
+    @pytest.mark.parametrize("flag", ["is_forbidden", "is_deleted"])
+    async def test_flags_in_the_database_are_read_at_once(self, session, stack, db, flag):
+        """The store is the authority: a user flag set in PostgreSQL directly (no update-user, so nothing is
+        revoked or pushed to the gateways) makes the user's tokens inactive there at once, active once cleared."""
+        token = (await stack_login(session, stack, f"o-db-{flag}"))["access_token"]
+        user_id = claims_of(token)["sub"]
+        auth = basic(stack.demo["clientId"], stack.demo["clientSecret"])
+        await db.execute(f"UPDATE users SET {flag} = true WHERE id = $1", user_id)
+        try:
+            assert (await store_introspect(session, _store_url(stack), token, headers=auth)) == {"active": False}
+        finally:
+            await db.execute(f"UPDATE users SET {flag} = false WHERE id = $1", user_id)
+        assert (await store_introspect(session, _store_url(stack), token, headers=auth))["active"] is True
+
+
+CLIENT_SECRET_TTL = next(f.default for f in msgspec.structs.fields(GatewayConfig) if f.name == "client_secret_ttl")
+
+
+class TestClientSecretCache:
+    async def test_a_wrong_secret_is_never_the_cached_one(self, session, stack):
+        """Once the right secret is cached, a wrong one for the same client is still 401, every time."""
+        token = (await stack_login(session, stack, "o-cached-secret"))["access_token"]
+        for _ in range(2):
+            assert (await introspect(session, stack, token))["active"] is True
+        wrong = basic(stack.demo["clientId"], stack.demo["clientSecret"][:-1] + "x")
+        for _ in range(3):
+            assert (await introspect(session, stack, token, auth=wrong, status=401))["error"] == "invalid_client"
+        assert (await introspect(session, stack, token))["active"] is True
+
+    async def test_rotated_secret_is_refused_within_the_ttl(self, session, stack):
+        """After rotate-secret the old secret answers 401 within CLIENT_SECRET_TTL, the new one works at once; and
+        a secret the store confirms replaces the cached one, so the one before it is refused at once."""
+        app = make_app(stack, "rotating-app")
+        login = await stack_login(session, stack, "o-rotating", client_id=app["clientId"], appid=app["appid"])
+        token = login["access_token"]
+        old = basic(app["clientId"], app["clientSecret"])
+        for _ in range(2):  # the store confirms the secret, then the gateway answers alone
+            assert (await introspect(session, stack, token, auth=old))["active"] is True
+        second = stack.admin("rotate-secret", "--app", "rotating-app")["clientSecret"]
+        took = await eventually(_refused(session, stack, token, old), CLIENT_SECRET_TTL + 5, "old secret refused")
+        assert took <= CLIENT_SECRET_TTL + 0.5, took
+        new = basic(app["clientId"], second)
+        assert (await introspect(session, stack, token, auth=new))["active"] is True
+        third = stack.admin("rotate-secret", "--app", "rotating-app")["clientSecret"]
+        assert (await introspect(session, stack, token, auth=basic(app["clientId"], third)))["active"] is True
+        assert (await introspect(session, stack, token, auth=new, status=401))["error"] == "invalid_client"
+
+
+def _refused(session: aiohttp.ClientSession, stack: Stack, token: str, auth: dict[str, str]):
+    async def check() -> bool:
+        async with session.post(
+            stack.gateway + "/api/login/oauth/introspect", data={"token": token}, headers=auth
+        ) as resp:
+            return resp.status == 401
+
+    return check
+
+
+@pytest.fixture(scope="module", name="cluster")
+def _cluster(open_tmp: Callable[[str], Path]) -> Iterator[Cluster]:
+    """Two gateway processes, each with its own verifier and revocation feed, and a Redis and a PostgreSQL the
+    tests stop and start."""
+    cluster = Cluster(open_tmp("replicas"), workers=1, gateways=2)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.shutdown()
+
+
+async def cluster_login(http: aiohttp.ClientSession, cluster: Cluster, openid: str) -> dict[str, Any]:
+    async with http.post(
+        cluster.sandbox_url + "/sandbox/login", json={"appid": cluster.demo_appid, "openid": openid}
+    ) as resp:
+        code = (await resp.json())["code"]
+    form = {"tag": "wechat_miniprogram", "client_id": cluster.demo_client_id, "code": code}
+    async with http.post(cluster.gateway_url(0) + "/api/login/oauth/access_token", data=form) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+        return dict(body)
+
+
+def _demo_auth(cluster: Cluster) -> dict[str, str]:
+    assert cluster.demo is not None
+    return basic(cluster.demo.client_id, cluster.demo.client_secret)
+
+
+async def gateway_introspect(
+    http: aiohttp.ClientSession, cluster: Cluster, i: int, token: str, *, status: int = 200
+) -> dict[str, Any]:
+    url = cluster.gateway_url(i) + "/api/login/oauth/introspect"
+    async with http.post(url, data={"token": token}, headers=_demo_auth(cluster)) as resp:
+        body = await resp.json()
+        assert resp.status == status, body
+        return dict(body)
+
+
+async def answered_by(http: aiohttp.ClientSession, cluster: Cluster, i: int) -> dict[str, float]:
+    """The gateway's ``minidoor_gateway_introspections_total`` by who answered."""
+    headers = {"Authorization": f"Bearer {cluster.internal_token}"}
+    async with http.get(cluster.gateway_url(i) + "/metrics", headers=headers) as resp:
+        text = await resp.text()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "minidoor_gateway_introspections_total":
+                counts[sample.labels["answered_by"]] = sample.value
+    return counts
+
+
+class TestReplicas:
+    async def test_revocation_reaches_every_gateway_within_a_second(self, cluster, session):
+        """Two gateways answer a live token alone (no user-store call); revoked at one, it is inactive there at
+        once and at the other within a second."""
+        token = (await cluster_login(session, cluster, "o-replicas"))["access_token"]
+        before = [await answered_by(session, cluster, i) for i in (0, 1)]
+        for i in (0, 1):
+            for _ in range(3):
+                assert (await gateway_introspect(session, cluster, i, token))["active"] is True
+        after = [await answered_by(session, cluster, i) for i in (0, 1)]
+        for i in (0, 1):
+            assert after[i].get("gateway", 0) - before[i].get("gateway", 0) >= 2, (before[i], after[i])
+        url = cluster.gateway_url(0) + "/api/login/oauth/revoke"
+        async with session.post(url, data={"token": token}, headers=_demo_auth(cluster)) as resp:
+            assert resp.status == 200
+        revoked_at = time.monotonic()
+        assert (await gateway_introspect(session, cluster, 0, token)) == {"active": False}
+
+        async def inactive_at_the_other() -> bool:
+            return (await gateway_introspect(session, cluster, 1, token)) == {"active": False}
+
+        await eventually(inactive_at_the_other, 1.0, "inactive at the second gateway", interval=0.01)
+        assert time.monotonic() - revoked_at < 1.0
+
+    async def test_lost_feed_asks_the_user_store(self, cluster, session):
+        """With Redis gone no gateway answers from its own denylist: introspection goes to the user store (which
+        sees a revocation written to PostgreSQL alone), and is 503 when PostgreSQL is gone too, never a stale
+        active. Once Redis is back, the gateways answer alone again."""
+        live = (await cluster_login(session, cluster, "o-feed-live"))["access_token"]
+        probe = (await cluster_login(session, cluster, "o-feed-probe"))["access_token"]
+        for i in (0, 1):
+            for token in (live, probe):
+                assert (await gateway_introspect(session, cluster, i, token))["active"] is True
+        redis = aioredis.Redis.from_url(cluster.redis_url)
+        outage = asyncio.create_task(cluster.restart_redis(down_for=6.0))
+        try:
+            await eventually(_redis_gone(redis), 10, "Redis stopped")
+            # A revocation no feed carries: only the authority can know it.
+            conn = await asyncpg.connect(cluster.database_url)
+            try:
+                await conn.execute("UPDATE tokens SET revoked_at = now() WHERE id = $1", claims_of(probe)["jti"])
+            finally:
+                await conn.close()
+            for i in (0, 1):
+                assert (await gateway_introspect(session, cluster, i, probe)) == {"active": False}
+                assert (await gateway_introspect(session, cluster, i, live))["active"] is True
+            await cluster.stop_postgres()
+            try:
+                for i in (0, 1):
+                    body = await gateway_introspect(session, cluster, i, live, status=503)
+                    assert body["error"] == "temporarily_unavailable", body
+            finally:
+                await cluster.start_postgres()
+        finally:
+            await outage
+            await redis.aclose()
+        await asyncio.gather(*(gateway.ready(timeout=20) for gateway in cluster.gateways))
+
+        for i in (0, 1):
+            await eventually(_answered_alone(session, cluster, i, live), 20, f"gateway {i} answering alone again")
+
+    async def test_internal_token_alone_is_refused(self, cluster, session):
+        """The store's introspection takes client credentials, never the internal token: with it alone the answer
+        is 400 invalid_request, form or JSON; the other internal routes still want the internal token."""
+        token = (await cluster_login(session, cluster, "o-internal-token"))["access_token"]
+        url = cluster.user_store_url + "/internal/tokens/introspect"
+        internal = {"Authorization": f"Bearer {cluster.internal_token}"}
+        body = await store_introspect(session, url, token, headers=internal, status=400)
+        assert body["error"] == "invalid_request"
+        payload = {"client_id": "", "client_secret": "", "token": token}
+        async with session.post(url, json=payload, headers=internal) as resp:
+            assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
+        assert (await store_introspect(session, url, token, headers=_demo_auth(cluster)))["active"] is True
+        revoke_url = cluster.user_store_url + "/internal/tokens/revoke"
+        assert cluster.demo is not None
+        payload = {"client_id": cluster.demo.client_id, "client_secret": cluster.demo.client_secret, "token": token}
+        async with session.post(revoke_url, json=payload, headers=_demo_auth(cluster)) as resp:
+            assert resp.status == 401 and (await resp.json())["error"] == "invalid_token"
+
+
+def _answered_alone(http: aiohttp.ClientSession, cluster: Cluster, i: int, token: str):
+    async def check() -> bool:
+        before = (await answered_by(http, cluster, i)).get("gateway", 0)
+        assert (await gateway_introspect(http, cluster, i, token))["active"] is True
+        return (await answered_by(http, cluster, i)).get("gateway", 0) > before
+
+    return check
+
+
+def _redis_gone(redis: aioredis.Redis):
+    async def check() -> bool:
+        try:
+            await redis.ping()
+        except (aioredis.RedisError, OSError):
+            return True
+        return False
+
+    return check

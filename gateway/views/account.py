@@ -117,6 +117,7 @@ async def logout(request: web.Request) -> web.Response:
     result = await request.app[appkeys.USER_STORE].logout(
         req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
+    await request.app[appkeys.VERIFIER].sync()  # the next introspection here reads the revocation
     return envelope_ok(result.user)
 
 

@@ -1,5 +1,6 @@
 """RFC 7662 introspection (``POST /api/login/oauth/introspect``) and RFC 7009 revocation
-(``POST /api/login/oauth/revoke``): a client authenticates and names a token; the user store answers."""
+(``POST /api/login/oauth/revoke``): a client authenticates and names a token. Introspection is answered here when
+the gateway knows the user store's answer (``gateway/introspector.py``), else by the store; revocation by the store."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.params import read_oauth_params
-from gateway.responses import NO_STORE, private_json
+from gateway.responses import NO_STORE
 from shared.errors import BadRequest
 from shared.messages import TokenRequest
 
@@ -38,14 +39,16 @@ def _token_request(params: Mapping[str, str]) -> TokenRequest:
 async def introspect(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/introspect`` (RFC 7662): ``{"active": false}`` with 200 for any token not live."""
     req = _token_request(await read_oauth_params(request))
-    result = await request.app[appkeys.USER_STORE].introspect(req, request_id=request[appkeys.REQUEST_ID])
-    return private_json(result)
+    body = await request.app[appkeys.INTROSPECTOR].introspect(req, request_id=request[appkeys.REQUEST_ID])
+    return web.Response(body=body, content_type="application/json", headers=NO_STORE)
 
 
 async def revoke(request: web.Request) -> web.Response:
-    """``POST /api/login/oauth/revoke`` (RFC 7009): 200 with an empty body, for unknown tokens too."""
+    """``POST /api/login/oauth/revoke`` (RFC 7009): 200 with an empty body, for unknown tokens too. Answered once
+    this gateway has applied the revocation, so the client's next introspection here reads it."""
     req = _token_request(await read_oauth_params(request))
     await request.app[appkeys.USER_STORE].revoke(
         req, request_id=request[appkeys.REQUEST_ID], client_ip=request[appkeys.CLIENT_IP]
     )
+    await request.app[appkeys.VERIFIER].sync()
     return web.Response(status=200, headers=NO_STORE)
