@@ -4,8 +4,8 @@ The user store stays the authority on a token (``user_store/tokens.py``); the ga
 knows the store's answer from what the store pushes, and asks the store in every other case:
 
 - The client: ``(client_id, secret)`` pairs the store accepted less than ``CLIENT_SECRET_TTL`` seconds ago, kept
-  as an HMAC of the secret under a key of this process (``ClientSecrets``). A secret that does not match the entry
-  is not refused here: it goes to the store, which refuses it or (after a rotation) confirms the new one.
+  as an HMAC-SHA256 of the secret under a key of this process (``ClientSecrets``). A secret that does not match
+  the entry is not refused here: it goes to the store, which refuses it or (after a rotation) confirms the new one.
 - The token: an access token (``tokenType``) whose signature and ``iss`` hold for a key of the verifier's JWKS,
   ``exp`` with no leeway (as the store), for the calling application (``azp``, the row's client), and whose ``jti``
   is not on the denylist. A user forbidden or deleted through update-user has every token revoked in the same
@@ -21,7 +21,6 @@ seconds (``MEMO_SECONDS``, at most ``MEMO_ENTRIES``); expiry, key, client and de
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import time
@@ -60,7 +59,7 @@ class ClientSecrets:
         self._entries: dict[str, tuple[bytes, float]] = {}
 
     def _digest(self, secret: str) -> bytes:
-        return hmac.new(self._key, secret.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+        return hmac.digest(self._key, secret.encode("utf-8", "surrogateescape"), "sha256")
 
     def confirmed(self, client_id: str, secret: str) -> bool:
         entry = self._entries.get(client_id)

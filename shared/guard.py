@@ -112,8 +112,11 @@ async def input_guard(request: web.Request, handler: Handler) -> web.StreamRespo
     if request.body_exists:
         timeout = request.app.get(BODY_TIMEOUT, BODY_READ_TIMEOUT)
         try:
-            async with asyncio.timeout(timeout):
+            if request.content.is_eof():  # all of it came with the head, as a small form does: nothing to wait for
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(timeout):
+                    raw = await request.read()
         except TimeoutError:
             raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
         except web.HTTPRequestEntityTooLarge:

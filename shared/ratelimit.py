@@ -6,6 +6,10 @@ evenly. ``check`` spends one unit and raises ``RateLimited`` (429, ``Retry-After
 only asks whether a key is over its limit, spending nothing (for limits that count failures: the request is
 checked first, and only a failure is counted).
 
+A peek that finds a key under its limit is remembered by this process for ``PEEK_MEMO_SECONDS``, until it spends
+from that key itself: a request that then only peeks (an introspection with good credentials, say) costs no round
+trip, and what the memo can miss is other replicas' spending, for that long at most.
+
 Redis trouble: a limit with ``fail_open`` lets the request through (logins must not depend on the limiter
 more than on the job stream); one without raises ``Unavailable``. Keys are HMAC'd under a key only the gateways
 and workers hold (``limiter_hash_key``): no IP, code or client id appears in Redis or in logs, and a guessed one
@@ -40,6 +44,9 @@ from shared.redis_keys import RedisKeys
 log = structlog.get_logger()
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: How long an allowed peek of a key stands in this process (unless it spends from the key meanwhile).
+PEEK_MEMO_SECONDS = 1.0
+_PEEK_MEMO_ENTRIES = 10_000
 
 # GCRA: KEYS[1] holds the theoretical arrival time (TAT, ms). ARGV: emission interval (ms), tolerance (ms, the
 # whole period: a full burst), cost (0 = peek). Returns {allowed, retry_after_ms, first_refusal}: a refusal sets
@@ -135,18 +142,30 @@ class RateLimiter:
         self._script = redis.register_script(_GCRA)
         self._audit = audit
         self._on_limited = on_limited
+        #: (limit name, key) -> until when an allowed peek stands (monotonic).
+        self._peeked: dict[tuple[str, str], float] = {}
 
     async def check(self, limit: Limit, key: str, origin: Origin | None = None) -> None:
         """Spend one request of ``key``'s budget; ``RateLimited`` when it is spent."""
+        self._peeked.pop((limit.name, key), None)
         await self._run(limit, key, 1, origin)
 
     async def peek(self, limit: Limit, key: str, origin: Origin | None = None) -> None:
         """``RateLimited`` if ``key`` is over ``limit`` now, spending nothing."""
-        await self._run(limit, key, 0, origin)
-
-    async def _run(self, limit: Limit, key: str, cost: int, origin: Origin | None) -> None:
-        if limit.count <= 0 or not key:
+        now = time.monotonic()
+        if self._peeked.get((limit.name, key), 0.0) > now:
             return
+        if await self._run(limit, key, 0, origin):
+            if len(self._peeked) >= _PEEK_MEMO_ENTRIES:
+                self._peeked = {k: until for k, until in self._peeked.items() if until > now}
+                if len(self._peeked) >= _PEEK_MEMO_ENTRIES:
+                    self._peeked.clear()
+            self._peeked[(limit.name, key)] = now + PEEK_MEMO_SECONDS
+
+    async def _run(self, limit: Limit, key: str, cost: int, origin: Origin | None) -> bool:
+        """True when Redis allowed the request; False when it was not asked (no limit, no key, fail open)."""
+        if limit.count <= 0 or not key:
+            return False
         hashed = keyed_hash(self._hash_key, key)
         interval_ms = limit.period * 1000 / limit.count
         try:
@@ -163,10 +182,10 @@ class RateLimiter:
         except (aioredis.RedisError, OSError) as exc:
             if limit.fail_open or cost == 0:  # a peek never refuses on its own
                 log.warning("rate_limit_unavailable", limit=limit.name, error=type(exc).__name__, fail_open=True)
-                return
+                return False
             raise Unavailable("rate limiting is unavailable; retry shortly", retry_after=1) from None
         if allowed:
-            return
+            return True
         retry_after = max(1, -(-int(retry_ms) // 1000))
         log.info("rate_limited", limit=limit.name, key=hashed, retry_after=retry_after, audited=bool(first))
         if first and self._audit is not None:

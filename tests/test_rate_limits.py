@@ -31,7 +31,16 @@ from shared.config import GatewayConfig, Secret
 from shared.errors import RateLimited, Unavailable
 from shared.guard import log_id
 from shared.messages import STREAM_FIELD, audit_decoder
-from shared.ratelimit import Limit, Origin, RateLimiter, client_ip, keyed_hash, limiter_hash_key, parse_networks
+from shared.ratelimit import (
+    PEEK_MEMO_SECONDS,
+    Limit,
+    Origin,
+    RateLimiter,
+    client_ip,
+    keyed_hash,
+    limiter_hash_key,
+    parse_networks,
+)
 from shared.redis_keys import RedisKeys
 from tests.account_helpers import ENVELOPE_KEYS, bearer, other_org_app
 from tests.conftest import _stack_fixture
@@ -104,6 +113,30 @@ async def test_peek_spends_nothing(redis_client, key_prefix):
     await limiter.check(limit, "k")
     with pytest.raises(RateLimited):
         await limiter.peek(limit, "k")
+
+
+async def test_an_allowed_peek_stands_a_moment(redis_client, redis_url, key_prefix):
+    """An allowed peek is remembered for PEEK_MEMO_SECONDS: another process's spending is seen after that at the
+    latest, this process's own at once."""
+    other = aioredis.Redis.from_url(redis_url)
+    try:
+        a, b = (
+            RateLimiter(redis_client, RedisKeys(key_prefix), HASH_KEY),
+            RateLimiter(other, RedisKeys(key_prefix), HASH_KEY),
+        )
+        limit = Limit("memo", 1, 60)
+        await a.peek(limit, "k")
+        await b.check(limit, "k")
+        await a.peek(limit, "k")  # from memory: b's spending is not seen yet
+        await asyncio.sleep(PEEK_MEMO_SECONDS + 0.05)
+        with pytest.raises(RateLimited):
+            await a.peek(limit, "k")
+        await a.peek(limit, "fresh")
+        await a.check(limit, "fresh")  # spends the last unit, and forgets the peek
+        with pytest.raises(RateLimited):
+            await a.peek(limit, "fresh")
+    finally:
+        await other.aclose()
 
 
 async def test_budget_shared_between_clients_and_keys_hashed(redis_client, redis_url, key_prefix):
