@@ -4,6 +4,7 @@
 - ``users``: users, their WeChat identities and their password-change slots.
 - ``tokens``: token rows, and the ``Subject`` of a token pair built from the rows beside them.
 - ``audit``: ``audit_events``.
+- ``signing_keys``: the signing keys' rings, and the advisory lock their writers hold.
 - ``secrets``: the sealed columns (provider secrets, session_keys, signing keys' private keys), for sealing at start
   and master-key rotation.
 
@@ -15,8 +16,8 @@ Code above this package never imports an asyncpg exception.
 
 Not here, on purpose: the migration runner's own bookkeeping (``user_store/migrate.py``: its advisory lock and
 ``schema_migrations``, which exist before any table of this package does, and whose failures should stop a start
-as they are), the readiness probe's ``SELECT 1`` (``user_store/views/health.py``, which reads no table and turns any
-failure into "not ready" itself) and, until their move, the signing keys' statements (``user_store/signing_keys/``).
+as they are) and the readiness probe's ``SELECT 1`` (``user_store/views/health.py``, which reads no table and turns any
+failure into "not ready" itself).
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ from shared.errors import BadRequest, NotFound
 from shared.jwtcheck import SIGNING_ALGORITHMS, SigningAlg
 from user_store.db import Conn, Pool
 from user_store.master_key import MasterKey
+from user_store.queries import signing_keys as queries
+from user_store.queries.secrets import live_sealed_signing_key
 from user_store.signing_keys.material import (
     PrivateKey,
     certificate_der,
@@ -45,18 +47,10 @@ from user_store.signing_keys.signer import Signer, SigningKey
 
 log = structlog.get_logger()
 
-#: Arbitrary but fixed: user stores and admin commands serialise every change of signing_keys on this lock.
-_KEY_LOCK = 0x6D642D6B657973  # "md-keys"
 #: Longer than the JWKS ``max-age`` (60 s) plus a store's reload interval, and than PyJWKClient's 30 s cooldown.
 DEFAULT_ACTIVATE_IN = 90.0
 #: How long a superseded key outlives the longest token lifetime: stores not yet reloaded, clock skew.
 SUPERSEDE_GRACE = timedelta(minutes=10)
-_LIVE = "retired_at IS NULL AND (verify_until IS NULL OR verify_until > now())"
-#: The kid of the current key of the algorithm ``{alg}`` names (an SQL expression): its newest live, active key.
-_CURRENT_OF = (
-    f"SELECT kid FROM signing_keys WHERE {_LIVE} AND activates_at <= now() AND algorithm = {{alg}} "
-    "ORDER BY activates_at DESC, kid DESC LIMIT 1"
-)
 _NO_MASTER_KEY = (
     "the signing keys are encrypted at rest but no master key is set: set MASTER_KEY or MASTER_KEY_FILE "
     "(make run keeps it in STATE_DIR/master.key)"
@@ -77,19 +71,6 @@ class KeyInfo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     retired_time: datetime | None = None
 
 
-_INFO = f"""
-    SELECT kid, algorithm, private_key_enc IS NOT NULL AS encrypted, created_at, activates_at, verify_until, retired_at,
-           CASE
-               WHEN retired_at IS NOT NULL THEN 'retired'
-               WHEN verify_until IS NOT NULL AND verify_until <= now() THEN 'expired'
-               WHEN activates_at > now() THEN 'pending'
-               WHEN kid = ({_CURRENT_OF.format(alg="k.algorithm")}) THEN 'current'
-               ELSE 'superseded'
-           END AS status
-    FROM signing_keys k
-"""
-
-
 def _key_info(row: asyncpg.Record) -> KeyInfo:
     return KeyInfo(
         kid=row["kid"],
@@ -105,21 +86,19 @@ def _key_info(row: asyncpg.Record) -> KeyInfo:
 
 async def list_keys(conn: Conn) -> list[KeyInfo]:
     """Every signing key, newest first."""
-    return [_key_info(row) for row in await conn.fetch(_INFO + " ORDER BY activates_at DESC, kid DESC")]
+    return [_key_info(row) for row in await queries.key_infos(conn)]
 
 
 async def current_certificate(conn: Conn, alg: SigningAlg) -> tuple[str, str] | None:
     """``(kid, certificate PEM)`` of the current ``alg`` key, if there is one and it has its certificate."""
-    row = await conn.fetchrow(
-        f"SELECT kid, certificate_pem FROM signing_keys WHERE kid = ({_CURRENT_OF.format(alg='$1')})", alg
-    )
+    row = await queries.current_certificate(conn, alg)
     if row is None or not row["certificate_pem"]:
         return None
     return row["kid"], row["certificate_pem"]
 
 
 async def _get_info(conn: Conn, kid: str) -> KeyInfo:
-    row = await conn.fetchrow(_INFO + " WHERE kid = $1", kid)
+    row = await queries.key_info(conn, kid)
     if row is None:
         raise NotFound(f"signing key {kid!r} does not exist")
     return _key_info(row)
@@ -127,10 +106,7 @@ async def _get_info(conn: Conn, kid: str) -> KeyInfo:
 
 async def algorithms_in_use(conn: Conn) -> list[SigningAlg]:
     """RS256, the algorithm of every application and of every live key: the rings to keep, in a fixed order."""
-    rows = await conn.fetch(
-        f"SELECT signing_alg AS alg FROM applications UNION SELECT algorithm FROM signing_keys WHERE {_LIVE}"
-    )
-    found = {"RS256", *(row["alg"] for row in rows)}
+    found = {"RS256", *await queries.algorithms_in_use(conn)}
     return [alg for alg in SIGNING_ALGORITHMS if alg in found]
 
 
@@ -139,26 +115,15 @@ async def prepare_keys(conn: Conn, master: MasterKey | None) -> None:
     clear message when it is missing or wrong), encrypt keys still in clear when there is one, give every key a
     certificate, and create a key for each algorithm in use that has no current one."""
     async with conn.transaction():
-        await _lock(conn)
-        rows = await conn.fetch(
-            "SELECT kid, algorithm, private_key_pem, private_key_enc, certificate_pem, retired_at FROM signing_keys"
-        )
-        for row in rows:
+        await queries.lock(conn)
+        for row in await queries.all_keys(conn):
             kid, pem = row["kid"], row["private_key_pem"]
             if row["retired_at"] is None:
                 key = _private_key(row, master)
                 if row["certificate_pem"] is None:
-                    await conn.execute(
-                        "UPDATE signing_keys SET certificate_pem = $2 WHERE kid = $1",
-                        kid,
-                        self_signed_certificate(key, kid),
-                    )
+                    await queries.write_certificate(conn, kid, self_signed_certificate(key, kid))
             if master is not None and pem is not None:
-                await conn.execute(
-                    "UPDATE signing_keys SET private_key_enc = $2, private_key_pem = NULL WHERE kid = $1",
-                    kid,
-                    master.seal(pem.encode(), kid),
-                )
+                await queries.seal_private_key(conn, kid, master.seal(pem.encode(), kid))
                 log.info("signing_key_encrypted", kid=kid)
         created = False
         for alg in await algorithms_in_use(conn):
@@ -185,7 +150,7 @@ async def rotate_keys(
     if not 0 <= activate_in <= 7 * 24 * 3600:
         raise BadRequest("activate_in must be between 0 seconds and 7 days")
     async with conn.transaction():
-        await _lock(conn)
+        await queries.lock(conn)
         await _check_master_key(conn, master)
         kids = []
         for alg in algorithms or await algorithms_in_use(conn):
@@ -200,7 +165,7 @@ async def ensure_key(conn: Conn, master: MasterKey | None, alg: SigningAlg) -> K
     """A current ``alg`` key, made now and signing at once, unless there is one (then None): what creating an
     application of ``alg`` does, so its first login finds a key. Refuses a master key that would not open the others."""
     async with conn.transaction():
-        await _lock(conn)
+        await queries.lock(conn)
         if await _has_current(conn, alg):
             return None
         await _check_master_key(conn, master)
@@ -214,7 +179,7 @@ async def ensure_key(conn: Conn, master: MasterKey | None, alg: SigningAlg) -> K
 async def retire_key(conn: Conn, kid: str) -> KeyInfo:
     """Take ``kid`` out of the JWKS now: tokens it signed stop verifying. A current key cannot be retired."""
     async with conn.transaction():
-        await _lock(conn)
+        await queries.lock(conn)
         info = await _get_info(conn, kid)
         if info.status == "retired":
             return info
@@ -223,26 +188,20 @@ async def retire_key(conn: Conn, kid: str) -> KeyInfo:
                 f"{kid} is the current {info.algorithm} signing key; run rotate-keys --alg {info.algorithm} "
                 "--activate-in 0 first, then retire it"
             )
-        await conn.execute("UPDATE signing_keys SET retired_at = now() WHERE kid = $1", kid)
+        await queries.retire(conn, kid)
         await _recompute_expiry(conn)
         info = await _get_info(conn, kid)
     return info
 
 
-async def _lock(conn: Conn) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEY_LOCK)
-
-
 async def _has_current(conn: Conn, alg: SigningAlg) -> bool:
-    return await conn.fetchval(_CURRENT_OF.format(alg="$1"), alg) is not None
+    return await queries.current_kid(conn, alg) is not None
 
 
 async def _check_master_key(conn: Conn, master: MasterKey | None) -> None:
     """``ConfigError``/``WrongMasterKey`` unless ``master`` opens the stored keys: a key the running stores could
     not open is never added."""
-    sealed = await conn.fetchrow(
-        "SELECT kid, private_key_enc FROM signing_keys WHERE retired_at IS NULL AND private_key_enc IS NOT NULL LIMIT 1"
-    )
+    sealed = await live_sealed_signing_key(conn)
     if sealed is not None:
         if master is None:
             raise ConfigError(_NO_MASTER_KEY)
@@ -253,17 +212,14 @@ async def _insert_key(conn: Conn, master: MasterKey | None, alg: SigningAlg, *, 
     key = await asyncio.to_thread(new_private_key, alg)
     kid = f"key-{secrets.token_hex(4)}"
     pem = private_key_pem(key)
-    await conn.execute(
-        """
-        INSERT INTO signing_keys (kid, algorithm, private_key_pem, private_key_enc, certificate_pem, activates_at)
-        VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second')
-        """,
-        kid,
-        alg,
-        None if master is not None else pem.decode(),
-        master.seal(pem, kid) if master is not None else None,
-        self_signed_certificate(key, kid),
-        activate_in,
+    await queries.insert_key(
+        conn,
+        kid=kid,
+        alg=alg,
+        private_key_pem=None if master is not None else pem.decode(),
+        private_key_enc=master.seal(pem, kid) if master is not None else None,
+        certificate_pem=self_signed_certificate(key, kid),
+        activate_in=activate_in,
     )
     return kid
 
@@ -273,14 +229,8 @@ async def _recompute_expiry(conn: Conn) -> None:
     ``verify_until``.
 
     Expired keys are left alone, so retiring a key never brings an older one back."""
-    rows = await conn.fetch(
-        f"SELECT kid, algorithm, activates_at, superseded_at, verify_until FROM signing_keys WHERE {_LIVE} "
-        "ORDER BY algorithm, activates_at, kid"
-    )
-    hours = await conn.fetchval(
-        "SELECT coalesce(max(greatest(expire_in_hours, refresh_expire_in_hours)), 0) FROM applications"
-    )
-    lifetime = timedelta(hours=float(hours)) + SUPERSEDE_GRACE
+    rows = await queries.live_expiries(conn)
+    lifetime = timedelta(hours=await queries.longest_token_hours(conn)) + SUPERSEDE_GRACE
     for _alg, group in itertools.groupby(rows, key=lambda row: row["algorithm"]):
         ring = list(group)
         successors: list[asyncpg.Record | None] = [*ring[1:], None]
@@ -293,12 +243,7 @@ async def _recompute_expiry(conn: Conn) -> None:
                 if row["superseded_at"] == superseded_at and row["verify_until"] is not None:
                     verify_until = max(verify_until, row["verify_until"])
             if (superseded_at, verify_until) != (row["superseded_at"], row["verify_until"]):
-                await conn.execute(
-                    "UPDATE signing_keys SET superseded_at = $2, verify_until = $3 WHERE kid = $1",
-                    row["kid"],
-                    superseded_at,
-                    verify_until,
-                )
+                await queries.write_expiry(conn, row["kid"], superseded_at, verify_until)
 
 
 def _private_key(row: asyncpg.Record, master: MasterKey | None) -> PrivateKey:
@@ -320,17 +265,10 @@ class KeyLoader:
     async def live_keys(self, conn: Conn) -> tuple[list[SigningKey], dict[SigningAlg, SigningKey]]:
         """Every live key, newest first, and the current key of each algorithm (none for an algorithm whose keys
         are all pending, which the rules never leave)."""
-        rows = await conn.fetch(
-            f"SELECT kid, algorithm, activates_at <= now() AS active FROM signing_keys WHERE {_LIVE} "
-            "ORDER BY activates_at DESC, kid DESC"
-        )
+        rows = await queries.live_keys(conn)
         missing = [row["kid"] for row in rows if row["kid"] not in self._loaded]
         if missing:
-            for row in await conn.fetch(
-                "SELECT kid, algorithm, private_key_pem, private_key_enc, certificate_pem, created_at "
-                "FROM signing_keys WHERE kid = ANY($1::text[])",
-                missing,
-            ):
+            for row in await queries.private_keys(conn, missing):
                 self._loaded[row["kid"]] = self._signing_key(row)
         keys = [self._loaded[row["kid"]] for row in rows if row["kid"] in self._loaded]
         self._loaded = {key.kid: key for key in keys}
