@@ -1,13 +1,13 @@
 """Measuring: a wrk window with the CPU and peak memory of the measured processes around it, turned into a
-``Scenario`` in units; and rates of a coroutine on one core (local verification). Plus what every benchmark group
-receives: the ``BenchContext``."""
+``Scenario`` in units; and rates of coroutines taking turns on one core (local verification). Plus what every
+benchmark group receives: the ``BenchContext``."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ AUTH_WORKERS = 2
 _IDLE_CORES = 0.15
 _SETTLE_INTERVAL = 0.5
 _SETTLE_LIMIT = 20.0
+#: Turns the steps compared by ``cpu_rates`` take, each a slice of the window.
+_SLICES = 8
 
 
 @dataclass
@@ -131,16 +133,29 @@ def scenario(window: Window, unit_ms: float, **fields: Any) -> Scenario:
     )
 
 
-async def cpu_rate(step: Callable[[], Awaitable[object]], seconds: float, warmup: float) -> float:
-    """Calls of ``step`` per second in one coroutine, so on one core."""
-    deadline = time.perf_counter() + warmup
-    while time.perf_counter() < deadline:
-        await step()
-    done, started = 0, time.perf_counter()
-    deadline = started + seconds
+async def cpu_rates(steps: Sequence[Callable[[], Awaitable[object]]], seconds: float, warmup: float) -> list[float]:
+    """Calls of each of ``steps`` per CPU-second of one coroutine, so on one core. Each is warmed for ``warmup``
+    seconds; then they take turns, ``_SLICES`` each, until each has had ``seconds``. Only this thread's CPU time
+    counts, so a core lent to other processes is charged to neither, and the turns make a frequency change or a
+    collection weigh on every step alike rather than on whichever ran at the time."""
+    for step in steps:
+        await _calls(step, warmup)
+    done = [0] * len(steps)
+    spent = [0.0] * len(steps)
+    for _ in range(_SLICES):
+        for i, step in enumerate(steps):
+            calls, cpu = await _calls(step, seconds / _SLICES)
+            done[i] += calls
+            spent[i] += cpu
+    return [calls / cpu for calls, cpu in zip(done, spent, strict=True)]
+
+
+async def _calls(step: Callable[[], Awaitable[object]], seconds: float) -> tuple[int, float]:
+    """Call ``step`` in batches for at least ``seconds`` of this thread's CPU time: how many calls, in how long."""
+    done, started = 0, time.thread_time()
     while True:
         for _ in range(64):
             await step()
         done += 64
-        if (now := time.perf_counter()) >= deadline:
-            return done / (now - started)
+        if (spent := time.thread_time() - started) >= seconds:
+            return done, spent

@@ -12,11 +12,12 @@ import aiohttp
 import jwt
 
 from services.bench.cpu import StackCpu
-from services.bench.harness import BenchContext, cpu_rate, measure, scenario
+from services.bench.harness import BenchContext, cpu_rates, measure, scenario
 from services.bench.logins import LoginApp, live_tokens
 from services.bench.results import ALGORITHMS, NOT_SUPPORTED, Revocation, Scenario, key
 from services.bench.stack import BenchStack
 from services.bench.wrk import Load, write_bodies
+from shared.jwtcheck import REQUIRED_CLAIMS
 from shared.verifier import ALLOWED_ALGORITHMS, Verifier, http_jwks
 
 INTROSPECT_PATH = "/api/login/oauth/introspect"
@@ -93,7 +94,7 @@ async def _revocation_lag(stack: BenchStack, app: LoginApp, token: str) -> tuple
 
 async def verification_scenarios(ctx: BenchContext, apps: dict[str, LoginApp | None]) -> list[Scenario]:
     """Per algorithm: ``Verifier.verify`` (JWKS cached; the revocation check is its dict lookup) on one core, beside
-    ``jwt.decode`` with the same key and the same checks."""
+    ``jwt.decode`` with the same key and the same checks, in turns and in CPU time (``cpu_rates``)."""
     stack = await ctx.stack()
     results = []
     for alg in ALGORITHMS:
@@ -127,20 +128,28 @@ async def verification_scenarios(ctx: BenchContext, apps: dict[str, LoginApp | N
 
 
 async def _verification_rates(ctx: BenchContext, stack: BenchStack, app: LoginApp) -> tuple[float, float]:
+    """``Verifier.verify`` and ``jwt.decode`` of one token of ``app`` (whatever its algorithm), with the key the
+    token's ``kid`` names in the JWKS, measured in turns."""
     token = (await live_tokens(stack, app, 1))[0]
+    header = jwt.get_unverified_header(token)
     jwks_url = stack.gateway + "/.well-known/jwks"
     async with aiohttp.ClientSession() as session:
+        async with session.get(jwks_url) as resp:
+            signing_key = jwt.PyJWKSet.from_dict(await resp.json())[header["kid"]].key
         verifier = Verifier(issuer=stack.gateway, audience=app.client_id, jwks=http_jwks(session, jwks_url))
+
+        async def bare() -> None:
+            jwt.decode(
+                token,
+                signing_key,
+                algorithms=[header["alg"]],
+                audience=app.client_id,
+                issuer=stack.gateway,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+
         async with verifier:
             await verifier.verify(token)
-            rate = await cpu_rate(lambda: verifier.verify(token), ctx.duration, ctx.warmup)
-        async with session.get(jwks_url) as resp:
-            jwks = jwt.PyJWKSet.from_dict(await resp.json())
-    header = jwt.get_unverified_header(token)
-    signing_key = next(k for k in jwks.keys if k.key_id == header["kid"]).key
-    alg = header["alg"]
-
-    async def bare() -> None:
-        jwt.decode(token, signing_key, algorithms=[alg], audience=app.client_id, issuer=stack.gateway)
-
-    return rate, await cpu_rate(bare, ctx.duration, ctx.warmup)
+            await bare()
+            rate, bare_rate = await cpu_rates([lambda: verifier.verify(token), bare], ctx.duration, ctx.warmup)
+    return rate, bare_rate
