@@ -1,5 +1,6 @@
 """Child processes of the local runner: started in their own session (Ctrl-C reaches only the runner, which stops
-them in order), told to exit if the runner dies, and stopped with SIGTERM, then SIGKILL after a grace period."""
+them in order), told to exit if the runner dies, and stopped with SIGTERM, then SIGKILL after a grace period; and
+``is_ready``, the one readiness probe of the runner, the benchmark's stack and the tests' stack."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 
@@ -27,6 +27,16 @@ def child_setup() -> None:
     """``preexec_fn`` of every child: a session of its own, and death with the runner."""
     os.setsid()
     die_with_parent()
+
+
+def is_ready(url: str, timeout: float = 1.0) -> bool:
+    """Whether ``url`` (a ``/readyz``) answers 200 within ``timeout`` seconds; a refused connection, a timeout or
+    another status (urllib raises it as ``HTTPError``, an ``OSError``) is "not yet"."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 class Child:
@@ -48,12 +58,8 @@ class Child:
         while True:
             if (code := self.process.poll()) is not None:
                 raise RuntimeError(f"{self.name} exited with code {code} while starting")
-            try:
-                with urllib.request.urlopen(self.ready_url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if is_ready(self.ready_url):
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} was not ready at {self.ready_url} within {timeout:.0f}s")
             time.sleep(0.1)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import psutil
 from services.bench.stack import ONE_ADDRESS_LIMITS
 from services.demo import READY_BANNER
 from services.ports import free_ports
+from services.processes import is_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Raises the per-WeChat-user login limit for test loads that reuse openids.
@@ -81,7 +81,7 @@ class Stack:
                 demo_file.exists()
                 and demo_file.stat().st_mtime >= started - 1
                 and READY_BANNER in self._log_since(log_start)
-                and _ready(self.gateway + "/readyz")
+                and is_ready(self.gateway + "/readyz")
             ):
                 self.demo = json.loads(demo_file.read_text())
                 return self
@@ -136,11 +136,3 @@ class Stack:
         if out.returncode != 0:
             raise RuntimeError(f"admin {args} failed ({out.returncode}): {out.stderr.decode()}")
         return json.loads(out.stdout)
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from services.ports import free_ports
+from services.processes import is_ready
 
 _START_TIMEOUT = 120.0
 
@@ -73,7 +74,7 @@ class BenchStack:
         log.close()
         deadline = time.monotonic() + _START_TIMEOUT
         demo_file = self.state_dir / "demo.json"
-        while not (demo_file.exists() and _ready(self.gateway + "/readyz")):
+        while not (demo_file.exists() and is_ready(self.gateway + "/readyz")):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the benchmark stack did not start; see {self.state_dir / 'stack.log'}")
@@ -109,11 +110,3 @@ def signing_alg_option() -> str | None:
     ).stdout
     found = re.search(r"--[a-z-]*alg[a-z-]*", help_text)
     return found.group(0) if found else None
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
