@@ -17,7 +17,8 @@ import msgspec
 from jwt.utils import base64url_encode
 
 from shared.errors import InvalidToken
-from shared.verifier import Verifier
+from shared.redis_keys import RedisKeys
+from shared.verifier import Verifier, http_jwks
 from tests.stack import Stack
 
 
@@ -167,3 +168,17 @@ def hs256_token(claims: dict[str, Any], kid: str, secret: bytes) -> str:
     header = base64url_encode(msgspec.json.encode({"alg": "HS256", "typ": "JWT", "kid": kid}))
     signing_input = header + b"." + base64url_encode(msgspec.json.encode(claims))
     return (signing_input + b"." + base64url_encode(hmac.new(secret, signing_input, hashlib.sha256).digest())).decode()
+
+
+def stack_verifier(
+    session: aiohttp.ClientSession, stack: Stack, redis: Any = None, *, audience: str | None = None
+) -> Verifier:
+    """A service's ``Verifier`` for ``stack``'s tokens, as a user would set one up: the JWKS from the gateway, and
+    revocations from the stack's Redis when ``redis`` is given; the demo application's client id as the audience."""
+    return Verifier(
+        issuer=stack.gateway,
+        audience=audience or stack.demo["clientId"],
+        jwks=http_jwks(session, stack.gateway + "/.well-known/jwks"),
+        redis=redis,
+        redis_keys=RedisKeys(stack.env["KEY_PREFIX"]) if redis is not None else None,
+    )

@@ -15,9 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from shared.verifier import Verifier, http_jwks
 from tests.account_helpers import account
-from tests.oauth_helpers import basic, introspect, kid_of, make_app, stack_login
+from tests.oauth_helpers import basic, introspect, kid_of, make_app, stack_login, stack_verifier
 from tests.stack import Stack
 
 #: The members of each type's JWK, as Casdoor publishes them.
@@ -125,11 +124,7 @@ class TestEs256Application:
         body = await introspect(session, stack, access, auth=auth)
         assert (body["active"], body["client_id"], body["token_use"]) == (True, es_app["clientId"], "access")
         assert (await account(session, stack, access))["owner"] == "demo"
-        verifier = Verifier(
-            issuer=stack.gateway,
-            audience=es_app["clientId"],
-            jwks=http_jwks(session, stack.gateway + "/.well-known/jwks"),
-        )
+        verifier = stack_verifier(session, stack, audience=es_app["clientId"])
         async with verifier:
             assert (await verifier.verify(access))["aud"] == [es_app["clientId"]]
         form = {

@@ -27,9 +27,8 @@ from shared.config import ConfigError, Secret, UserStoreConfig
 from shared.errors import BadRequest
 from shared.messages import SigningKeysChanged, token_event_decoder
 from shared.redis_keys import RedisKeys
-from shared.verifier import Verifier, http_jwks
 from tests.conftest import SHOP_APPID as APPID
-from tests.oauth_helpers import basic, eventually, introspect, kid_of, make_app, refuses, stack_login
+from tests.oauth_helpers import basic, eventually, introspect, kid_of, make_app, refuses, stack_login, stack_verifier
 from tests.stack import ROOT, Stack
 from user_store import admin
 from user_store.appkeys import PG_POOL, SIGNER
@@ -364,13 +363,7 @@ class TestEndToEnd:
             assert (await introspect(session, stack, old_token))["active"] is True
             assert (await introspect(session, stack, new_token))["active"] is True
             redis = aioredis.Redis.from_url(redis_url)
-            verifier = Verifier(
-                issuer=stack.gateway,
-                audience=stack.demo["clientId"],
-                jwks=http_jwks(session, stack.gateway + "/.well-known/jwks"),
-                redis=redis,
-                redis_keys=RedisKeys(stack.env["KEY_PREFIX"]),
-            )
+            verifier = stack_verifier(session, stack, redis)
             async with verifier:
                 await verifier.verify(old_token)
                 await verifier.verify(new_token)

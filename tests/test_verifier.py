@@ -27,7 +27,7 @@ from shared.messages import RevokedToken
 from shared.redis_keys import RedisKeys
 from shared.verifier import Verifier, http_jwks
 from tests.conftest import Clock
-from tests.oauth_helpers import eventually, hs256_token, refuses, revoke, stack_login, unsigned_token
+from tests.oauth_helpers import eventually, hs256_token, refuses, revoke, stack_login, stack_verifier, unsigned_token
 from tests.stack import Stack
 from user_store.revocations import Revocations
 
@@ -433,13 +433,7 @@ class TestEndToEnd:
         async with aiohttp.ClientSession() as session:
             try:
                 token = (await stack_login(session, stack, "o-verifier"))["access_token"]
-                verifier = Verifier(
-                    issuer=stack.gateway,
-                    audience=stack.demo["clientId"],
-                    jwks=http_jwks(session, stack.gateway + "/.well-known/jwks"),
-                    redis=redis,
-                    redis_keys=RedisKeys(stack.env["KEY_PREFIX"]),
-                )
+                verifier = stack_verifier(session, stack, redis)
                 async with verifier:
                     await eventually(_live(verifier), 5, "the revocation subscription")
                     assert (await verifier.verify(token))["aud"] == [stack.demo["clientId"]]

@@ -65,51 +65,47 @@ async def peer_scenarios(ctx: BenchContext) -> list[Scenario]:
         meter = Processes({PEER: [peer.pid]})
         for alg in ALGORITHMS:
             bodies = write_bodies(ctx.scratch / f"peer-grant-{alg}.txt", [grant_body(alg)])
-            for connections in ctx.connections:
-                load = Load(
-                    peer.base + "/token",
-                    bodies,
-                    connections,
-                    ctx.duration,
-                    _ACCESS_TOKEN,
-                    authorization=peer.authorization,
-                )
-                window = await measure(load, meter, warmup=ctx.warmup)
-                results.append(
-                    scenario(
-                        window,
-                        ctx.unit_ms,
-                        key=key(PEER, "grant", alg=alg, connections=connections),
-                        system=PEER,
-                        kind="grant",
-                        label=f"peer: client-credentials grant, {alg} JWT",
-                        alg=alg,
-                        connections=connections,
-                    )
-                )
+            results += await _each_connection_count(
+                ctx, peer, meter, "/token", bodies, _ACCESS_TOKEN, "grant",
+                f"peer: client-credentials grant, {alg} JWT", alg=alg,
+            )  # fmt: skip
         tokens = await _opaque_tokens(peer, ctx.tokens)
         bodies = write_bodies(ctx.scratch / "peer-introspection.txt", [f"token={token}" for token in tokens])
-        for connections in ctx.connections:
-            load = Load(
-                peer.base + "/token/introspection",
-                bodies,
-                connections,
-                ctx.duration,
-                _ACTIVE,
-                authorization=peer.authorization,
+        results += await _each_connection_count(
+            ctx, peer, meter, "/token/introspection", bodies, _ACTIVE, "introspection",
+            f"peer: introspection over {len(tokens):,} live opaque tokens",
+        )  # fmt: skip
+    return results
+
+
+async def _each_connection_count(
+    ctx: BenchContext,
+    peer: PeerServer,
+    meter: Processes,
+    path: str,
+    bodies: Path,
+    expect: str,
+    kind: str,
+    label: str,
+    alg: str = "",
+) -> list[Scenario]:
+    """One scenario per connection count of ``ctx``: ``bodies`` POSTed to the peer's ``path`` under wrk."""
+    results = []
+    for connections in ctx.connections:
+        load = Load(peer.base + path, bodies, connections, ctx.duration, expect, authorization=peer.authorization)
+        window = await measure(load, meter, warmup=ctx.warmup)
+        results.append(
+            scenario(
+                window,
+                ctx.unit_ms,
+                key=key(PEER, kind, alg=alg, connections=connections),
+                system=PEER,
+                kind=kind,
+                label=label,
+                connections=connections,
+                alg=alg,
             )
-            window = await measure(load, meter, warmup=ctx.warmup)
-            results.append(
-                scenario(
-                    window,
-                    ctx.unit_ms,
-                    key=key(PEER, "introspection", connections=connections),
-                    system=PEER,
-                    kind="introspection",
-                    label=f"peer: introspection over {len(tokens):,} live opaque tokens",
-                    connections=connections,
-                )
-            )
+        )
     return results
 
 
