@@ -12,7 +12,10 @@ knows the store's answer from what the store pushes, and asks the store in every
   transaction (``revoke_user_tokens``), so user status needs no event of its own.
 - The feed: only while every revocation published more than ``MAX_FEED_LAG`` seconds ago is known to have been
   applied (``Verifier.revocations_synced``). A replica that lost the feed asks the store, which answers from
-  PostgreSQL, or 503 when it cannot: never an ``active`` from a stale denylist.
+  PostgreSQL, or 503 when it cannot: never an ``active`` from a stale denylist. And only while a user store's
+  heartbeat came within ``MAX_FEED_LAG`` (``Verifier.publisher_heard``): a store started without ``REDIS_URL``
+  publishes no revocation and no heartbeat, so a cluster of such stores is always asked. (A cluster that mixes stores
+  with and without Redis is not caught; every store must share the gateways' Redis and ``KEY_PREFIX``.)
 
 The store still answers refresh tokens (or a hint naming them), anything that is not a JWT of a key the verifier
 holds, a token not valid yet by this clock, and any client it has not confirmed. A verified token is memoized a few
@@ -107,7 +110,8 @@ class Introspector:
 
     async def introspect(self, req: TokenRequest, *, request_id: str = "") -> bytes:
         """The JSON answer to ``req``; the store's errors (401 invalid_client, 503) as they come."""
-        synced = self._verifier.revocations_synced(MAX_FEED_LAG)
+        # The feed is current, and a user store is on it: one started without Redis would revoke unheard.
+        synced = self._verifier.revocations_synced(MAX_FEED_LAG) and self._verifier.publisher_heard(MAX_FEED_LAG)
         if synced and self._clients.confirmed(req.client_id, req.client_secret):
             answer = await self._local(req)
             if answer is not None:

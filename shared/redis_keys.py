@@ -16,6 +16,9 @@ class RedisKeys:
         self.revoked_tokens = f"{prefix}:tokens:revoked"
         #: Pub/sub channel of ``shared.messages.TokenEvent``: revocations and signing-key changes.
         self.token_events = f"{prefix}:tokens:events"
+        #: Pub/sub channel on which every user store that broadcasts revocations says so, every
+        #: ``revocations.HEARTBEAT_EVERY``: a verifier that hears none knows no revocation would reach it either.
+        self.revocation_heartbeat = f"{prefix}:tokens:heartbeat"
         #: ``shared.messages.AuditEvent`` from processes without a database (rate-limit trips at the gateway or the
         #: worker, ``shared/audit.py``); the user stores drain it into ``audit_events`` as one consumer group.
         self.audit_stream = f"{prefix}:stream:audit"

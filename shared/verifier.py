@@ -164,6 +164,10 @@ class Verifier:
         self._token_type = token_type
         self._redis = redis
         self._redis_keys = redis_keys
+        #: Channel names arrive as bytes from redis-py.
+        self._heartbeat_channel = redis_keys.revocation_heartbeat.encode() if redis_keys is not None else b""
+        #: When a user store's heartbeat last came (monotonic); -inf before the first.
+        self._publisher_heard_at = -math.inf
         self._max_age = jwks_max_age
         self._cooldown = refresh_cooldown
         self._clock = clock
@@ -232,6 +236,11 @@ class Verifier:
 
     def accepts(self, alg: object) -> bool:
         return isinstance(alg, str) and alg in self._algorithms
+
+    def publisher_heard(self, max_age: float) -> bool:
+        """True while a user store's heartbeat came less than ``max_age`` seconds ago: some store broadcasts its
+        revocations to this feed (one started without Redis never says so)."""
+        return self.revocation_live and time.monotonic() - self._publisher_heard_at < max_age
 
     def revocations_synced(self, max_lag: float) -> bool:
         """True while the subscription is up and every revocation published more than ``max_lag`` seconds ago has
@@ -322,7 +331,7 @@ class Verifier:
         while not self._closing:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(self._redis_keys.token_events)
+                await pubsub.subscribe(self._redis_keys.token_events, self._redis_keys.revocation_heartbeat)
                 pruned, pinged = self._clock(), time.monotonic()
                 while not self._closing:
                     message = await pubsub.get_message(timeout=PING_INTERVAL)
@@ -333,7 +342,10 @@ class Verifier:
                         self.revocation_live, backoff = True, 0.1
                         pinged = -math.inf  # in sync as soon as the first PONG is back
                     elif message is not None and message["type"] == "message":
-                        self._on_event(message["data"])
+                        if message["channel"] == self._heartbeat_channel:
+                            self._publisher_heard_at = time.monotonic()
+                        else:
+                            self._on_event(message["data"])
                     elif message is not None and message["type"] == "pong":
                         self._on_pong(message["data"])
                     now = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import urllib.parse
 import uuid
@@ -334,6 +335,24 @@ class TestFeedLag:
             assert await verifier.sync()
             assert verifier.is_revoked(jti)
 
+    async def test_a_store_is_heard_only_while_it_beats(self, keys, redis_client, key_prefix):
+        """In sync is not enough to answer alone: a user store must be heard on the feed. None is until a store with
+        Redis runs its heartbeat, and its silence is noticed within a second once it stops (a store started without
+        REDIS_URL, whose revocations no verifier would see, is never heard)."""
+        async with make_verifier(keys, redis=redis_client, redis_keys=RedisKeys(key_prefix)) as verifier:
+            await eventually(_synced(verifier), 5, "the feed in sync", interval=0.01)
+            assert not verifier.publisher_heard(1.0)
+            beating = asyncio.create_task(Revocations(redis_client, RedisKeys(key_prefix)).heartbeat_forever())
+            try:
+                await eventually(lambda: _true(verifier.publisher_heard(1.0)), 5, "a store heard", interval=0.01)
+            finally:
+                beating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beating
+            stopped = time.monotonic()
+            await eventually(lambda: _true(not verifier.publisher_heard(1.0)), 5, "the silence noticed", interval=0.01)
+            assert time.monotonic() - stopped < 1.5
+
     async def test_a_silent_connection_is_out_of_sync_within_a_second(self, keys, redis_url, key_prefix):
         """A subscription whose connection stops carrying bytes without an error (a partition, not a reset) still
         looks live, but is no longer in sync within ``max_lag``, and ``sync`` gives up; once bytes flow again it
@@ -532,3 +551,7 @@ class TestJwtCheck:
         for bad in (token.replace(".", ".é", 1), token + "AAA", "a.b.c", "..", token + ".x"):
             with pytest.raises(InvalidToken, match="malformed"):
                 jwtcheck.parse(bad)
+
+
+async def _true(value: bool) -> bool:
+    return value

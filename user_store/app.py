@@ -87,8 +87,14 @@ async def _revocations(app: web.Application) -> AsyncIterator[None]:
         if config.redis_url
         else None
     )
-    app[REVOCATIONS] = Revocations(client, RedisKeys(config.key_prefix))
+    revocations = Revocations(client, RedisKeys(config.key_prefix))
+    app[REVOCATIONS] = revocations
+    heartbeat = asyncio.create_task(revocations.heartbeat_forever()) if client is not None else None
     yield
+    if heartbeat is not None:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
     if client is not None:
         await client.aclose()
 

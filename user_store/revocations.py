@@ -8,6 +8,7 @@ message it missed while disconnected is not lost. ``shared.verifier`` is the rea
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ log = structlog.get_logger()
 #: Entries stay this long past their expiry: longer than any verifier's leeway on ``exp``.
 PRUNE_AFTER = 300
 _BATCH = 1000
+#: Seconds between a user store's heartbeats on ``RedisKeys.revocation_heartbeat``.
+HEARTBEAT_EVERY = 0.25
 
 
 class Revocations:
@@ -70,3 +73,15 @@ class Revocations:
             )
         except (aioredis.RedisError, OSError) as exc:
             log.warning("keys_changed_not_published", error=f"{type(exc).__name__}: {exc}")
+
+    async def heartbeat_forever(self) -> None:
+        """Say on ``RedisKeys.revocation_heartbeat``, every ``HEARTBEAT_EVERY``, that this store broadcasts its
+        revocations. A gateway answers introspection from its own denylist only while it hears a store: a store
+        started without Redis (whose revocations no verifier sees) is never heard, so the gateways ask it instead."""
+        assert self._redis is not None
+        while True:
+            try:
+                await self._redis.publish(self._redis_keys.revocation_heartbeat, b"1")
+            except (aioredis.RedisError, OSError):
+                pass  # Redis away: verifiers lose their subscription too, and stop answering alone
+            await asyncio.sleep(HEARTBEAT_EVERY)
