@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from gateway.limits import GatewayLimits
     from gateway.metrics import GatewayMetrics
     from gateway.replies import ReplyWaiter
-    from shared.audit import AuditPublisher
     from shared.config import GatewayConfig
     from shared.ratelimit import RateLimiter
     from shared.redis_keys import RedisKeys
@@ -44,8 +43,6 @@ INTROSPECTOR: web.AppKey[Introspector] = web.AppKey("introspector")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 LIMITS: web.AppKey[GatewayLimits] = web.AppKey("limits")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
-#: Rate-limit trips go to the audit log through Redis (``shared/audit.py``).
-AUDIT: web.AppKey[AuditPublisher] = web.AppKey("audit")
 #: The OpenAPI document, encoded once (``gateway/openapi.py``).
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
 

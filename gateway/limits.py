@@ -137,7 +137,6 @@ async def _user_update(
 async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[appkeys.METRICS]
     audit = AuditPublisher(app[appkeys.REDIS], app[appkeys.REDIS_KEYS])
-    app[appkeys.AUDIT] = audit
     app[appkeys.LIMITER] = RateLimiter(
         app[appkeys.REDIS],
         app[appkeys.REDIS_KEYS],

@@ -2,7 +2,8 @@
 
 Each gateway process owns one reply stream (its name carries a random id). One background task reads it with a
 blocking XREAD and resolves the future registered for each job id. The reader starts at ID 0 of a stream nobody
-else knows yet, so a reply that arrives before the first XREAD is never missed.
+else knows yet, so a reply that arrives before the first XREAD is never missed. Replies are deleted once read; the
+TTL the workers set on every reply (``auth_worker/worker.py``) clears the stream of a gateway that died.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from shared.redis_keys import RedisKeys
 from shared.streamseal import StreamSeal, open_reply
 
 log = structlog.get_logger()
-
-# Replies are deleted once read; the TTL only clears the stream of a gateway that died.
-REPLY_STREAM_TTL_MS = 10 * 60 * 1000
 
 
 class ReplyWaiter:
