@@ -3,11 +3,11 @@
 Load shedding: a job is published only if the queue can still serve it in time. The stream is bounded
 (``STREAM_MAX_LEN``), and when the oldest job no worker has picked up yet has waited more than half a login's
 deadline, the workers are not keeping up: new logins get 503 + ``Retry-After`` at once, instead of joining a
-queue that would answer them with a 504 after the whole deadline. Both checks and the XADD are one Lua script.
+queue that would answer them with a 504 after the whole deadline. Both checks and the XADD are one Lua script
+(``shared/redis_scripts.py``: ``PUBLISH``).
 
-Exactly-once: a final answer names its code's exchange record (``auth_worker/exchange.py``); the gateway marks the
-record delivered just before handing the answer to its client, so a later replay of the code gets invalid_grant,
-while an answer nobody received (its client had given up) stays available to a retry with the same code.
+Exactly-once: a final answer names its code's exchange record; the gateway marks the record delivered just before
+handing the answer to its client (``MARK_DELIVERED``; the protocol is in ``shared/redis_scripts.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import structlog
 
 from gateway.metrics import GatewayMetrics
 from gateway.replies import ReplyWaiter
+from shared import redis_scripts
 from shared.config import MAX_LOGIN_TIMEOUT
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.messages import STREAM_FIELD, CodeExchangeJob, Reply, encoder
@@ -31,60 +32,6 @@ log = structlog.get_logger()
 #: Share of a login's deadline the oldest waiting job may have waited before new logins are shed.
 MAX_QUEUE_WAIT_SHARE = 0.5
 
-# KEYS[1] job stream. ARGV: cap, worker group, max wait (ms), field, payload.
-# Returns {'ok', id}, {'full'} or {'slow', waited_ms}.
-_PUBLISH = """
-local len = redis.call('XLEN', KEYS[1])
-if len >= tonumber(ARGV[1]) then return {'full'} end
-if len > 0 then
-    local after = '0-0'
-    local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
-    if type(groups) == 'table' and not groups.err then
-        for _, g in ipairs(groups) do
-            local name, last
-            for i = 1, #g, 2 do
-                if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
-            end
-            if name == ARGV[2] then after = last end
-        end
-    end
-    -- The first entry after the group's last delivered id is the oldest job no worker has taken yet.
-    local ahead = redis.call('XRANGE', KEYS[1], after, '+', 'COUNT', 2)
-    local oldest = ahead[1]
-    if oldest and oldest[1] == after then oldest = ahead[2] end
-    if oldest then
-        local t = redis.call('TIME')
-        local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        local waited = now_ms - tonumber(string.match(oldest[1], '^(%d+)'))
-        if waited > tonumber(ARGV[3]) then return {'slow', waited} end
-    end
-end
-return {'ok', redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[5])}
-"""
-
-# KEYS[1] exchange record, KEYS[2] its delivered answer, KEYS[3] the job stream; ARGV[1] how long (ms) jobs
-# published before now may still wait. The first hand-over of the final answer is recorded as the job stream's last
-# id, so every job published before it has an id at or below it, and every later one above; the answer moves out of
-# the record for just that long (auth_worker/exchange.py).
-_MARK_DELIVERED = """
-local reply = redis.call('HGET', KEYS[1], 'reply')
-if not reply or redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return 0 end
-local last
-if redis.call('EXISTS', KEYS[3]) == 1 then
-    local info = redis.call('XINFO', 'STREAM', KEYS[3])
-    for i = 1, #info, 2 do
-        if info[i] == 'last-generated-id' then last = info[i + 1] end
-    end
-else  -- no stream (it was lost): no job is waiting, and the next one gets an id from the clock
-    local t = redis.call('TIME')
-    -- the millisecond before now, at its last id: every id made from now on is above it
-    last = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1) .. '-18446744073709551615'
-end
-redis.call('HSET', KEYS[1], 'delivered', last)
-redis.call('SET', KEYS[2], reply, 'PX', ARGV[1])
-redis.call('HDEL', KEYS[1], 'reply')
-return 1
-"""
 #: How long a delivered answer stays for jobs published before the delivery: beyond the longest login timeout any
 #: gateway may have, a margin for clocks and event-loop lag.
 _KEEP_DELIVERED_ANSWER = MAX_LOGIN_TIMEOUT + 5.0
@@ -106,8 +53,8 @@ class JobPublisher:
         self._replies = replies
         self._max_len = max_len
         self._metrics = metrics or GatewayMetrics()
-        self._publish = redis.register_script(_PUBLISH)
-        self._mark_delivered = redis.register_script(_MARK_DELIVERED)
+        self._publish = redis.register_script(redis_scripts.PUBLISH)
+        self._mark_delivered = redis.register_script(redis_scripts.MARK_DELIVERED)
 
     async def exchange(
         self,

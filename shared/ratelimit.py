@@ -1,5 +1,5 @@
-"""Rate limits shared by every process through Redis: GCRA in one Lua script (EVALSHA), so a limit holds across
-gateway replicas and workers, and one round trip decides.
+"""Rate limits shared by every process through Redis: GCRA in one Lua script (EVALSHA; ``shared/redis_scripts.py``),
+so a limit holds across gateway replicas and workers, and one round trip decides.
 
 A ``Limit`` allows ``count`` requests per ``period`` seconds per key, as a burst of up to ``count`` that refills
 evenly. ``check`` spends one unit and raises ``RateLimited`` (429, ``Retry-After``) when none is left; ``peek``
@@ -35,6 +35,7 @@ import structlog
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shared import redis_scripts
 from shared.audit import AuditPublisher
 from shared.errors import RateLimited, Unavailable
 from shared.guard import log_id
@@ -47,31 +48,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: How long an allowed peek of a key stands in this process (unless it spends from the key meanwhile).
 PEEK_MEMO_SECONDS = 1.0
 _PEEK_MEMO_ENTRIES = 10_000
-
-# GCRA: KEYS[1] holds the theoretical arrival time (TAT, ms). ARGV: emission interval (ms), tolerance (ms, the
-# whole period: a full burst), cost (0 = peek). Returns {allowed, retry_after_ms, first_refusal}: a refusal sets
-# KEYS[2] for one period, and only the one that set it is audited. Redis's clock, not the callers': replicas with
-# skewed clocks still agree.
-_GCRA = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now_ms
-if tat < now_ms then tat = now_ms end
-local new_tat = tat + interval * cost
-local allow_at = new_tat - tolerance
-if cost == 0 then allow_at = tat + interval - tolerance end
-if allow_at > now_ms then
-  local first = redis.call('SET', KEYS[2], 1, 'NX', 'PX', math.max(1, math.ceil(tolerance)))
-  return {0, allow_at - now_ms, first and 1 or 0}
-end
-if cost > 0 then
-  redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil(new_tat - now_ms)))
-end
-return {1, 0, 0}
-"""
 
 
 class Limit(msgspec.Struct, frozen=True):
@@ -139,7 +115,7 @@ class RateLimiter:
         self._redis = redis
         self._redis_keys = redis_keys
         self._hash_key = hash_key
-        self._script = redis.register_script(_GCRA)
+        self._script = redis.register_script(redis_scripts.GCRA)
         self._audit = audit
         self._on_limited = on_limited
         #: (limit name, key) -> until when an allowed peek stands (monotonic).
