@@ -61,7 +61,7 @@ class ExchangeRecords:
         self._finish = redis.register_script(redis_scripts.FINISH)
         self._release = redis.register_script(redis_scripts.RELEASE)
         self._store_session = redis.register_script(redis_scripts.STORE_SESSION)
-        self._deliver = redis.register_script(redis_scripts.DELIVER)
+        self._reply = redis.register_script(redis_scripts.REPLY)
 
     async def claim(self, key: str, *, job_id: str, stream_id: str, now: float, deadline: float) -> Claim:
         """Decide what the job does with its code (see the module docstring)."""
@@ -100,7 +100,7 @@ class ExchangeRecords:
         """Give the code back: the next job with it starts over (reusing the session, if there is one)."""
         await self._release(keys=[key], args=[job_id])
 
-    async def deliver(
+    async def reply(
         self,
         reply: Reply,
         *,
@@ -112,7 +112,7 @@ class ExchangeRecords:
         reply_ttl_ms: int,
     ) -> None:
         """Write ``reply`` for the gateway and acknowledge the job, atomically."""
-        await self._deliver(
+        await self._reply(
             keys=[reply_stream, job_stream],
             args=[STREAM_FIELD, encoder.encode(reply), reply_cap, reply_ttl_ms, group, msg_id],
         )

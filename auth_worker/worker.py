@@ -1,4 +1,5 @@
-"""The auth worker: a consumer in the ``auth-workers`` group of the code-exchange stream.
+"""The auth worker: a consumer in the ``auth-workers`` group of the code-exchange stream. It reads jobs, takes over
+those of dead workers, runs each (``auth_worker/login.py``), writes its reply for the gateway and acknowledges it.
 
 Lifecycle as in arq: ``run()`` (sync, always closes), ``async_run(burst=...)`` for tests, ``close()``. On SIGTERM
 it stops reading, lets in-flight jobs finish for ``shutdown_grace`` seconds, then cancels the rest; their
@@ -28,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from auth_worker.breaker import CircuitBreaker
-from auth_worker.jobs import Answer, JobHandler
+from auth_worker.login import Answer, JobHandler
 from auth_worker.metrics import WorkerMetrics
 from auth_worker.status import start_status_server
 from auth_worker.wechat import WechatClient
@@ -332,7 +333,7 @@ class Worker:
         try:
             job = job_decoder.decode(fields.get(STREAM_FIELD, b""))
         except msgspec.DecodeError as exc:
-            self._finish("undecodable", start, error=str(exc))
+            self._record_outcome("undecodable", start, error=str(exc))
             await self._ack(msg_id)
             return
         structlog.contextvars.bind_contextvars(
@@ -354,16 +355,16 @@ class Worker:
             self._expired(job, start, exchange=answer.path)
             await self._ack(msg_id)
             return
-        if not await self._deliver(job, msg_id, answer):
+        if not await self._reply(job, msg_id, answer):
             # Left pending: another worker drops it once its deadline has passed.
-            self._finish("undelivered", start, exchange=answer.path)
+            self._record_outcome("undelivered", start, exchange=answer.path)
             return
         self.jobs_done += 1
         reply = answer.reply
         if isinstance(reply, LoginSucceeded | LoginSucceededSealed):
-            self._finish("token", start, exchange=answer.path)
+            self._record_outcome("token", start, exchange=answer.path)
         else:
-            self._finish(
+            self._record_outcome(
                 reply.error,
                 start,
                 exchange=answer.path,
@@ -371,7 +372,7 @@ class Worker:
                 error_description=reply.error_description,
             )
 
-    def _finish(self, outcome: str, start: float, **fields: object) -> None:
+    def _record_outcome(self, outcome: str, start: float, **fields: object) -> None:
         """The job's one canonical log line, and its metrics."""
         seconds = time.perf_counter() - start
         self.metrics.jobs.labels(outcome).inc()
@@ -381,9 +382,9 @@ class Worker:
 
     def _expired(self, job: CodeExchangeJob, start: float, **fields: object) -> None:
         late_by_ms = round((time.time() - job.deadline) * 1000)
-        self._finish("expired", start, dropped=True, late_by_ms=late_by_ms, **fields)
+        self._record_outcome("expired", start, dropped=True, late_by_ms=late_by_ms, **fields)
 
-    async def _deliver(self, job: CodeExchangeJob, msg_id: bytes, answer: Answer) -> bool:
+    async def _reply(self, job: CodeExchangeJob, msg_id: bytes, answer: Answer) -> bool:
         """Write the answer and acknowledge the job, retrying until its deadline (Redis may be restarting)."""
         assert self._handler is not None and answer.reply is not None
         reply = answer.reply
@@ -392,7 +393,7 @@ class Worker:
         backoff = 0.05
         while True:
             try:
-                await self._handler.records.deliver(
+                await self._handler.records.reply(
                     reply,
                     reply_stream=job.reply_to,
                     job_stream=self.redis_keys.job_stream,

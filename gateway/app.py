@@ -15,11 +15,10 @@ from redis.backoff import NoBackoff
 from gateway import appkeys
 from gateway.applications import ApplicationCache
 from gateway.introspector import ClientSecrets, Introspector
-from gateway.jobs import JobPublisher
 from gateway.limits import GatewayLimits, limits_ctx, rate_limit_middleware
+from gateway.login_jobs import JobPublisher, ReplyWaiter
 from gateway.metrics import GatewayMetrics, metrics_middleware
 from gateway.middleware import error_middleware
-from gateway.replies import ReplyWaiter
 from gateway.routes import setup_routes
 from shared.config import GatewayConfig
 from shared.guard import harden, input_guard

@@ -17,10 +17,9 @@ if TYPE_CHECKING:
 
     from gateway.applications import ApplicationCache
     from gateway.introspector import Introspector
-    from gateway.jobs import JobPublisher
     from gateway.limits import GatewayLimits
+    from gateway.login_jobs import JobPublisher, ReplyWaiter
     from gateway.metrics import GatewayMetrics
-    from gateway.replies import ReplyWaiter
     from shared.config import GatewayConfig
     from shared.ratelimit import RateLimiter
     from shared.redis_keys import RedisKeys
@@ -33,7 +32,7 @@ REDIS_KEYS: web.AppKey[RedisKeys] = web.AppKey("redis_keys")
 USER_STORE: web.AppKey[UserStoreClient] = web.AppKey("user_store")
 #: client_id -> application, cached briefly (``gateway/applications.py``).
 APPLICATIONS: web.AppKey[ApplicationCache] = web.AppKey("applications")
-#: Publishes code-exchange jobs (``gateway/jobs.py``) and waits on ``REPLIES`` for the answer.
+#: Publishes code-exchange jobs (``gateway/login_jobs.py``) and waits on ``REPLIES`` for the answer.
 PUBLISHER: web.AppKey[JobPublisher] = web.AppKey("publisher")
 REPLIES: web.AppKey[ReplyWaiter] = web.AppKey("replies")
 #: Checks bearer access tokens locally (``shared.verifier``), for the per-user limits and introspection.

@@ -4,7 +4,7 @@ reply stream, and marked delivered by that gateway.
 
 The job stream (``RedisKeys.job_stream``, consumer group ``RedisKeys.worker_group``): the gateway adds a job with
 ``PUBLISH`` unless the queue is full or too slow; a worker reads it (XREADGROUP), and acknowledges and deletes it in
-the same script that writes its reply (``DELIVER``), or alone when the job expired.
+the same script that writes its reply (``REPLY``), or alone when the job expired.
 
 The exchange record (``RedisKeys.code_exchange``): a hash per (appid, client, sha256(code)) that every job for that
 code goes through, so the code is presented to WeChat at most once. It lives ``RECORD_TTL_MS`` (more than a code's
@@ -154,7 +154,7 @@ return 1
 #: The worker's reply and the job's acknowledgement, together or not at all. KEYS: the gateway's reply stream, the
 #: job stream. ARGV: the entry's field, the reply, the reply stream's cap and TTL (ms), the worker group, the job's
 #: stream id. Returns 1.
-DELIVER = """
+REPLY = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('XACK', KEYS[2], ARGV[5], ARGV[6])

@@ -16,9 +16,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.app import create_app as create_gateway
-from gateway.jobs import JobPublisher
+from gateway.login_jobs import JobPublisher, ReplyWaiter
 from gateway.metrics import GatewayMetrics
-from gateway.replies import ReplyWaiter
 from shared.config import GatewayConfig, Secret, UserStoreConfig
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.redis_keys import RedisKeys

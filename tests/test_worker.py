@@ -28,8 +28,7 @@ from structlog.testing import capture_logs
 
 from auth_worker.exchange import ExchangeRecords
 from auth_worker.worker import Worker
-from gateway.jobs import JobPublisher
-from gateway.replies import ReplyWaiter
+from gateway.login_jobs import JobPublisher, ReplyWaiter
 from services.ports import free_port
 from services.wechat_sandbox.app import create_app as create_sandbox
 from shared.config import MAX_LOGIN_TIMEOUT, SandboxConfig, Secret, UserStoreConfig, WorkerConfig

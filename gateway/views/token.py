@@ -1,6 +1,6 @@
 """The token endpoint, ``POST /api/login/oauth/access_token`` (the mini-program login and the refresh grant), and
 Casdoor's dedicated refresh endpoint, ``POST /api/login/oauth/refresh_token``. A login is a job for the auth workers
-(``gateway/jobs.py``); a refresh is one user-store call, which rotates the pair (``user_store/refresh.py``)."""
+(``gateway/login_jobs.py``); a refresh is one user-store call, which rotates the pair (``user_store/refresh.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One code-exchange job: application → exchange record → WeChat → user store → an answer for the gateway.
+"""One login job, the worker's side: application → exchange record → WeChat → user store → an answer for the gateway.
 
 Every path goes through the code's exchange record (``exchange.py``), so a code is presented to WeChat at most
 once however many jobs carry it (double taps, retries after a crash, replays).
@@ -119,7 +119,7 @@ class JobHandler:
         path = "session_reused"
         if session is None:
             if claim.interrupted:
-                return await self._final(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
+                return await self._final_error(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
             path = "exchanged"
             try:
                 self._wechat.check_breaker()
@@ -136,7 +136,7 @@ class JobHandler:
                 if isinstance(exc, CodeUnspent):
                     await self._release(key, job)
                     return Answer(_failed(job, exc), "released")
-                return await self._final(job, key, exc, path)
+                return await self._final_error(job, key, exc, path)
             session = WechatSession(openid=result.openid, session_key=result.session_key, unionid=result.unionid)
             try:
                 await _redis(job, lambda: self.records.store_session(key, session))
@@ -158,22 +158,22 @@ class JobHandler:
                 # Per WeChat user, which only jscode2session reveals; fails open (a login needs no limiter).
                 await self._limiter.check(self._per_wechat_user, f"{provider.appid}:{session.openid}", origin)
             except MinidoorError as exc:
-                return await self._final(job, key, exc, path)
+                return await self._final_error(job, key, exc, path)
         try:
             login_result = await self._login(login, job)
         except Unavailable as exc:
             await self._release(key, job)  # keeps the session: a retry with this code needs no WeChat call
             return Answer(_failed(job, exc), "released")
         except MinidoorError as exc:
-            return await self._final(job, key, exc, path)
+            return await self._final_error(job, key, exc, path)
         # Sealed from here on: the answer is kept in the exchange record and the reply stream, both in Redis.
         succeeded = seal_reply(self._seal, LoginSucceeded(job_id=job.job_id, token=login_result.token))
-        return await self._finish(job, key, succeeded, path)
+        return await self._final(job, key, succeeded, path)
 
-    async def _final(self, job: CodeExchangeJob, key: str, exc: MinidoorError, path: str) -> Answer:
-        return await self._finish(job, key, _failed(job, exc), path)
+    async def _final_error(self, job: CodeExchangeJob, key: str, exc: MinidoorError, path: str) -> Answer:
+        return await self._final(job, key, _failed(job, exc), path)
 
-    async def _finish(self, job: CodeExchangeJob, key: str, reply: Reply, path: str) -> Answer:
+    async def _final(self, job: CodeExchangeJob, key: str, reply: Reply, path: str) -> Answer:
         """The code's final answer: ours, or the one that stood before it (a stale owner finishing late)."""
         stored = await _redis(job, lambda: self.records.finish(key, reply))
         if stored is None:
