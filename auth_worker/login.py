@@ -15,8 +15,7 @@ from typing import TypeVar
 import msgspec
 import redis.asyncio as aioredis
 
-from auth_worker.exchange import Claim, ExchangeRecords, State
-from auth_worker.metrics import WorkerMetrics
+from auth_worker.exchange import Claim, ExchangeRecords, JobEntry, State
 from auth_worker.wechat import CodeUnspent, WechatClient
 from shared.errors import InvalidGrant, MinidoorError, Unavailable
 from shared.messages import (
@@ -30,6 +29,7 @@ from shared.messages import (
     WechatSession,
 )
 from shared.ratelimit import Limit, Origin, RateLimiter
+from shared.redis_batch import RedisBatcher
 from shared.redis_keys import RedisKeys
 from shared.streamseal import StreamSeal, seal_reply
 from shared.user_store_client import UserStoreClient
@@ -54,6 +54,8 @@ class Answer:
     path: str
     #: The exchange record when ``reply`` is the code's final answer (the gateway marks it delivered).
     record: str = ""
+    #: ``reply`` is new and final: it is stored as the code's answer in the step that replies with it.
+    final: bool = False
 
 
 class JobHandler:
@@ -63,20 +65,19 @@ class JobHandler:
         redis_keys: RedisKeys,
         user_store: UserStoreClient,
         wechat: WechatClient,
-        metrics: WorkerMetrics,
         seal: StreamSeal | None = None,
         *,
         limiter: RateLimiter | None = None,
         per_wechat_user: Limit | None = None,
+        batcher: RedisBatcher | None = None,
     ) -> None:
-        self.records = ExchangeRecords(redis, seal)
+        self.records = ExchangeRecords(redis, seal, batcher=batcher)
         self._seal = seal
         self._limiter = limiter
         self._per_wechat_user = per_wechat_user
         self._redis_keys = redis_keys
         self._user_store = user_store
         self._wechat = wechat
-        self._metrics = metrics
         self._providers: dict[str, tuple[float, MiniProgramProvider]] = {}
 
     async def handle(self, job: CodeExchangeJob, stream_id: str) -> Answer:
@@ -87,7 +88,22 @@ class JobHandler:
             answer = await self._settle(job, stream_id, provider, key)
         except MinidoorError as exc:
             answer = Answer(_failed(job, exc), "none")
-        self._metrics.exchanges.labels(answer.path).inc()
+        return answer
+
+    async def reply(self, job: CodeExchangeJob, entry: JobEntry, answer: Answer) -> Answer:
+        """Write ``answer`` on the job's reply stream and acknowledge the job, in one step; a final answer is stored
+        as its code's in that same step, unless another stands (then that one, under this job's id, is the reply) or
+        the code was replayed meanwhile. Returns the answer as replied; a Redis error is the caller's to retry."""
+        assert answer.reply is not None
+        if answer.final:
+            finished = await self.records.finish_and_reply(answer.record, _naming(answer), entry)
+            if finished.replied:
+                return answer
+            if finished.standing is None:
+                answer = Answer(_failed(job, InvalidGrant(REPLAYED)), "replayed")
+            else:  # a stale owner finishing late: the first answer stands
+                answer = Answer(_retag(finished.standing, job), answer.path, answer.record)
+        await self.records.reply(_naming(answer), entry)
         return answer
 
     async def _settle(self, job: CodeExchangeJob, stream_id: str, provider: MiniProgramProvider, key: str) -> Answer:
@@ -96,7 +112,12 @@ class JobHandler:
             claim = await _redis(
                 job,
                 lambda: self.records.claim(
-                    key, job_id=job.job_id, stream_id=stream_id, now=time.time(), deadline=job.deadline
+                    key,
+                    job_id=job.job_id,
+                    stream_id=stream_id,
+                    now=time.time(),
+                    deadline=job.deadline,
+                    call=not self._wechat.breaker.is_open,
                 ),
             )
             match claim.state:
@@ -117,14 +138,16 @@ class JobHandler:
     async def _own(self, job: CodeExchangeJob, provider: MiniProgramProvider, key: str, claim: Claim) -> Answer:
         session = claim.session
         path = "session_reused"
+        storing: asyncio.Future[None] | None = None
         if session is None:
             if claim.interrupted:
-                return await self._final_error(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
+                return self._final_error(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
             path = "exchanged"
             try:
-                self._wechat.check_breaker()
-                if not await _redis(job, lambda: self.records.mark_calling(key, job.job_id)):
-                    return Answer(None, "lost")  # our client gave up and another job took the code over
+                if not claim.calling:  # the breaker was open at the claim: it decides now
+                    self._wechat.check_breaker()
+                    if not await _redis(job, lambda: self.records.mark_calling(key, job.job_id)):
+                        return Answer(None, "lost")  # our client gave up and another job took the code over
                 remaining = job.deadline - time.time()
                 result = await self._wechat.jscode2session(
                     provider.appid,
@@ -136,12 +159,15 @@ class JobHandler:
                 if isinstance(exc, CodeUnspent):
                     await self._release(key, job)
                     return Answer(_failed(job, exc), "released")
-                return await self._final_error(job, key, exc, path)
+                return self._final_error(job, key, exc, path)
             session = WechatSession(openid=result.openid, session_key=result.session_key, unionid=result.unionid)
-            try:
-                await _redis(job, lambda: self.records.store_session(key, session))
-            except Unavailable:
-                pass  # the login goes on; only a crash from here on would lose the session
+            # Kept while the user's budget is checked: both go to Redis in one round trip.
+            storing = asyncio.ensure_future(self._store_session(job, key, session))
+        refusal = await self._check_user(job, provider, session)
+        if storing is not None:
+            await storing
+        if refusal is not None:
+            return self._final_error(job, key, refusal, path)
         login = WechatLogin(
             client_id=job.client_id,
             appid=provider.appid,
@@ -151,34 +177,44 @@ class JobHandler:
             username=job.username,
             avatar=job.avatar,
         )
-        if self._limiter is not None and self._per_wechat_user is not None:
-            # The gateway looked the client up before publishing the job: its client_id names an application.
-            origin = Origin(client_ip=job.client_ip, request_id=job.request_id, client_id=job.client_id)
-            try:
-                # Per WeChat user, which only jscode2session reveals; fails open (a login needs no limiter).
-                await self._limiter.check(self._per_wechat_user, f"{provider.appid}:{session.openid}", origin)
-            except MinidoorError as exc:
-                return await self._final_error(job, key, exc, path)
         try:
             login_result = await self._login(login, job)
         except Unavailable as exc:
             await self._release(key, job)  # keeps the session: a retry with this code needs no WeChat call
             return Answer(_failed(job, exc), "released")
         except MinidoorError as exc:
-            return await self._final_error(job, key, exc, path)
+            return self._final_error(job, key, exc, path)
         # Sealed from here on: the answer is kept in the exchange record and the reply stream, both in Redis.
         succeeded = seal_reply(self._seal, LoginSucceeded(job_id=job.job_id, token=login_result.token))
-        return await self._final(job, key, succeeded, path)
+        return self._final(key, succeeded, path)
 
-    async def _final_error(self, job: CodeExchangeJob, key: str, exc: MinidoorError, path: str) -> Answer:
-        return await self._final(job, key, _failed(job, exc), path)
+    def _final_error(self, job: CodeExchangeJob, key: str, exc: MinidoorError, path: str) -> Answer:
+        return self._final(key, _failed(job, exc), path)
 
-    async def _final(self, job: CodeExchangeJob, key: str, reply: Reply, path: str) -> Answer:
-        """The code's final answer: ours, or the one that stood before it (a stale owner finishing late)."""
-        stored = await _redis(job, lambda: self.records.finish(key, reply))
-        if stored is None:
-            return Answer(_failed(job, InvalidGrant(REPLAYED)), "replayed")
-        return Answer(_retag(stored, job), path, key)
+    def _final(self, key: str, reply: Reply, path: str) -> Answer:
+        """The code's final answer, stored as ``reply`` is sent (``reply()``)."""
+        return Answer(reply, path, key, final=True)
+
+    async def _store_session(self, job: CodeExchangeJob, key: str, session: WechatSession) -> None:
+        try:
+            await _redis(job, lambda: self.records.store_session(key, session))
+        except Unavailable:
+            pass  # the login goes on; only a crash from here on would lose the session
+
+    async def _check_user(
+        self, job: CodeExchangeJob, provider: MiniProgramProvider, session: WechatSession
+    ) -> MinidoorError | None:
+        """The refusal of this WeChat user's login budget, which only jscode2session reveals; fails open (a login
+        needs no limiter)."""
+        if self._limiter is None or self._per_wechat_user is None:
+            return None
+        # The gateway looked the client up before publishing the job: its client_id names an application.
+        origin = Origin(client_ip=job.client_ip, request_id=job.request_id, client_id=job.client_id)
+        try:
+            await self._limiter.check(self._per_wechat_user, f"{provider.appid}:{session.openid}", origin)
+        except MinidoorError as exc:
+            return exc
+        return None
 
     async def _release(self, key: str, job: CodeExchangeJob) -> None:
         try:
@@ -237,6 +273,14 @@ async def _redis(job: CodeExchangeJob, call: Callable[[], Awaitable[T]]) -> T:
 
 def _failed(job: CodeExchangeJob, exc: MinidoorError) -> LoginFailed:
     return LoginFailed.of(job.job_id, exc)
+
+
+def _naming(answer: Answer) -> Reply:
+    """The reply as sent: a final answer names its record, for the gateway to mark it delivered."""
+    assert answer.reply is not None
+    if answer.record and answer.reply.record != answer.record:
+        return msgspec.structs.replace(answer.reply, record=answer.record)
+    return answer.reply
 
 
 def _retag(reply: Reply, job: CodeExchangeJob) -> Reply:

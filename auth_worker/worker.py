@@ -29,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from auth_worker.breaker import CircuitBreaker
+from auth_worker.exchange import JobEntry
 from auth_worker.login import Answer, JobHandler
 from auth_worker.metrics import WorkerMetrics
 from auth_worker.status import start_status_server
@@ -45,6 +46,7 @@ from shared.messages import (
     job_decoder,
 )
 from shared.ratelimit import Limit, RateLimiter, limiter_hash_key
+from shared.redis_batch import RedisBatcher
 from shared.redis_keys import RedisKeys
 from shared.runtime import SHUTDOWN_SLACK, arm_shutdown_watchdog, new_event_loop
 from shared.streamseal import stream_seal
@@ -54,8 +56,6 @@ log = structlog.get_logger()
 
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 _HEARTBEAT_EVERY = 5.0
-_REPLY_STREAM_MAX_LEN = 10_000
-_REPLY_STREAM_TTL_MS = 10 * 60 * 1000
 #: The longest a stream read blocks waiting for new jobs.
 _READ_BLOCK_MAX_S = 1.0
 
@@ -204,22 +204,25 @@ class Worker:
         per_user = Limit("wechat_user", cfg.rate_limit_per_wechat_user, 60)
         if self._audit is None:
             self._audit = AuditPublisher(self.redis, self.redis_keys)
+        # One batcher: the Redis steps of every job in flight, whatever the step, share round trips.
+        batcher = RedisBatcher(self.redis)
         limiter = RateLimiter(
             self.redis,
             self.redis_keys,
             limiter_hash_key(cfg.stream_seal_key, cfg.internal_token),
             audit=self._audit,
             on_limited=lambda name: self.metrics.rate_limited.labels(name).inc(),
+            batcher=batcher,
         )
         self._handler = JobHandler(
             self.redis,
             self.redis_keys,
             user_store,
             wechat,
-            self.metrics,
             stream_seal(self.config.stream_seal_key),
             limiter=limiter,
             per_wechat_user=per_user,
+            batcher=batcher,
         )
         if cfg.worker_http_port and self._status is None:
             self._status = await start_status_server(self, cfg.worker_http_host, cfg.worker_http_port)
@@ -352,22 +355,26 @@ class Worker:
             )
             answer = Answer(error, "none")
         if answer.reply is None:
+            self.metrics.exchanges.labels(answer.path).inc()
             self._expired(job, start, exchange=answer.path)
             await self._ack(msg_id)
             return
-        if not await self._reply(job, msg_id, answer):
+        replied = await self._reply(job, msg_id, answer)
+        if replied is None:
             # Left pending: another worker drops it once its deadline has passed.
+            self.metrics.exchanges.labels(answer.path).inc()
             self._record_outcome("undelivered", start, exchange=answer.path)
             return
         self.jobs_done += 1
-        reply = answer.reply
+        self.metrics.exchanges.labels(replied.path).inc()
+        reply = replied.reply
         if isinstance(reply, LoginSucceeded | LoginSucceededSealed):
-            self._record_outcome("token", start, exchange=answer.path)
-        else:
+            self._record_outcome("token", start, exchange=replied.path)
+        elif reply is not None:
             self._record_outcome(
                 reply.error,
                 start,
-                exchange=answer.path,
+                exchange=replied.path,
                 status=reply.status,
                 error_description=reply.error_description,
             )
@@ -384,29 +391,19 @@ class Worker:
         late_by_ms = round((time.time() - job.deadline) * 1000)
         self._record_outcome("expired", start, dropped=True, late_by_ms=late_by_ms, **fields)
 
-    async def _reply(self, job: CodeExchangeJob, msg_id: bytes, answer: Answer) -> bool:
-        """Write the answer and acknowledge the job, retrying until its deadline (Redis may be restarting)."""
-        assert self._handler is not None and answer.reply is not None
-        reply = answer.reply
-        if answer.record:
-            reply = msgspec.structs.replace(reply, record=answer.record)
+    async def _reply(self, job: CodeExchangeJob, msg_id: bytes, answer: Answer) -> Answer | None:
+        """Write the answer and acknowledge the job (``JobHandler.reply``), retrying until its deadline (Redis may be
+        restarting); the answer as replied, or None when the deadline passed first."""
+        assert self._handler is not None
+        entry = JobEntry(job.reply_to, self.redis_keys.job_stream, self.redis_keys.worker_group, msg_id)
         backoff = 0.05
         while True:
             try:
-                await self._handler.records.reply(
-                    reply,
-                    reply_stream=job.reply_to,
-                    job_stream=self.redis_keys.job_stream,
-                    group=self.redis_keys.worker_group,
-                    msg_id=msg_id,
-                    reply_cap=_REPLY_STREAM_MAX_LEN,
-                    reply_ttl_ms=_REPLY_STREAM_TTL_MS,
-                )
-                return True
+                return await self._handler.reply(job, entry, answer)
             except (aioredis.RedisError, OSError) as exc:
                 if time.time() + backoff > job.deadline:
                     structlog.contextvars.bind_contextvars(delivery_error=str(exc))
-                    return False
+                    return None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.5)
 

@@ -23,6 +23,7 @@ from gateway.routes import setup_routes
 from shared.config import GatewayConfig
 from shared.guard import harden, input_guard
 from shared.middleware import request_log
+from shared.redis_batch import RedisBatcher
 from shared.redis_keys import RedisKeys
 from shared.streamseal import stream_seal
 from shared.user_store_client import UserStoreClient
@@ -59,6 +60,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         retry=Retry(NoBackoff(), 1),
     )
     app[appkeys.REDIS] = client
+    app[appkeys.REDIS_BATCHER] = RedisBatcher(client)
     yield
     await client.aclose()
 
@@ -77,7 +79,12 @@ async def _replies(app: web.Application) -> AsyncIterator[None]:
     waiter = ReplyWaiter(app[appkeys.REDIS], app[appkeys.REDIS_KEYS], stream_seal(app[appkeys.CONFIG].stream_seal_key))
     app[appkeys.REPLIES] = waiter
     app[appkeys.PUBLISHER] = JobPublisher(
-        app[appkeys.REDIS], app[appkeys.REDIS_KEYS], waiter, app[appkeys.CONFIG].stream_max_len, app[appkeys.METRICS]
+        app[appkeys.REDIS],
+        app[appkeys.REDIS_KEYS],
+        waiter,
+        app[appkeys.CONFIG].stream_max_len,
+        app[appkeys.METRICS],
+        batcher=app[appkeys.REDIS_BATCHER],
     )
     waiter.start()
     yield

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
     from shared.config import GatewayConfig
     from shared.ratelimit import RateLimiter
+    from shared.redis_batch import RedisBatcher
     from shared.redis_keys import RedisKeys
     from shared.user_store_client import UserStoreClient
     from shared.verifier import Verifier
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 CONFIG: web.AppKey[GatewayConfig] = web.AppKey("config")
 REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis")
 REDIS_KEYS: web.AppKey[RedisKeys] = web.AppKey("redis_keys")
+#: The login path's script calls (rate limits, publishes, marks) share round trips (``shared/redis_batch.py``).
+REDIS_BATCHER: web.AppKey[RedisBatcher] = web.AppKey("redis_batcher")
 USER_STORE: web.AppKey[UserStoreClient] = web.AppKey("user_store")
 #: client_id -> application, cached briefly (``gateway/applications.py``).
 APPLICATIONS: web.AppKey[ApplicationCache] = web.AppKey("applications")

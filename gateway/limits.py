@@ -7,6 +7,8 @@ ids do not hammer the user store or churn the application cache), on every route
 and rejected bearer tokens per IP, wherever the token was sent. Profile and password changes are counted per user
 (the bearer token's verified ``sub``). Each trip is audited, once per limit, key and period (``Origin``).
 
+A request's checks before the view are one script call, and so are those after a failure (``check_all``).
+
 Limits counted on every request fail open when Redis is away (logins must not depend on them); those counted
 on failures fail closed, which only changes the answer to a request that already failed.
 """
@@ -26,7 +28,7 @@ from shared.audit import AuditPublisher
 from shared.config import GatewayConfig
 from shared.errors import InvalidToken, MinidoorError, Unauthorized
 from shared.messages import Credentials
-from shared.ratelimit import Limit, Origin, RateLimiter, client_ip, limiter_hash_key, parse_networks
+from shared.ratelimit import Check, Limit, Origin, RateLimiter, client_ip, limiter_hash_key, parse_networks
 
 
 class GatewayLimits:
@@ -76,17 +78,19 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     # Mini programs send their client_id on the token endpoint; account routes authenticate a client only when
     # it sent client credentials (a user sends a token), or credentials that cannot even be read.
     client_auth = request.path in OAUTH_CLIENT_PATHS or read is None or bool(caller.client_id or caller.client_secret)
+    checks: list[Check] = []
     if request.path == LOGIN_PATH:
-        await limiter.check(limits.token_ip, ip, origin)
+        checks.append(Check(limits.token_ip, ip))
     if client_auth:
-        await limiter.peek(limits.ip_failures, ip, origin)
+        checks.append(Check(limits.ip_failures, ip, cost=0))
     # Only the account routes read bearer tokens: one sent elsewhere (the JWKS, the metrics) spends nothing.
     if caller.access_token and request.path in account.ENVELOPE_PATHS:
-        await limiter.peek(limits.bad_tokens, ip, origin)
+        checks.append(Check(limits.bad_tokens, ip, cost=0))
+    if code:  # only on the token endpoint, where no per-user limit applies: the order of checks is unchanged
+        checks.append(Check(limits.code, code))
+    await limiter.check_all(checks, origin)
     if request.method == "POST" and request.path == _USER_UPDATE_PATH and caller.access_token:
         await _user_update(request, limiter, limits, caller.access_token, origin)
-    if code:
-        await limiter.check(limits.code, code, origin)
     try:
         return await handler(request)
     except Unauthorized as exc:
@@ -94,9 +98,10 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         if exc.error == InvalidToken.error:
             await limiter.check(limits.bad_tokens, ip, origin)
         elif client_auth:
-            await limiter.check(limits.ip_failures, ip, origin)
+            failures = [Check(limits.ip_failures, ip)]
             if caller.client_id:
-                await limiter.check(limits.client_failures, caller.client_id, origin)
+                failures.append(Check(limits.client_failures, caller.client_id))
+            await limiter.check_all(failures, origin)
         raise
 
 
@@ -143,6 +148,7 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.LIMITS].hash_key,
         audit=audit,
         on_limited=lambda name: metrics.rate_limited.labels(name).inc(),
+        batcher=app[appkeys.REDIS_BATCHER],
     )
     yield
     await audit.close()

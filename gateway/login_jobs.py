@@ -37,6 +37,7 @@ from shared import redis_scripts
 from shared.config import MAX_LOGIN_TIMEOUT
 from shared.errors import DeadlineExceeded, MinidoorError, Unavailable
 from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, Reply, encoder, reply_decoder
+from shared.redis_batch import RedisBatcher
 from shared.redis_keys import RedisKeys
 from shared.streamseal import StreamSeal, open_reply
 
@@ -60,14 +61,16 @@ class JobPublisher:
         replies: ReplyWaiter,
         max_len: int,
         metrics: GatewayMetrics | None = None,
+        batcher: RedisBatcher | None = None,
     ) -> None:
-        self._redis = redis
         self._redis_keys = redis_keys
         self._replies = replies
         self._max_len = max_len
         self._metrics = metrics or GatewayMetrics()
-        self._publish = redis.register_script(redis_scripts.PUBLISH)
-        self._mark_delivered = redis.register_script(redis_scripts.MARK_DELIVERED)
+        # The publishes and marks of the logins a turn of the event loop handles go in one round trip.
+        batcher = batcher or RedisBatcher(redis)
+        self._publish = batcher.script(redis_scripts.PUBLISH)
+        self._mark_delivered = batcher.script(redis_scripts.MARK_DELIVERED)
 
     async def exchange(
         self,
@@ -188,12 +191,11 @@ class ReplyWaiter:
 
     async def _run(self) -> None:
         backoff = 0.1
+        read: list[bytes] = []  # entries resolved, to delete with the next read
         while not self._stopping:
             try:
-                batches = cast(
-                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                    await self._redis.xread({self.stream: self._last_id}, count=1000, block=1000),
-                )
+                batches = await self._read(read)
+                read = []
                 backoff = 0.1
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("reply_read_failed", error=str(exc), retry_in=backoff)
@@ -201,14 +203,26 @@ class ReplyWaiter:
                 backoff = min(backoff * 2, 0.5)
                 continue
             for _stream, entries in batches:
-                ids = [entry_id for entry_id, _ in entries]
-                for _entry_id, fields in entries:
+                for entry_id, fields in entries:
                     self._resolve(fields.get(STREAM_FIELD, b""))
-                self._last_id = ids[-1]
-                try:
-                    await self._redis.xdel(self.stream, *ids)
-                except aioredis.RedisError:
-                    pass  # the stream's TTL clears leftovers
+                    read.append(entry_id)
+                self._last_id = entries[-1][0]
+
+    async def _read(self, read: list[bytes]) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]:
+        """The next replies, blocking up to a second; the replies ``read`` before are deleted in the same round
+        trip (the stream's TTL clears any a failure leaves)."""
+        if not read:
+            return cast(
+                list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                await self._redis.xread({self.stream: self._last_id}, count=1000, block=1000),
+            )
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xdel(self.stream, *read)
+        pipe.xread({self.stream: self._last_id}, count=1000, block=1000)
+        _deleted, batches = await pipe.execute(raise_on_error=False)
+        if isinstance(batches, Exception):
+            raise batches
+        return cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], batches)
 
     def _resolve(self, payload: bytes) -> None:
         try:

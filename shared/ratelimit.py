@@ -4,7 +4,8 @@ so a limit holds across gateway replicas and workers, and one round trip decides
 A ``Limit`` allows ``count`` requests per ``period`` seconds per key, as a burst of up to ``count`` that refills
 evenly. ``check`` spends one unit and raises ``RateLimited`` (429, ``Retry-After``) when none is left; ``peek``
 only asks whether a key is over its limit, spending nothing (for limits that count failures: the request is
-checked first, and only a failure is counted).
+checked first, and only a failure is counted). ``check_all`` does a request's checks in one script call, which
+concurrent requests share (``shared/redis_batch.py``).
 
 A peek that finds a key under its limit is remembered by this process for ``PEEK_MEMO_SECONDS``, until it spends
 from that key itself: a request that then only peeks (an introspection with good credentials, say) costs no round
@@ -27,7 +28,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import NamedTuple, NoReturn, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -40,6 +41,7 @@ from shared.audit import AuditPublisher
 from shared.errors import RateLimited, Unavailable
 from shared.guard import log_id
 from shared.messages import AuditEvent
+from shared.redis_batch import RedisBatcher
 from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger()
@@ -57,6 +59,14 @@ class Limit(msgspec.Struct, frozen=True):
     count: int
     period: float
     fail_open: bool = True
+
+
+class Check(NamedTuple):
+    """One limit checked for one key: ``cost`` 1 spends a request of its budget, 0 only asks (a peek)."""
+
+    limit: Limit
+    key: str
+    cost: int = 1
 
 
 class Origin(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,11 +121,11 @@ class RateLimiter:
         *,
         audit: AuditPublisher | None = None,
         on_limited: Callable[[str], None] | None = None,
+        batcher: RedisBatcher | None = None,
     ) -> None:
-        self._redis = redis
         self._redis_keys = redis_keys
         self._hash_key = hash_key
-        self._script = redis.register_script(redis_scripts.GCRA)
+        self._script = (batcher or RedisBatcher(redis)).script(redis_scripts.GCRA)
         self._audit = audit
         self._on_limited = on_limited
         #: (limit name, key) -> until when an allowed peek stands (monotonic).
@@ -123,47 +133,59 @@ class RateLimiter:
 
     async def check(self, limit: Limit, key: str, origin: Origin | None = None) -> None:
         """Spend one request of ``key``'s budget; ``RateLimited`` when it is spent."""
-        self._peeked.pop((limit.name, key), None)
-        await self._run(limit, key, 1, origin)
+        await self.check_all([Check(limit, key)], origin)
 
     async def peek(self, limit: Limit, key: str, origin: Origin | None = None) -> None:
         """``RateLimited`` if ``key`` is over ``limit`` now, spending nothing."""
-        now = time.monotonic()
-        if self._peeked.get((limit.name, key), 0.0) > now:
-            return
-        if await self._run(limit, key, 0, origin):
-            if len(self._peeked) >= _PEEK_MEMO_ENTRIES:
-                self._peeked = {k: until for k, until in self._peeked.items() if until > now}
-                if len(self._peeked) >= _PEEK_MEMO_ENTRIES:
-                    self._peeked.clear()
-            self._peeked[(limit.name, key)] = now + PEEK_MEMO_SECONDS
+        await self.check_all([Check(limit, key, cost=0)], origin)
 
-    async def _run(self, limit: Limit, key: str, cost: int, origin: Origin | None) -> bool:
-        """True when Redis allowed the request; False when it was not asked (no limit, no key, fail open)."""
-        if limit.count <= 0 or not key:
-            return False
-        hashed = keyed_hash(self._hash_key, key)
-        interval_ms = limit.period * 1000 / limit.count
-        try:
-            allowed, retry_ms, first = cast(
-                Sequence[int],
-                await self._script(
-                    keys=[
-                        self._redis_keys.rate_limit(limit.name, hashed),
-                        self._redis_keys.rate_limit_audited(limit.name, hashed),
-                    ],
-                    args=[interval_ms, limit.period * 1000, cost],
-                ),
+    async def check_all(self, checks: Sequence[Check], origin: Origin | None = None) -> None:
+        """Every check of one request, in one script call (batched with other requests'): as ``check`` and ``peek``
+        one after the other, in order, the first refusal raising; the checks after it spend nothing. A peek this
+        process remembers as allowed is not sent; a check forgets its key's peek."""
+        now = time.monotonic()
+        for c in checks:
+            if c.cost:
+                self._peeked.pop((c.limit.name, c.key), None)
+        live = [
+            c
+            for c in checks
+            if c.limit.count > 0 and c.key and (c.cost or self._peeked.get((c.limit.name, c.key), 0.0) <= now)
+        ]
+        if not live:
+            return
+        hashed = [keyed_hash(self._hash_key, c.key) for c in live]
+        items = [
+            (
+                (self._redis_keys.rate_limit(c.limit.name, h), self._redis_keys.rate_limit_audited(c.limit.name, h)),
+                (c.limit.period * 1000 / c.limit.count, c.limit.period * 1000, c.cost, 1 if i else 0),
             )
+            for i, (c, h) in enumerate(zip(live, hashed, strict=True))
+        ]
+        try:
+            results = cast(list[Sequence[int]], await self._script.run(items))
         except (aioredis.RedisError, OSError) as exc:
-            if limit.fail_open or cost == 0:  # a peek never refuses on its own
-                log.warning("rate_limit_unavailable", limit=limit.name, error=type(exc).__name__, fail_open=True)
-                return False
-            raise Unavailable("rate limiting is unavailable; retry shortly", retry_after=1) from None
-        if allowed:
-            return True
-        retry_after = max(1, -(-int(retry_ms) // 1000))
-        log.info("rate_limited", limit=limit.name, key=hashed, retry_after=retry_after, audited=bool(first))
+            for c in live:
+                if not (c.limit.fail_open or c.cost == 0):  # a peek never refuses on its own
+                    raise Unavailable("rate limiting is unavailable; retry shortly", retry_after=1) from None
+                log.warning("rate_limit_unavailable", limit=c.limit.name, error=type(exc).__name__, fail_open=True)
+            return
+        for c, h, (allowed, retry_ms, first) in zip(live, hashed, results, strict=True):
+            if allowed == 0:
+                self._refused(c.limit, h, int(retry_ms), bool(first), origin)
+            if allowed == 1 and c.cost == 0:
+                self._remember_peek(c, now)
+
+    def _remember_peek(self, check: Check, now: float) -> None:
+        if len(self._peeked) >= _PEEK_MEMO_ENTRIES:
+            self._peeked = {k: until for k, until in self._peeked.items() if until > now}
+            if len(self._peeked) >= _PEEK_MEMO_ENTRIES:
+                self._peeked.clear()
+        self._peeked[(check.limit.name, check.key)] = now + PEEK_MEMO_SECONDS
+
+    def _refused(self, limit: Limit, hashed: str, retry_ms: int, first: bool, origin: Origin | None) -> NoReturn:
+        retry_after = max(1, -(-retry_ms // 1000))
+        log.info("rate_limited", limit=limit.name, key=hashed, retry_after=retry_after, audited=first)
         if first and self._audit is not None:
             self._audit.publish(_trip_event(limit, hashed, retry_after, origin or Origin()))
         if self._on_limited is not None:
