@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, KeyT
 
 from shared.redis_scripts import Script
@@ -72,6 +75,8 @@ class RedisBatcher:
         self._max_items = max_items
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._conn: AbstractConnection | None = None
+        self._timeout: float | None = None
 
     def script(self, script: Script) -> BatchedScript:
         return BatchedScript(self, script)
@@ -117,21 +122,11 @@ class RedisBatcher:
         for call in calls:
             by_script.setdefault(call.script.sha, []).append(call)
         groups = list(by_script.values())
-        if len(groups) == 1:
-            outcomes: list[Any] = [await self._evalsha(groups[0])]
-        else:
-            pipe = self._redis.pipeline(transaction=False)
-            for group in groups:
-                script = group[0].script
-                keys, args = _flat(group)
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            outcomes = await pipe.execute(raise_on_error=False)
+        outcomes = await self._execute([_evalsha(group) for group in groups])
         for group, outcome in zip(groups, outcomes, strict=True):
-            if isinstance(outcome, NoScriptError):
-                try:
-                    outcome = await self._evalsha(group)
-                except Exception as exc:
-                    outcome = exc
+            if isinstance(outcome, NoScriptError):  # Redis restarted, or never saw it: load it, and again
+                script = group[0].script
+                _loaded, outcome = await self._execute([("SCRIPT", "LOAD", script.source), _evalsha(group)])
             if isinstance(outcome, Exception):
                 _fail(group, outcome)
                 continue
@@ -141,16 +136,71 @@ class RedisBatcher:
                     call.fut.set_result(outcome[start : start + len(call.items)])
                 start += len(call.items)
 
-    async def _evalsha(self, group: list[_Call]) -> list[Any]:
-        """One script's calls in one EVALSHA; loads the script first if Redis forgot it."""
-        script = group[0].script
-        keys, args = _flat(group)
-        try:
-            results: list[Any] = await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._redis.script_load(script.source)
-            results = await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-        return results
+    async def _execute(self, commands: list[tuple[EncodableT, ...]]) -> list[Any]:
+        """Every command in one write, and their replies, in order (a command's error reply in its place).
+
+        On a connection of the batcher's own (from the client's pool, so the client's settings and its ``aclose``
+        apply), without redis-py's per-command layers: one write, one timeout for the whole round trip. A failed
+        connection is retried once at once, as the services' clients do (``Retry(NoBackoff(), 1)``): it may have gone
+        stale while Redis restarted."""
+        packed = b"".join(_pack(command) for command in commands)
+        for attempt in (1, 2):
+            conn = await self._connection()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await conn.send_packed_command(packed, check_health=False)
+                    replies: list[Any] = []
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response())
+                        except ResponseError as exc:
+                            replies.append(exc)
+                return replies
+            except TimeoutError:
+                await conn.disconnect(nowait=True)
+                raise RedisTimeoutError(f"Redis did not answer within {self._timeout} s") from None
+            except (RedisConnectionError, OSError):
+                await conn.disconnect(nowait=True)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _connection(self) -> AbstractConnection:
+        if self._conn is None:
+            conn = await self._redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            self._timeout = conn.socket_timeout
+            conn.socket_timeout = None  # the round trip's own timeout applies instead of one per read and write
+            self._conn = conn
+        return self._conn
+
+
+def _evalsha(calls: list[_Call]) -> tuple[EncodableT, ...]:
+    keys, args = _flat(calls)
+    return ("EVALSHA", calls[0].script.sha, len(keys), *keys, *args)
+
+
+def _pack_py(command: tuple[EncodableT, ...]) -> bytes:
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        elif isinstance(arg, float):
+            arg = repr(arg).encode()
+        elif not isinstance(arg, bytes):
+            arg = bytes(arg)
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+_pack: Callable[[tuple[EncodableT, ...]], bytes]
+try:
+    from hiredis import pack_command as _hiredis_pack
+
+    _pack = cast(Callable[[tuple[EncodableT, ...]], bytes], _hiredis_pack)
+except ImportError:  # pragma: no cover - hiredis is a dependency; this keeps a bare environment working
+    _pack = _pack_py
 
 
 def _flat(calls: list[_Call]) -> tuple[list[KeyT], list[EncodableT]]:
