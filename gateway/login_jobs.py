@@ -26,18 +26,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import cast
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 import structlog
+from redis.typing import EncodableT
 
 from gateway.metrics import GatewayMetrics
 from shared import redis_scripts
 from shared.config import MAX_LOGIN_TIMEOUT
 from shared.errors import DeadlineExceeded, MinidoorError, Unavailable
 from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, Reply, encoder, reply_decoder
-from shared.redis_batch import RedisBatcher
+from shared.redis_batch import RawConnection, RedisBatcher
 from shared.redis_keys import RedisKeys
 from shared.streamseal import StreamSeal, open_reply
 
@@ -49,6 +50,8 @@ MAX_QUEUE_WAIT_SHARE = 0.5
 #: How long a delivered answer stays for jobs published before the delivery: beyond the longest login timeout any
 #: gateway may have, a margin for clocks and event-loop lag.
 _KEEP_DELIVERED_ANSWER = MAX_LOGIN_TIMEOUT + 5.0
+#: The longest the reply reader's XREAD blocks: a stop is seen within it.
+_READ_BLOCK_MS = 1000
 #: Marking is best effort: a login that got its answer is not failed because Redis went away a moment later.
 _MARK_TIMEOUT = 0.5
 
@@ -152,6 +155,8 @@ class ReplyWaiter:
         self._seal = seal
         self.stream = redis_keys.reply_stream(uuid.uuid4().hex)
         self._futures: dict[str, asyncio.Future[Reply]] = {}
+        #: The reader's own connection: its blocking read holds it.
+        self._conn = RawConnection(redis)
         self._last_id = b"0-0"
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -211,18 +216,15 @@ class ReplyWaiter:
     async def _read(self, read: list[bytes]) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]:
         """The next replies, blocking up to a second; the replies ``read`` before are deleted in the same round
         trip (the stream's TTL clears any a failure leaves)."""
-        if not read:
-            return cast(
-                list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                await self._redis.xread({self.stream: self._last_id}, count=1000, block=1000),
-            )
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xdel(self.stream, *read)
-        pipe.xread({self.stream: self._last_id}, count=1000, block=1000)
-        _deleted, batches = await pipe.execute(raise_on_error=False)
-        if isinstance(batches, Exception):
-            raise batches
-        return cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], batches)
+        commands: list[tuple[EncodableT, ...]] = [
+            ("XREAD", "COUNT", 1000, "BLOCK", _READ_BLOCK_MS, "STREAMS", self.stream, self._last_id)
+        ]
+        if read:
+            commands.insert(0, ("XDEL", self.stream, *read))
+        reply = (await self._conn.execute(commands, extra=_READ_BLOCK_MS / 1000))[-1]
+        if isinstance(reply, Exception):
+            raise reply
+        return _stream_entries(reply)
 
     def _resolve(self, payload: bytes) -> None:
         try:
@@ -240,3 +242,15 @@ class ReplyWaiter:
             log.info("reply_unclaimed", job_id=reply.job_id)  # its request already timed out
         elif not fut.done():
             fut.set_result(reply)
+
+
+def _stream_entries(reply: Any) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]:
+    """XREAD's raw reply as ``[(stream, [(id, fields)])]``: RESP3 answers a map of streams, RESP2 a list of pairs,
+    and nothing at all (None) when the block ran out."""
+    if not reply:
+        return []
+    streams = reply.items() if isinstance(reply, dict) else reply
+    return [
+        (name, [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in entries])
+        for name, entries in streams
+    ]

@@ -71,12 +71,11 @@ class _Call:
 
 class RedisBatcher:
     def __init__(self, redis: aioredis.Redis, *, max_items: int = MAX_ITEMS) -> None:
-        self._redis = redis
         self._max_items = max_items
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
-        self._conn: AbstractConnection | None = None
-        self._timeout: float | None = None
+        #: The batches go one at a time, over this connection.
+        self._conn = RawConnection(redis)
 
     def script(self, script: Script) -> BatchedScript:
         return BatchedScript(self, script)
@@ -122,11 +121,11 @@ class RedisBatcher:
         for call in calls:
             by_script.setdefault(call.script.sha, []).append(call)
         groups = list(by_script.values())
-        outcomes = await self._execute([_evalsha(group) for group in groups])
+        outcomes = await self._conn.execute([_evalsha(group) for group in groups])
         for group, outcome in zip(groups, outcomes, strict=True):
             if isinstance(outcome, NoScriptError):  # Redis restarted, or never saw it: load it, and again
                 script = group[0].script
-                _loaded, outcome = await self._execute([("SCRIPT", "LOAD", script.source), _evalsha(group)])
+                _loaded, outcome = await self._conn.execute([("SCRIPT", "LOAD", script.source), _evalsha(group)])
             if isinstance(outcome, Exception):
                 _fail(group, outcome)
                 continue
@@ -136,18 +135,27 @@ class RedisBatcher:
                     call.fut.set_result(outcome[start : start + len(call.items)])
                 start += len(call.items)
 
-    async def _execute(self, commands: list[tuple[EncodableT, ...]]) -> list[Any]:
-        """Every command in one write, and their replies, in order (a command's error reply in its place).
 
-        On a connection of the batcher's own (from the client's pool, so the client's settings and its ``aclose``
-        apply), without redis-py's per-command layers: one write, one timeout for the whole round trip. A failed
-        connection is retried once at once, as the services' clients do (``Retry(NoBackoff(), 1)``): it may have gone
-        stale while Redis restarted."""
+class RawConnection:
+    """A connection of its own from ``redis``'s pool (so the client's settings apply, and its ``aclose`` closes it),
+    for commands sent without redis-py's per-command layers: all of them in one write, their replies read in order,
+    one timeout for the whole round trip (the client's ``socket_timeout``, plus ``extra`` for a blocking read). A
+    failed connection is retried once at once, as the services' clients do (``Retry(NoBackoff(), 1)``): it may have
+    gone stale while Redis restarted. One caller at a time."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._conn: AbstractConnection | None = None
+        self._timeout: float | None = None
+
+    async def execute(self, commands: Sequence[tuple[EncodableT, ...]], *, extra: float = 0.0) -> list[Any]:
+        """The replies of ``commands``, in order; a command's error reply (``ResponseError``) stands in its place."""
         packed = b"".join(_pack(command) for command in commands)
         for attempt in (1, 2):
             conn = await self._connection()
+            timeout = None if self._timeout is None else self._timeout + extra
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(timeout):
                     await conn.send_packed_command(packed, check_health=False)
                     replies: list[Any] = []
                     for _ in commands:
@@ -158,7 +166,7 @@ class RedisBatcher:
                 return replies
             except TimeoutError:
                 await conn.disconnect(nowait=True)
-                raise RedisTimeoutError(f"Redis did not answer within {self._timeout} s") from None
+                raise RedisTimeoutError(f"Redis did not answer within {timeout} s") from None
             except (RedisConnectionError, OSError):
                 await conn.disconnect(nowait=True)
                 if attempt == 2:
