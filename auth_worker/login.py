@@ -16,6 +16,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from auth_worker.exchange import Claim, ExchangeRecords, JobEntry, State
+from auth_worker.user_store_logins import UserStoreLogins
 from auth_worker.wechat import CodeUnspent, WechatClient
 from shared.errors import InvalidGrant, MinidoorError, Unavailable
 from shared.messages import (
@@ -77,6 +78,7 @@ class JobHandler:
         self._per_wechat_user = per_wechat_user
         self._redis_keys = redis_keys
         self._user_store = user_store
+        self._logins = UserStoreLogins(user_store)
         self._wechat = wechat
         self._providers: dict[str, tuple[float, MiniProgramProvider]] = {}
 
@@ -237,11 +239,11 @@ class JobHandler:
         """The upsert is idempotent (one transaction), so an unavailable user store is retried within the deadline."""
         return await _retry_unavailable(
             job,
-            lambda: self._user_store.login_wechat(
+            lambda: self._logins.login(
                 login,
                 request_id=job.request_id,
-                timeout=job.deadline - _DELIVERY_RESERVE - time.time(),
                 client_ip=job.client_ip,
+                answer_by=job.deadline - _DELIVERY_RESERVE,
             ),
         )
 

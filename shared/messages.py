@@ -159,11 +159,8 @@ class LoginResult(msgspec.Struct, frozen=True, kw_only=True):
     token: TokenResponse
 
 
-# The user store's batch of logins, designed here and not served yet (the user store is being reworked): a worker
-# would send the logins its jobs reach in one turn of its loop as one request, as its Redis steps already go (one
-# HTTP round trip and one database round trip for many logins, instead of one each). Each login keeps its own
-# outcome: a batch never fails a login for another's fault. Until the user store serves
-# ``POST /internal/logins/wechat-miniprogram/batch``, workers send ``WechatLogin`` one at a time.
+# The user store's batch of logins (``auth_worker/user_store_logins.py``): the logins a worker's jobs reach in one turn
+# of its loop go as one request, each keeping its own outcome: a batch never fails a login for another's fault.
 
 
 class WechatLogins(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,6 +8,8 @@ status of the matching ``MinidoorError``):
   (401 invalid_client when unknown or without a WeChat mini-program provider)
 - ``POST /internal/logins/wechat-miniprogram`` ``WechatLogin`` -> ``LoginResult``
   (400 invalid_grant when sign-up is disabled for a new user, 401 invalid_client for an unknown client)
+- ``POST /internal/logins/wechat-miniprogram/batch`` ``WechatLogins`` -> ``LoginOutcomes``: each login's result or
+  the error it would have answered alone, in order
 - ``POST /internal/tokens/introspect`` ``TokenRequest`` -> ``Introspection`` (RFC 7662; 400 invalid_request without
   client credentials, 401 invalid_client when they are wrong)
 - ``POST /internal/tokens/revoke`` ``TokenRequest`` -> ``{}`` (RFC 7009; same client errors, plus 400
@@ -40,6 +42,7 @@ from shared.messages import (
     ErrorBody,
     Introspection,
     JwkSet,
+    LoginOutcomes,
     LoginResult,
     LogoutRequest,
     LogoutResult,
@@ -54,6 +57,7 @@ from shared.messages import (
     UserQuery,
     UserUpdate,
     WechatLogin,
+    WechatLogins,
 )
 from shared.middleware import REQUEST_ID_HEADER
 
@@ -63,6 +67,7 @@ _error_decoder = msgspec.json.Decoder(ErrorBody)
 _app_decoder = msgspec.json.Decoder(ApplicationInfo)
 _provider_decoder = msgspec.json.Decoder(MiniProgramProvider)
 _login_decoder = msgspec.json.Decoder(LoginResult)
+_outcomes_decoder = msgspec.json.Decoder(LoginOutcomes)
 _introspection_decoder = msgspec.json.Decoder(Introspection)
 _jwks_decoder = msgspec.json.Decoder(JwkSet)
 _discovery_decoder = msgspec.json.Decoder(OpenIdConfiguration)
@@ -109,6 +114,10 @@ class UserStoreClient:
             timeout=timeout,
             client_ip=client_ip,
         )
+
+    async def login_wechat_batch(self, batch: WechatLogins, *, timeout: float | None = None) -> LoginOutcomes:
+        path = "/internal/logins/wechat-miniprogram/batch"
+        return await self._call("POST", path, _outcomes_decoder, body=batch, timeout=timeout)
 
     async def introspect(self, request: TokenRequest, *, request_id: str = "") -> Introspection:
         path = "/internal/tokens/introspect"

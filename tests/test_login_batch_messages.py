@@ -1,5 +1,5 @@
 """The user store's batch of logins (``shared.messages.WechatLogins``, ``LoginOutcomes``): stored samples of the wire
-form decode, so the contract the workers and the user store will share is fixed before either serves it."""
+form decode, so workers and user stores of different versions keep understanding each other."""
 
 from __future__ import annotations
 

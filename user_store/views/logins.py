@@ -1,19 +1,26 @@
 """``POST /internal/logins/wechat-miniprogram``: an auth worker hands over a code WeChat accepted; the user is found or
-created and the token pair minted (``user_store/logins.py``)."""
+created and the token pair minted (``user_store/logins.py``). ``.../batch``: the logins a worker's jobs reached at
+once, each on its own (its transaction, its outcome, its log line), in one request."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import msgspec
 import structlog
 from aiohttp import web
 
+from shared.errors import MinidoorError
 from shared.guard import log_id
-from shared.messages import WechatLogin
-from user_store.appkeys import AUDIT, MASTER_KEY, PG_POOL, RULES, SIGNER
+from shared.messages import ErrorBody, LoginOutcome, LoginOutcomes, WechatLogin, WechatLogins
+from user_store.appkeys import AUDIT, MASTER_KEY, METRICS, PG_POOL, RULES, SIGNER
 from user_store.http import json_response, read_json
 from user_store.logins import login_wechat
 
 _login_decoder = msgspec.json.Decoder(WechatLogin)
+_logins_decoder = msgspec.json.Decoder(WechatLogins)
+log = structlog.get_logger()
 
 
 async def wechat_login(request: web.Request) -> web.Response:
@@ -22,3 +29,52 @@ async def wechat_login(request: web.Request) -> web.Response:
     app = request.app
     result = await login_wechat(app[PG_POOL], app[SIGNER], login, app[RULES], app[AUDIT], app[MASTER_KEY])
     return json_response(result)
+
+
+async def wechat_logins(request: web.Request) -> web.Response:
+    batch = await read_json(request, _logins_decoder)
+    structlog.contextvars.bind_contextvars(logins=len(batch.logins))
+    outcomes = await asyncio.gather(
+        *(
+            _one(request.app, login, _nth(batch.request_ids, i), _nth(batch.client_ips, i))
+            for i, login in enumerate(batch.logins)
+        )
+    )
+    return json_response(LoginOutcomes(outcomes=list(outcomes)))
+
+
+async def _one(app: web.Application, login: WechatLogin, request_id: str, client_ip: str) -> LoginOutcome:
+    """One login of a batch, as ``wechat_login`` would answer it alone, with the canonical line its request would
+    have had (its own task: what it binds stays its own)."""
+    start = time.perf_counter()
+    context = {"client_id": log_id(login.client_id)}
+    if request_id:
+        context["request_id"] = request_id
+    if client_ip:
+        context["client_ip"] = client_ip  # for its audit row, as the middleware binds a request's
+    structlog.contextvars.bind_contextvars(**context)
+    try:
+        result = await login_wechat(app[PG_POOL], app[SIGNER], login, app[RULES], app[AUDIT], app[MASTER_KEY])
+    except MinidoorError as exc:
+        outcome = LoginOutcome(
+            status=exc.status,
+            error=ErrorBody(error=exc.error, error_description=exc.description),
+            retry_after=exc.retry_after,
+        )
+        log.info("login", outcome=exc.error, status=exc.status, duration_ms=_ms(start))
+        return outcome
+    except Exception:
+        log.exception("unhandled_error")
+        error = ErrorBody(error="server_error", error_description="internal error; the request id identifies it")
+        return LoginOutcome(status=500, error=error)
+    app[METRICS].logins.labels("created" if result.created else "returning").inc()
+    log.info("login", outcome="ok", status=200, duration_ms=_ms(start))
+    return LoginOutcome(result=result)
+
+
+def _nth(values: list[str], i: int) -> str:
+    return values[i] if i < len(values) else ""
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
