@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import signal
 import socket
@@ -443,7 +444,8 @@ class TestProcess:
             proc.send_signal(signal.SIGTERM)
             _, stderr = await asyncio.wait_for(proc.communicate(), timeout=10)
         assert proc.returncode == 0, stderr.decode()
-        assert b'"service": "wechat-sandbox"' in stderr
+        lines = [json.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
+        assert lines and all(line["service"] == "wechat-sandbox" for line in lines)
 
     async def test_bad_environment_exits_2(self):
         """A malformed environment is reported on stderr and the process exits 2."""
