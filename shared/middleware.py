@@ -39,9 +39,14 @@ _encoder = msgspec.json.Encoder()
 Renderer = Callable[[web.Request, MinidoorError], web.Response]
 
 
+def valid_request_id(value: str) -> bool:
+    """Whether a caller's request id may be echoed and logged (the one rule, for headers and batch bodies alike)."""
+    return bool(_REQUEST_ID.match(value))
+
+
 def request_id_of(request: web.Request) -> str:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    return incoming if valid_request_id(incoming) else uuid.uuid4().hex
 
 
 def route_of(request: web.Request) -> str:

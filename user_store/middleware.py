@@ -26,7 +26,8 @@ def render_error(request: web.Request, exc: MinidoorError) -> web.Response:
 error_middleware = _error_middleware(render_error)
 
 
-def _client_ip(value: str) -> str:
+def client_ip(value: str) -> str:
+    """The end user's address as the gateway sent it, normalised; "" for anything that is not an IP address."""
     try:
         return str(ipaddress.ip_address(value)) if value else ""
     except ValueError:
@@ -37,8 +38,8 @@ def _client_ip(value: str) -> str:
 async def client_ip_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The end user's address as the gateway saw it, on every log line of the request: for the audit log
     (``user_store/audit.py``) and the request line."""
-    if client_ip := _client_ip(request.headers.get(CLIENT_IP_HEADER, "")):
-        structlog.contextvars.bind_contextvars(client_ip=client_ip)
+    if address := client_ip(request.headers.get(CLIENT_IP_HEADER, "")):
+        structlog.contextvars.bind_contextvars(client_ip=address)
     return await handler(request)
 
 

@@ -14,9 +14,11 @@ from aiohttp import web
 from shared.errors import MinidoorError
 from shared.guard import log_id
 from shared.messages import ErrorBody, LoginOutcome, LoginOutcomes, WechatLogin, WechatLogins
+from shared.middleware import valid_request_id
 from user_store.appkeys import AUDIT, MASTER_KEY, METRICS, PG_POOL, RULES, SIGNER
 from user_store.http import json_response, read_json
 from user_store.logins import login_wechat
+from user_store.middleware import client_ip
 
 _login_decoder = msgspec.json.Decoder(WechatLogin)
 _logins_decoder = msgspec.json.Decoder(WechatLogins)
@@ -43,15 +45,16 @@ async def wechat_logins(request: web.Request) -> web.Response:
     return json_response(LoginOutcomes(outcomes=list(outcomes)))
 
 
-async def _one(app: web.Application, login: WechatLogin, request_id: str, client_ip: str) -> LoginOutcome:
+async def _one(app: web.Application, login: WechatLogin, request_id: str, client_ip_value: str) -> LoginOutcome:
     """One login of a batch, as ``wechat_login`` would answer it alone, with the canonical line its request would
     have had (its own task: what it binds stays its own)."""
     start = time.perf_counter()
     context = {"client_id": log_id(login.client_id)}
-    if request_id:
+    # The same rules as for one login's headers (shared.middleware, user_store.middleware): a body is no more trusted.
+    if valid_request_id(request_id):
         context["request_id"] = request_id
-    if client_ip:
-        context["client_ip"] = client_ip  # for its audit row, as the middleware binds a request's
+    if address := client_ip(client_ip_value):
+        context["client_ip"] = address  # for its audit row, as the middleware binds a request's
     structlog.contextvars.bind_contextvars(**context)
     try:
         result = await login_wechat(app[PG_POOL], app[SIGNER], login, app[RULES], app[AUDIT], app[MASTER_KEY])
