@@ -32,6 +32,13 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     )
 
 
+async def _reset_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Nothing beyond what the pool always does (roll back an open transaction, drop listeners): asyncpg's default
+    reset is a round trip per release (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``) for session
+    state this service never leaves behind. Session-level advisory locks (the migration lock) are released by their
+    holder; every other lock is transaction-level; nothing here runs LISTEN, SET or DECLARE outside a transaction."""
+
+
 async def create_pool(config: UserStoreConfig, *, tries: int = 10, delay: float = 1.0) -> Pool:
     """Connect to ``config.database_url``, retrying ``tries`` times ``delay`` seconds apart, then raise."""
     for attempt in range(1, tries + 1):
@@ -41,6 +48,7 @@ async def create_pool(config: UserStoreConfig, *, tries: int = 10, delay: float 
                 min_size=min(config.pg_pool_min, config.pg_pool_max),
                 max_size=config.pg_pool_max,
                 init=_init_connection,
+                reset=_reset_connection,
             )
         except CONNECTION_ERRORS as exc:
             remaining = tries - attempt
