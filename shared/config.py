@@ -191,8 +191,11 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     #: Password changes of one user in flight at once across every user store (``user_store/password_slots.py``);
     #: more answer 429.
     password_changes_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
-    #: Audit events older than this many days are deleted (``user_store/audit.py``), hourly and at start.
+    #: Audit events older than this many days are deleted (``user_store/pruning.py``), at start and every
+    #: PRUNE_INTERVAL seconds, as are token rows whose access and refresh tokens expired over TOKEN_PRUNE_GRACE ago.
     audit_retention_days: Annotated[int, msgspec.Meta(ge=1)] = 180
+    prune_interval: Seconds = 600.0
+    token_prune_grace: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
     #: The audit writer inserts its queue every AUDIT_FLUSH_INTERVAL seconds or AUDIT_BATCH_SIZE events, whichever
     #: comes first; beyond AUDIT_QUEUE_SIZE waiting events new ones are dropped (counted), never waited for.
     audit_flush_interval: Seconds = 0.2

@@ -23,8 +23,10 @@ from shared.redis_keys import RedisKeys
 from tests.account_helpers import api, update
 from tests.oauth_helpers import claims_of, eventually, issued_session_key, revoke, stack_login
 from tests.stack import ROOT
-from user_store.audit import AuditStreamDrain, AuditWriter, insert_events, prune
+from user_store.audit import AuditStreamDrain, AuditWriter, insert_events
 from user_store.metrics import UserStoreMetrics
+from user_store.pruning import prune
+from user_store.queries.audit import delete_events_before
 
 REFRESH_PATH = "/api/login/oauth/refresh_token"
 
@@ -263,10 +265,14 @@ class TestRetention:
         async with pool.acquire() as conn:
             await insert_events(conn, [AuditEvent(action="old", at=old.timestamp()) for _ in range(5)])
             await insert_events(conn, [AuditEvent(action="new")])
-        assert await prune(pool, 180, batch=2) == 5
+
+        def delete(conn, limit):
+            return delete_events_before(conn, 180, limit)
+
+        assert await prune(pool, delete, batch=2) == 5
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT array_agg(action) FROM audit_events") == ["new"]
-        assert await prune(pool, 180, batch=2) == 0
+        assert await prune(pool, delete, batch=2) == 0
 
 
 class TestWire:

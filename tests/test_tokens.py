@@ -25,6 +25,8 @@ from tests.oauth_helpers import eventually, hs256_token, unsigned_token
 from user_store.app import create_app
 from user_store.appkeys import PG_POOL, REVOCATIONS, SIGNER
 from user_store.db import transaction
+from user_store.pruning import prune
+from user_store.queries.tokens import delete_expired
 from user_store.revocations import Revocations
 from user_store.signing_keys.signer import Subject
 from user_store.tokens import authenticate_client, inspect_token, revoke_family, revoke_token, revoke_user_tokens
@@ -117,6 +119,32 @@ class TestInspectToken:
         await conn.execute("UPDATE tokens SET expires_at = now() - interval '1 second'")
         assert await inspect(client, tokens["access_token"]) is None
         assert await inspect(client, tokens["refresh_token"]) is not None
+
+    async def test_prune_takes_rows_past_both_expiries_and_the_grace(self, client, conn, shop):
+        """The background prune deletes a row only once its access and refresh tokens both expired over the grace
+        ago: a live refresh token keeps its row (and so its family's replay check), however old the access token."""
+        dead = await login(client, shop, "openid-dead")
+        recent = await login(client, shop, "openid-recent")
+        refreshable = await login(client, shop, "openid-refreshable")
+        past = "now() - interval '2 hours'"
+        for tokens, expiry, refresh_expiry in (
+            (dead, past, past),
+            (recent, "now() - interval '10 minutes'", "now() - interval '10 minutes'"),
+            (refreshable, past, "now() + interval '1 day'"),
+        ):
+            await conn.execute(
+                f"UPDATE tokens SET expires_at = {expiry}, refresh_expires_at = {refresh_expiry} WHERE user_id = $1",
+                uuid.UUID(tokens["user_id"]),
+            )
+
+        def delete(conn, limit):
+            return delete_expired(conn, 3600, limit)
+
+        assert await prune(client.app[PG_POOL], delete, batch=1) == 1
+        left = {str(row["user_id"]) for row in await conn.fetch("SELECT user_id FROM tokens")}
+        assert left == {recent["user_id"], refreshable["user_id"]}
+        assert await inspect(client, refreshable["refresh_token"]) is not None
+        assert await prune(client.app[PG_POOL], delete) == 0
 
     async def test_forged_and_malformed(self, client, shop):
         """Re-signed, unsigned, HS256-with-our-public-key, tampered and malformed tokens are not live."""

@@ -18,13 +18,16 @@ from shared.guard import harden, input_guard
 from shared.middleware import request_log
 from shared.redis_keys import RedisKeys
 from user_store.appkeys import AUDIT, CONFIG, MASTER_KEY, METRICS, PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
-from user_store.audit import AuditStreamDrain, AuditWriter, prune_forever
+from user_store.audit import AuditStreamDrain, AuditWriter
 from user_store.db import create_pool
 from user_store.master_key import load_master_key
 from user_store.metrics import UserStoreMetrics, metrics_middleware
 from user_store.middleware import client_ip_middleware, error_middleware, internal_auth_middleware
 from user_store.migrate import apply_migrations
 from user_store.provider_secrets import prepare_provider_secrets
+from user_store.pruning import prune_forever
+from user_store.queries.audit import delete_events_before
+from user_store.queries.tokens import delete_expired
 from user_store.revocations import Revocations
 from user_store.routes import setup_routes
 from user_store.session_keys import prepare_session_keys
@@ -135,7 +138,24 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     app[AUDIT] = writer
     tasks = [
         asyncio.create_task(writer.run(), name="audit-writer"),
-        asyncio.create_task(prune_forever(pool, config.audit_retention_days), name="audit-prune"),
+        asyncio.create_task(
+            prune_forever(
+                pool,
+                "audit_events",
+                lambda conn, limit: delete_events_before(conn, config.audit_retention_days, limit),
+                every=config.prune_interval,
+            ),
+            name="audit-prune",
+        ),
+        asyncio.create_task(
+            prune_forever(
+                pool,
+                "tokens",
+                lambda conn, limit: delete_expired(conn, config.token_prune_grace, limit),
+                every=config.prune_interval,
+            ),
+            name="token-prune",
+        ),
     ]
     client = None
     if config.redis_url:

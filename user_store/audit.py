@@ -28,7 +28,7 @@ from shared.errors import BadRequest, Unavailable
 from shared.messages import STREAM_FIELD, AuditEvent, audit_decoder
 from shared.redis_keys import RedisKeys
 from user_store.db import Conn, Pool, connection
-from user_store.queries.audit import delete_events_before, event_rows
+from user_store.queries.audit import event_rows
 from user_store.queries.audit import insert_events as insert_events  # the admin CLI's way in
 
 if TYPE_CHECKING:
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-#: Rows deleted per statement by the prune, so it never holds a long lock on a big table.
-PRUNE_BATCH = 5000
-PRUNE_EVERY = 3600.0
 #: A stream entry pending this long with a consumer (a store that died before its XACK) is claimed by another.
 _CLAIM_IDLE_MS = 30_000
 
@@ -225,28 +222,6 @@ class AuditStreamDrain:
                 log.exception("audit_stream_drain_error")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-
-
-async def prune(pool: Pool, retention_days: int, *, batch: int = PRUNE_BATCH) -> int:
-    """Delete events older than ``retention_days``, ``batch`` rows per statement; returns how many."""
-    total = 0
-    while True:
-        async with connection(pool) as conn:
-            deleted = await delete_events_before(conn, retention_days, batch)
-        total += deleted
-        if deleted < batch:
-            return total
-
-
-async def prune_forever(pool: Pool, retention_days: int) -> None:
-    while True:
-        try:
-            deleted = await prune(pool, retention_days)
-            if deleted:
-                log.info("audit_events_pruned", count=deleted, retention_days=retention_days)
-        except Unavailable as exc:
-            log.warning("audit_prune_failed", error=f"{type(exc).__name__}: {exc}")
-        await asyncio.sleep(PRUNE_EVERY)
 
 
 def parse_since(value: str) -> datetime:

@@ -162,3 +162,24 @@ async def revoke_rows(conn: Conn, by: RevokeBy, value: uuid.UUID | str) -> list[
         while batch := await conn.fetch(query, value):
             rows.extend(batch)
     return rows
+
+
+async def delete_expired(conn: Conn, grace_seconds: float, limit: int) -> int:
+    """Delete at most ``limit`` rows whose access and refresh tokens both expired over ``grace_seconds`` ago.
+
+    Such a row can answer nothing any more: its tokens fail the expiry check before the row is read, and a replayed
+    refresh token of its family is refused as expired whether the row is there or not. Uses ``tokens_last_expiry``.
+    """
+    with translate("token"):
+        status = await conn.execute(
+            """
+            DELETE FROM tokens WHERE id IN (
+                SELECT id FROM tokens
+                WHERE greatest(expires_at, refresh_expires_at) < now() - make_interval(secs => $1)
+                LIMIT $2
+            )
+            """,
+            grace_seconds,
+            limit,
+        )
+    return int(status.split()[-1])
