@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.config import Secret, UserStoreConfig
-from shared.errors import BadRequest, Unauthorized, Unavailable
-from shared.messages import TokensRevoked, token_event_decoder
+from shared.errors import BadRequest, InvalidGrant, Unauthorized, Unavailable
+from shared.messages import RefreshRequest, TokensRevoked, token_event_decoder
 from shared.redis_keys import RedisKeys
 from tests.conftest import SHOP_APPID as APPID
 from tests.oauth_helpers import eventually, hs256_token, unsigned_token
@@ -27,6 +27,7 @@ from user_store.appkeys import PG_POOL, REVOCATIONS, SIGNER
 from user_store.db import transaction
 from user_store.pruning import prune
 from user_store.queries.tokens import delete_expired
+from user_store.refresh import refresh_tokens
 from user_store.revocations import Revocations
 from user_store.signing_keys.signer import Subject
 from user_store.tokens import authenticate_client, inspect_token, revoke_family, revoke_token, revoke_user_tokens
@@ -146,6 +147,50 @@ class TestInspectToken:
         assert await inspect(client, refreshable["refresh_token"]) is not None
         assert await prune(client.app[PG_POOL], delete) == 0
 
+    async def test_opaque_refresh_token_introspects_from_its_row(self, client, shop):
+        """An opaque refresh token is live through its row alone; its kind, owner and expiry come from the row, and
+        it is refused where an access token is expected or once its row is revoked."""
+        tokens = await login(client, shop)
+        info = await inspect(client, tokens["refresh_token"])
+        assert info is not None and info.kind == "refresh" and info.user_id == tokens["user_id"]
+        assert info.client_id == shop.client_id and info.expires_at > time.time() + 3600
+        assert await inspect(client, tokens["refresh_token"], "access") is None
+        assert await inspect(client, tokens["refresh_token"][:-1] + "A") is None
+        async with transaction(client.app[PG_POOL]) as conn:
+            await revoke_token(conn, client.app[REVOCATIONS], uuid.UUID(info.token_id))
+        assert await inspect(client, tokens["refresh_token"]) is None
+
+    async def test_a_jwt_refresh_token_of_an_earlier_store_still_refreshes(self, client, conn, shop):
+        """Refresh tokens minted as JWTs before opaque ones keep working until they expire: the row's refresh hash is
+        swapped for the hash of such a JWT, signed by the store's key with the row's jti and sub."""
+        tokens = await login(client, shop)
+        claims = claims_of(tokens["access_token"])
+        key = client.app[SIGNER].current["RS256"]
+        legacy = jwt.encode(
+            {**claims, "tokenType": "refresh-token"}, key.private_key, algorithm="RS256", headers={"kid": key.kid}
+        )
+        await conn.execute("UPDATE tokens SET refresh_hash = sha256($1::text::bytea)", legacy)
+        renewed = await refresh_tokens(
+            client.app[PG_POOL],
+            client.app[SIGNER],
+            client.app[REVOCATIONS],
+            RefreshRequest(client_id=shop.client_id, refresh_token=legacy),
+        )
+        assert renewed.refresh_token.startswith("mdr_")
+        forged = jwt.encode(
+            {**claims, "tokenType": "refresh-token", "sub": str(uuid.uuid4())},
+            key.private_key,
+            algorithm="RS256",
+            headers={"kid": key.kid},
+        )
+        with pytest.raises(InvalidGrant):
+            await refresh_tokens(
+                client.app[PG_POOL],
+                client.app[SIGNER],
+                client.app[REVOCATIONS],
+                RefreshRequest(client_id=shop.client_id, refresh_token=forged),
+            )
+
     async def test_forged_and_malformed(self, client, shop):
         """Re-signed, unsigned, HS256-with-our-public-key, tampered and malformed tokens are not live."""
         token = (await login(client, shop))["access_token"]
@@ -186,7 +231,7 @@ class TestRevocation:
     async def test_revoke_token_marks_denylists_and_publishes(self, client, shop, redis_client, key_prefix):
         """revoke_token marks the row, adds its jti to the denylist until the row's last exp, and publishes it."""
         tokens = await login(client, shop)
-        jti, exp = claims_of(tokens["refresh_token"])["jti"], claims_of(tokens["refresh_token"])["exp"]
+        jti, exp = claims_of(tokens["access_token"])["jti"], claims_of(tokens["access_token"])["exp"]
         keys = RedisKeys(key_prefix)
         pubsub = redis_client.pubsub()
         await pubsub.subscribe(keys.token_events)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
@@ -22,7 +23,7 @@ from user_store.db import Conn, Pool, transaction
 from user_store.queries.tokens import refresh_row, set_replaced_by
 from user_store.queries.tokens import subject as token_subject
 from user_store.revocations import Revocations
-from user_store.signing_keys.signer import Signer, token_hash
+from user_store.signing_keys.signer import Signer, is_opaque_refresh_token, token_hash
 from user_store.tokens import (
     authenticate_client,
     issue_tokens,
@@ -44,12 +45,7 @@ async def refresh_tokens(
     ``Unauthorized`` (401) for a client secret that is sent and wrong. A rotation and a replay are audited."""
     if not req.refresh_token:
         raise BadRequest("refresh_token is missing")
-    verified = verify_jwt(signer, req.refresh_token)
-    if verified is None:
-        raise InvalidGrant("the refresh token is invalid or expired")
-    claims, _kid = verified
-    if claims.get("tokenType") != "refresh-token":
-        raise InvalidGrant("the token is not a refresh token")
+    claims = _legacy_claims(signer, req.refresh_token)
     replayed: str | None = None
     revoked: list[RevokedToken] = []
     response: TokenResponse | None = None
@@ -57,7 +53,9 @@ async def refresh_tokens(
         if req.client_secret:
             await authenticate_client(conn, req.client_id, req.client_secret)
         row = await refresh_row(conn, token_hash(req.refresh_token))
-        if row is None or claims["jti"] != str(row["id"]) or claims["sub"] != str(row["user_id"]):
+        if row is None or (
+            claims is not None and (claims["jti"] != str(row["id"]) or claims["sub"] != str(row["user_id"]))
+        ):
             raise InvalidGrant("the refresh token is invalid or revoked")
         if row["client_id"] != req.client_id:
             raise InvalidGrant("the refresh token was issued to another application (client_id)")
@@ -82,6 +80,20 @@ async def refresh_tokens(
         log.warning("refresh_token_replayed", family_id=replayed)
         raise InvalidGrant("the refresh token was already used; every token of this login is revoked, log in again")
     return response
+
+
+def _legacy_claims(signer: Signer, token: str) -> dict[str, Any] | None:
+    """None for an opaque refresh token; the verified claims of a JWT one, as stores issued before opaque ones (still
+    honoured until they expire, so an upgrade signs nobody out); ``InvalidGrant`` for anything else."""
+    if is_opaque_refresh_token(token):
+        return None
+    verified = verify_jwt(signer, token)
+    if verified is None:
+        raise InvalidGrant("the refresh token is invalid or expired")
+    claims, _kid = verified
+    if claims.get("tokenType") != "refresh-token":
+        raise InvalidGrant("the token is not a refresh token")
+    return claims
 
 
 def _audit_refresh(audit: AuditWriter | None, row: asyncpg.Record, *, replayed: bool, revoked: int) -> None:

@@ -42,7 +42,7 @@ from user_store.db import Conn
 from user_store.queries.applications import application_credentials
 from user_store.queries.tokens import RevokeBy, TokenColumn, insert_token, revoke_rows, token_by_hash, token_row
 from user_store.revocations import Revocations
-from user_store.signing_keys.signer import MintedTokens, Signer, Subject, token_hash
+from user_store.signing_keys.signer import MintedTokens, Signer, Subject, is_opaque_refresh_token, token_hash
 
 TokenKind = Literal["access", "refresh"]
 
@@ -126,6 +126,11 @@ async def inspect_token(
     ``expected`` refuses the other kind (a refresh token where an access token is expected is not live);
     ``client_id`` refuses tokens issued to another application. The forged and malformed cases cost no query.
     """
+    if is_opaque_refresh_token(token):
+        if expected not in (None, "refresh"):
+            return None
+        row = await _live_row(conn, "refresh", token, client_id)
+        return None if row is None else _opaque_refresh_info(signer, row)
     verified = verify_jwt(signer, token)
     if verified is None:
         return None
@@ -133,13 +138,8 @@ async def inspect_token(
     kind = _KIND_BY_CLAIM.get(claims.get("tokenType"))
     if kind is None or (expected is not None and kind != expected):
         return None
-    row = await token_row(conn, _COLUMN[kind], token_hash(token))
-    if row is None or row["revoked_at"] is not None or row["is_forbidden"] or row["is_deleted"]:
-        return None
-    if client_id is not None and row["client_id"] != client_id:
-        return None
-    row_expiry: datetime = row["expires_at"] if kind == "access" else row["refresh_expires_at"]
-    if row_expiry <= datetime.now(UTC) or claims["jti"] != str(row["id"]) or claims["sub"] != str(row["user_id"]):
+    row = await _live_row(conn, kind, token, client_id)
+    if row is None or claims["jti"] != str(row["id"]) or claims["sub"] != str(row["user_id"]):
         return None
     audience = claims["aud"]
     return TokenInfo(
@@ -159,6 +159,41 @@ async def inspect_token(
         audience=(audience,) if isinstance(audience, str) else tuple(audience),
         kid=kid,
         claims=claims,
+    )
+
+
+async def _live_row(conn: Conn, kind: TokenKind, token: str, client_id: str | None) -> asyncpg.Record | None:
+    """The row of ``token`` as a ``kind`` token if it is live: not revoked, not expired, its user allowed, issued to
+    ``client_id`` when that is given."""
+    row = await token_row(conn, _COLUMN[kind], token_hash(token))
+    if row is None or row["revoked_at"] is not None or row["is_forbidden"] or row["is_deleted"]:
+        return None
+    if client_id is not None and row["client_id"] != client_id:
+        return None
+    row_expiry: datetime = row["expires_at"] if kind == "access" else row["refresh_expires_at"]
+    return None if row_expiry <= datetime.now(UTC) else row
+
+
+def _opaque_refresh_info(signer: Signer, row: asyncpg.Record) -> TokenInfo:
+    """What an opaque refresh token is, read from its row: it has no claims of its own."""
+    issued_at = int(row["created_at"].timestamp())
+    return TokenInfo(
+        token_id=str(row["id"]),
+        family_id=str(row["family_id"]),
+        kind="refresh",
+        user_id=str(row["user_id"]),
+        user_name=row["user_name"],
+        organization=row["organization"],
+        client_id=row["client_id"],
+        application_id=str(row["application_id"]),
+        scope=row["scope"],
+        issued_at=issued_at,
+        not_before=issued_at,
+        expires_at=int(row["refresh_expires_at"].timestamp()),
+        issuer=signer.issuer,
+        audience=(row["client_id"],),
+        kid="",
+        claims={},
     )
 
 

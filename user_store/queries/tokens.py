@@ -52,7 +52,7 @@ async def insert_token(
 TokenColumn = Literal["access_hash", "refresh_hash"]
 _ROW = """
     SELECT t.id, t.family_id, t.application_id, t.user_id, t.scope, t.expires_at, t.refresh_expires_at, t.revoked_at,
-           u.name AS user_name, u.is_forbidden, u.is_deleted, a.client_id, o.name AS organization
+           t.created_at, u.name AS user_name, u.is_forbidden, u.is_deleted, a.client_id, o.name AS organization
     FROM tokens t
     JOIN users u ON u.id = t.user_id
     JOIN applications a ON a.id = t.application_id

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +29,12 @@ from shared.messages import Jwk, JwkSet, TokenResponse
 from user_store.signing_keys.material import PrivateKey, algorithm_of
 
 SCOPE = "profile"
+#: A refresh token is this prefix and 256 random bits: opaque, since clients never parse it (Casdoor's SDKs and its
+#: mini-program example only send it back), so a login costs one signature. The prefix tells it from a JWT at a
+#: glance and lets secret scanners find leaked ones.
+REFRESH_PREFIX = "mdr_"
+_REFRESH_RANDOM_BYTES = 32
+_OPAQUE_REFRESH = re.compile(re.escape(REFRESH_PREFIX) + r"[A-Za-z0-9_-]{43}")
 #: Bytes of each coordinate of a P-256 point; a JWK's ``x`` and ``y`` keep their leading zeros (RFC 7518 6.2.1.2).
 _P256_BYTES = 32
 
@@ -131,7 +139,8 @@ class Signer:
         return dict(msgspec.to_builtins(self._jwk_set))
 
     def mint(self, subject: Subject, *, token_id: str, now: int) -> MintedTokens:
-        """Access and refresh JWTs for ``subject``; ``token_id`` is the token row's id and both tokens' ``jti``."""
+        """An access JWT for ``subject`` and an opaque refresh token; ``token_id`` is the token row's id and the access
+        token's ``jti``."""
         expires_in = int(subject.expire_in_hours * 3600)
         refresh_in = int(subject.refresh_expire_in_hours * 3600) or expires_in
         claims: dict[str, Any] = {
@@ -153,7 +162,7 @@ class Signer:
             # Only between an application's first key of a new algorithm and this store's next reload.
             raise Unavailable(f"no {subject.signing_alg} signing key is loaded yet", retry_after=2)
         access = _sign(key, {**claims, "exp": now + expires_in, "tokenType": "access-token"})
-        refresh = _sign(key, {**claims, "exp": now + refresh_in, "tokenType": "refresh-token"})
+        refresh = new_refresh_token()
         response = TokenResponse(
             access_token=access,
             # Casdoor returns the access token as the id token too; mini programs written for it expect that.
@@ -175,6 +184,15 @@ class Signer:
 
 def _sign(key: SigningKey, claims: Mapping[str, Any]) -> str:
     return jwt.encode(dict(claims), key.private_key, algorithm=key.algorithm, headers={"kid": key.kid})
+
+
+def new_refresh_token() -> str:
+    return REFRESH_PREFIX + secrets.token_urlsafe(_REFRESH_RANDOM_BYTES)
+
+
+def is_opaque_refresh_token(token: str) -> bool:
+    """Shaped like ``new_refresh_token``'s output (what is presented still has to match a row's hash)."""
+    return _OPAQUE_REFRESH.fullmatch(token) is not None
 
 
 def token_hash(token: str) -> bytes:
