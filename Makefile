@@ -53,6 +53,10 @@ chaos: install  ## only the fault tests (also part of `make test`); prints their
 fuzz: install  ## only the schemathesis and hypothesis fuzz tests (also part of `make test`), with their figures
 	$(PY) -m pytest tests/test_fuzz.py tests/test_parsers_fuzz.py -s $(PYTEST_ARGS)
 
+.PHONY: test-miniprogram
+test-miniprogram: install  ## only the mini-program SDK's node tests against a live stack (also part of `make test`)
+	$(PY) -m pytest tests/test_miniprogram_sdk.py -rs $(PYTEST_ARGS)
+
 # `make bench`'s load tool and peer: Debian's wrk (installed when missing, as root: so it is here and in CI) and
 # oidc-provider with its dependencies, pinned by services/bench/peer/package-lock.json (node_modules is ignored).
 PEER_DIR := services/bench/peer

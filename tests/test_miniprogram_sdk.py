@@ -23,7 +23,10 @@ PHONE_LINK_TESTS = ("test/phone_link.test.js",)
 LINK_PATH = "/api/link-wechat"
 NODE = shutil.which("node")
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the mini-program SDK tests need Node 20+")
+pytestmark = [
+    pytest.mark.skipif(NODE is None, reason="node is not installed: the mini-program SDK tests need Node 20+"),
+    pytest.mark.timeout(240),  # a stack's start plus node's run on a busy machine
+]
 
 # Two profile changes a minute (the live 429), and one WeChat attempt per login (one sandbox fault is one 503).
 sdk_stack = _stack_fixture("sdk_stack", RATE_LIMIT_USER_UPDATES="2", WECHAT_MAX_ATTEMPTS="1")
@@ -42,7 +45,8 @@ def run_node(stack: Stack, files: tuple[str, ...]) -> tuple[subprocess.Completed
     }
     cmd = [NODE, "--test", "--test-concurrency=1", "--test-reporter=tap", *files]
     out = subprocess.run(cmd, cwd=SDK_DIR, env=env, capture_output=True, text=True, timeout=180)
-    counts = {k: int(v) for k, v in re.findall(r"^# (tests|pass|fail|skipped|cancelled) (\d+)$", out.stdout, re.M)}
+    found = re.findall(r"^# (tests|pass|fail|skipped|cancelled|duration_ms) ([\d.]+)$", out.stdout, re.M)
+    counts = {k: int(float(v)) for k, v in found}
     return out, counts
 
 
@@ -51,6 +55,7 @@ def check(out: subprocess.CompletedProcess[str], counts: dict[str, int], request
     assert out.returncode == 0, f"node --test failed:\n{failed}\n{out.stdout[-6000:]}\n{out.stderr[-2000:]}"
     assert counts.get("fail") == 0 and counts.get("skipped") == 0 and counts.get("pass", 0) > 0, out.stdout[-3000:]
     line = f"miniprogram sdk ({request.node.name}): node tests={counts['tests']} pass={counts['pass']} fail=0"
+    line += f" seconds={counts.get('duration_ms', 0) / 1000:.1f}"
     request.config.stash.setdefault(SUMMARY, []).append(line)
 
 
