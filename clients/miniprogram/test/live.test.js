@@ -139,6 +139,6 @@ test('a real 429 with a long Retry-After fails at once with retryAfter', { skip 
     assert.equal(err.data.status, 'error')
     return true
   })
-  assert.ok(Date.now() - started < 2000)
+  assert.ok(Date.now() - started < 3000) // not waited out
   assert.equal(wx.requestsTo('/api/update-user').length, 3)
 })
