@@ -21,7 +21,7 @@ import structlog
 
 from services.demo import Demo, print_banner, seed_demo
 from services.embedded import EmbeddedPostgres, EmbeddedRedis
-from services.processes import Child, die_with_parent, stop_in_order
+from services.processes import Child, GaveUp, Supervisor, die_with_parent, stop_in_order
 from shared.config import RunnerConfig
 from user_store.master_key import MasterKey, ensure_master_key_file, load_master_key
 
@@ -180,8 +180,10 @@ class Runner:
         store.wait_ready(timeout)
         for i in range(cfg.auth_workers):
             env = {**base, "WECHAT_API_BASE": self._sandbox_url(), "WORKER_NAME": f"worker-{i + 1}-{os.getpid()}"}
-            env["WORKER_HTTP_PORT"] = str(cfg.worker_http_port + i if cfg.worker_http_port else 0)
-            self._workers.append(Child(f"auth-worker-{i + 1}", [python, "-m", "auth_worker"], env))
+            port = cfg.worker_http_port + i if cfg.worker_http_port else 0
+            env["WORKER_HTTP_PORT"] = str(port)
+            ready_url = f"http://{HOST}:{port}/readyz" if port else ""
+            self._workers.append(Child(f"auth-worker-{i + 1}", [python, "-m", "auth_worker"], env, ready_url))
         gateway_env = {**base, "GATEWAY_PORT": str(cfg.gateway_port), "LOGIN_TIMEOUT": str(cfg.login_timeout)}
         gateway_env["ISSUER"] = store_env["ISSUER"]
         gateway = Child("gateway", [python, "-m", "gateway"], gateway_env, self._gateway_url() + "/readyz")
@@ -189,13 +191,16 @@ class Runner:
         gateway.wait_ready(timeout)
 
     def _supervise(self) -> str | None:
-        """Sleep until a signal (raises ``_Stop``) or a child's death (returns its name)."""
+        """Restart the children that die until a signal (raises ``_Stop``) or a child that keeps dying (returns
+        its name, once its one line is logged)."""
         children = [*self._sandbox, *self._user_store, *self._workers, *self._gateway]
+        supervisor = Supervisor(children, limit=self.config.restart_limit, window=self.config.restart_window)
         while True:
-            for child in children:
-                if (code := child.exited()) is not None:
-                    log.error("process_died", process=child.name, exit_code=code)
-                    return child.name
+            try:
+                supervisor.check(time.monotonic())
+            except GaveUp as gave_up:
+                log.error("process_keeps_dying", process=gave_up.process, reason=gave_up.reason)
+                return gave_up.process
             time.sleep(0.2)
 
     def _stop_all(self) -> None:

@@ -275,6 +275,10 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     #: How long each process may take to become ready.
     start_timeout: Seconds = 60.0
     shutdown_grace: Seconds = 10.0
+    #: A child that dies is restarted with backoff; one that dies this many times within RESTART_WINDOW seconds
+    #: stops the whole stack (``services/processes.py``).
+    restart_limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    restart_window: Seconds = 60.0
 
     def __post_init__(self) -> None:
         # Passed through to the services: refused here, before anything starts, rather than by a child.
