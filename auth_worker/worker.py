@@ -185,6 +185,7 @@ class Worker:
             # One quick reconnect for a connection that went stale; longer outages are retried by our own loops.
             self._redis = aioredis.Redis.from_url(
                 cfg.redis_url,
+                **cfg.redis_options(),
                 socket_timeout=10,
                 socket_connect_timeout=2,
                 health_check_interval=30,

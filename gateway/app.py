@@ -54,6 +54,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     # replaces a connection that went stale (Redis restarted); a Redis that is away gets a 503 at once.
     client = aioredis.Redis.from_url(
         app[appkeys.CONFIG].redis_url,
+        **app[appkeys.CONFIG].redis_options(),
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=30,

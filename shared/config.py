@@ -16,6 +16,7 @@ import msgspec
 from shared.errors import MinidoorError
 from shared.jwtcheck import SigningAlg
 from shared.ratelimit import parse_networks
+from shared.tls import check_database_tls, check_redis_tls, redis_options
 
 
 class Secret(str):
@@ -70,9 +71,21 @@ class _Common(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     internal_token: Secret
     #: Seconds a client has to deliver the body its Content-Length announces; then 408.
     body_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    #: Redis (each service redeclares it: required for the gateway and the workers, optional for the user store).
+    redis_url: str = ""
+    #: TLS to a ``rediss://`` REDIS_URL (``shared/tls.py``): the CA that signed the server's certificate (empty: the
+    #: system's), and a client certificate and key for a server that asks for one.
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
 
     def __post_init__(self) -> None:
         check_secret("INTERNAL_TOKEN", self.internal_token, MIN_TOKEN_CHARS, required=True)
+        check_redis_tls(self.redis_url, self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+
+    def redis_options(self) -> dict[str, Any]:
+        """TLS options for ``Redis.from_url(self.redis_url, ...)`` (none unless ``rediss://``)."""
+        return redis_options(self.redis_url, self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
 
 
 class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
@@ -152,6 +165,7 @@ def check_store_settings(master_key: str, master_key_file: str, database_url: st
     """The checks the user store and the runner (which passes these through to it) share."""
     check_secret("MASTER_KEY", master_key, MIN_KEY_CHARS)
     check_url("DATABASE_URL", database_url, _POSTGRES_SCHEMES)
+    check_database_tls(database_url)
     check_url("REDIS_URL", redis_url, _REDIS_SCHEMES)
     if master_key and master_key_file:
         raise ValueError("set MASTER_KEY or MASTER_KEY_FILE, not both")

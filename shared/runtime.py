@@ -12,6 +12,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from shared.tls import TLSRefused
+
 log = structlog.get_logger()
 
 #: How long past its own timeouts a shutdown may run before it is reported as stuck.
@@ -77,6 +79,9 @@ def serve(
     app.on_shutdown.append(watch_shutdown)
     try:
         web.run_app(app, host=host, port=port, print=None, shutdown_timeout=shutdown_timeout, **options)
+    except TLSRefused as exc:
+        print(f"{program}: {exc.description}", file=sys.stderr)
+        sys.exit(1)
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise

@@ -86,7 +86,7 @@ async def _revocations(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     # No connect at start: like the gateway, the store comes up while Redis is away; revocations then answer 503.
     client = (
-        aioredis.Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        aioredis.Redis.from_url(config.redis_url, **config.redis_options(), socket_timeout=5, socket_connect_timeout=2)
         if config.redis_url
         else None
     )
@@ -160,7 +160,9 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     client = None
     if config.redis_url:
         # Its own client: a blocking XREADGROUP must not hold a connection the revocations need.
-        client = aioredis.Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=2)
+        client = aioredis.Redis.from_url(
+            config.redis_url, **config.redis_options(), socket_timeout=10, socket_connect_timeout=2
+        )
         drain = AuditStreamDrain(client, RedisKeys(config.key_prefix), writer, f"{socket.gethostname()}-{os.getpid()}")
         tasks.append(asyncio.create_task(drain.run(), name="audit-stream-drain"))
     yield

@@ -4,6 +4,7 @@ connection failures (``user_store.queries``), so they come out retryable."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeAlias
@@ -14,6 +15,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from shared.config import UserStoreConfig
+from shared.tls import TLSRefused
 from user_store.queries import CONNECTION_ERRORS, translate_connection
 
 log = structlog.get_logger()
@@ -40,7 +42,8 @@ async def _reset_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 
 
 async def create_pool(config: UserStoreConfig, *, tries: int = 10, delay: float = 1.0) -> Pool:
-    """Connect to ``config.database_url``, retrying ``tries`` times ``delay`` seconds apart, then raise."""
+    """Connect to ``config.database_url``, retrying ``tries`` times ``delay`` seconds apart, then raise; a refused
+    certificate raises ``TLSRefused`` at once."""
     for attempt in range(1, tries + 1):
         try:
             return await asyncpg.create_pool(
@@ -50,6 +53,11 @@ async def create_pool(config: UserStoreConfig, *, tries: int = 10, delay: float 
                 init=_init_connection,
                 reset=_reset_connection,
             )
+        except ssl.SSLCertVerificationError as exc:  # before CONNECTION_ERRORS (OSError): no retry mends it
+            raise TLSRefused(
+                f"PostgreSQL's certificate was refused ({exc.verify_message}): check DATABASE_URL's sslrootcert and "
+                "host name"
+            ) from None
         except CONNECTION_ERRORS as exc:
             remaining = tries - attempt
             if remaining == 0:
