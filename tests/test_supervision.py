@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,7 +27,7 @@ import psutil
 import pytest
 
 from services.ports import free_ports
-from services.processes import is_ready
+from services.processes import Child, GaveUp, Supervisor, is_ready
 from tests.conftest import SUMMARY, create_database, drop_database
 from tests.stack import Stack
 
@@ -297,3 +299,36 @@ class TestSupervision:
         assert line["reason"] == "auth-worker-1 died 3 times in 60 s (last: exit code 1): stopping every process"
         assert [died["process"] for died in _log_events(stack, "process_died")] == ["auth-worker-1"] * 2
         assert _log_events(stack, "processes_stopped"), stack.log_tail()
+
+
+class TestSupervisor:
+    def test_backoff_doubles_and_old_deaths_leave_the_window(self):
+        """A child that exits at once is restarted 0.5 s after its first death, 1 s after its second; deaths older
+        than the window no longer count; the third within it gives up, naming the child and its exit."""
+        child = Child("crasher", [sys.executable, "-c", "raise SystemExit(3)"], os.environ)
+        supervisor = Supervisor([child], limit=3, window=60)
+
+        def restarted_by(now: float) -> bool:
+            pid = child.pid
+            child.process.wait(30)
+            supervisor.check(now)
+            return child.pid != pid
+
+        def died_at(now: float) -> None:
+            child.process.wait(30)
+            supervisor.check(now)
+
+        died_at(100.0)  # first death: back at 100.5
+        assert not restarted_by(100.4)
+        assert restarted_by(100.5)
+        died_at(101.0)  # second death: back 1 s later
+        assert not restarted_by(101.9)
+        assert restarted_by(102.0)
+        died_at(200.0)  # the first two are over a minute old: this one counts as the first again
+        assert restarted_by(200.5)
+        died_at(201.0)
+        assert restarted_by(202.0)
+        with pytest.raises(GaveUp) as gave_up:
+            died_at(203.0)
+        assert gave_up.value.process == "crasher"
+        assert gave_up.value.reason == "crasher died 3 times in 60 s (last: exit code 3): stopping every process"
