@@ -268,7 +268,9 @@ async def _redis(job: CodeExchangeJob, call: Callable[[], Awaitable[T]]) -> T:
             return await call()
         except (aioredis.RedisError, OSError) as exc:
             if job.deadline - time.time() < backoff + 0.05:
-                raise Unavailable(f"the login queue is unreachable ({type(exc).__name__})", retry_after=1) from exc
+                raise Unavailable(
+                    "the login queue is unreachable ({kind})", kind=type(exc).__name__, retry_after=1
+                ) from exc
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 0.5)
 

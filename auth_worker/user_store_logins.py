@@ -95,6 +95,8 @@ class UserStoreLogins:
                         error.error if error else "server_error",
                         error.error_description if error else "",
                         outcome.retry_after,
+                        message=error.message if error else "",
+                        params=error.params if error else None,
                     )
                 )
 

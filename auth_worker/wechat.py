@@ -96,8 +96,9 @@ class WechatClient:
         if wait > 0:
             self._metrics.wechat_calls.labels("circuit_open").inc()
             raise WechatUnavailable(
-                f"WeChat is failing; not calling it for {wait:.1f}s; try again with the same code",
+                "WeChat is failing; not calling it for {wait:.1f}s; try again with the same code",
                 retry_after=max(1, math.ceil(wait)),
+                wait=wait,
             )
 
     async def jscode2session(self, appid: str, secret: str, code: str, *, deadline: float) -> Session:
@@ -123,11 +124,14 @@ class WechatClient:
             except _Ambiguous as exc:
                 structlog.contextvars.bind_contextvars(wechat_error=exc.reason)
                 raise Unavailable(
-                    f"WeChat did not answer ({exc.reason}) and may have used the code; call wx.login() again",
+                    "WeChat did not answer ({reason}) and may have used the code; call wx.login() again",
                     retry_after=1,
+                    reason=exc.reason,
                 ) from None
             return _checked(result)
-        raise WechatUnavailable(f"WeChat is not answering ({last_reason}); try again", retry_after=1)
+        raise WechatUnavailable(
+            "WeChat is not answering ({last_reason}); try again", retry_after=1, last_reason=last_reason
+        )
 
     async def _call_once(self, params: dict[str, str], timeout: float) -> Session:
         start = time.perf_counter()
@@ -167,7 +171,7 @@ class WechatClient:
         if status >= 500:
             raise _Retryable(f"HTTP {status}", "http_5xx")
         if status != 200:
-            raise UpstreamError(f"WeChat answered HTTP {status}")
+            raise UpstreamError("WeChat answered HTTP {http_status}", http_status=status)
         try:
             result = _session_decoder.decode(body)
         except msgspec.DecodeError:
@@ -188,13 +192,13 @@ def _checked(result: Session) -> Session:
     structlog.contextvars.bind_contextvars(wechat_errcode=code)
     detail = f"WeChat {code}: {msg}"
     if code == 40029:
-        raise InvalidGrant(f"the code is invalid or expired ({detail}); call wx.login() again")
+        raise InvalidGrant("the code is invalid or expired ({detail}); call wx.login() again", detail=detail)
     if code == 40163:
-        raise InvalidGrant(f"the code was already used ({detail}); call wx.login() again")
+        raise InvalidGrant("the code was already used ({detail}); call wx.login() again", detail=detail)
     if code == 40226:
-        raise Forbidden(f"WeChat blocked this user's login as high-risk ({detail})")
+        raise Forbidden("WeChat blocked this user's login as high-risk ({detail})", detail=detail)
     if code == 45011:
-        raise WechatRateLimited(f"this user logs in too often ({detail}); wait a minute", retry_after=60)
+        raise WechatRateLimited("this user logs in too often ({detail}); wait a minute", retry_after=60, detail=detail)
     if code in _CONFIG_ERRORS:
-        raise WechatConfigError(f"WeChat refused the application's mini-program credentials ({detail})")
-    raise UpstreamError(f"WeChat refused the login ({detail})")
+        raise WechatConfigError("WeChat refused the application's mini-program credentials ({detail})", detail=detail)
+    raise UpstreamError("WeChat refused the login ({detail})", detail=detail)

@@ -22,6 +22,7 @@ from gateway.middleware import error_middleware
 from gateway.routes import setup_routes
 from shared.config import GatewayConfig
 from shared.guard import harden, input_guard
+from shared.i18n import load_catalogues
 from shared.middleware import request_log
 from shared.redis_batch import RedisBatcher
 from shared.redis_keys import RedisKeys
@@ -41,12 +42,18 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[appkeys.LIMITS] = GatewayLimits(config)
     setup_routes(app)
     harden(app, config.body_read_timeout)
+    app.cleanup_ctx.append(_catalogues)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(limits_ctx)
     app.cleanup_ctx.append(_user_store)
     app.cleanup_ctx.append(_replies)
     app.cleanup_ctx.append(_verifier)
     return app
+
+
+async def _catalogues(app: web.Application) -> AsyncIterator[None]:
+    app[appkeys.CATALOGUES] = load_catalogues()
+    yield
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:

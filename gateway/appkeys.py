@@ -13,6 +13,8 @@ from aiohttp import web
 from shared import middleware as shared_middleware
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import redis.asyncio as aioredis
 
     from gateway.applications import ApplicationCache
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from gateway.login_jobs import JobPublisher, ReplyWaiter
     from gateway.metrics import GatewayMetrics
     from shared.config import GatewayConfig
+    from shared.i18n import Catalogue
     from shared.ratelimit import RateLimiter
     from shared.redis_batch import RedisBatcher
     from shared.redis_keys import RedisKeys
@@ -45,6 +48,8 @@ INTROSPECTOR: web.AppKey[Introspector] = web.AppKey("introspector")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 LIMITS: web.AppKey[GatewayLimits] = web.AppKey("limits")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+#: Error descriptions in other languages than English, by language, read once at start (``shared/i18n.py``).
+CATALOGUES: web.AppKey[Mapping[str, Catalogue]] = web.AppKey("catalogues")
 #: The OpenAPI document, encoded once (``gateway/openapi.py``).
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
 

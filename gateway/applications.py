@@ -41,7 +41,9 @@ class ApplicationCache:
                 self._entries.clear()
             self._entries[client_id] = (expires, value)
         if isinstance(value, MinidoorError):
-            raise Unauthorized(value.description)
+            error = Unauthorized(value.description)
+            error.message, error.params = value.message, value.params  # translated as the user store's
+            raise error
         return value
 
     def peek(self, client_id: str) -> ApplicationInfo | None:

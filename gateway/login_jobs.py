@@ -106,8 +106,9 @@ class JobPublisher:
                     reply = await fut
             except TimeoutError:
                 raise DeadlineExceeded(
-                    f"no auth worker answered within {timeout:g}s; call wx.login() for a new code and try again",
+                    "no auth worker answered within {timeout:g}s; call wx.login() for a new code and try again",
                     retry_after=1,
+                    timeout=timeout,
                 ) from None
         finally:
             self._replies.forget(job.job_id)
@@ -135,7 +136,9 @@ class JobPublisher:
             )
         except (aioredis.RedisError, OSError) as exc:
             self._metrics.shed.labels("redis_unreachable").inc()
-            raise Unavailable(f"the login queue is unreachable ({type(exc).__name__})", retry_after=1) from exc
+            raise Unavailable(
+                "the login queue is unreachable ({kind})", kind=type(exc).__name__, retry_after=1
+            ) from exc
         match result[0]:
             case b"full":
                 self._metrics.shed.labels("queue_full").inc()

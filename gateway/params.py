@@ -112,7 +112,9 @@ async def read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+        raise PayloadTooLarge(
+            "the request body is larger than {client_max_size} bytes", client_max_size=request.client_max_size
+        ) from None
 
 
 def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
@@ -123,10 +125,11 @@ def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
         doc = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         if declared_json:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+            raise BadRequest("the body is not valid JSON: {detail}", detail=str(exc)) from None
         shown = content_type or "no Content-Type"
         raise UnsupportedMediaType(
-            f"cannot read a body sent with {shown}; send application/x-www-form-urlencoded or application/json"
+            "cannot read a body sent with {shown}; send application/x-www-form-urlencoded or application/json",
+            shown=shown,
         ) from None
     if not isinstance(doc, dict):
         raise BadRequest("the JSON body must be an object")
@@ -136,7 +139,7 @@ def _json_fields(body: bytes, content_type: str) -> dict[str, str]:
         if value is None:
             continue
         if not isinstance(value, str):
-            raise BadRequest(f"the JSON field {key!r} must be a string")
+            raise BadRequest("the JSON field {key!r} must be a string", key=key)
         fields[key] = value
     return fields
 

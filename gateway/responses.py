@@ -46,11 +46,12 @@ def envelope_ok(data: Any = None, *, data2: Any = None, sub: str = "", name: str
     )
 
 
-def envelope_error(exc: MinidoorError) -> web.Response:
+def envelope_error(exc: MinidoorError, description: str | None = None) -> web.Response:
     """An error in Casdoor's envelope, with the honest status, the RFC 6750 §3 challenge on a 401 (naming the error
-    when a token was presented) and ``Retry-After``."""
+    when a token was presented) and ``Retry-After``; ``msg`` is ``description`` (a translation) or the English
+    one."""
     response = web.Response(
-        body=_json.encode(Envelope(status="error", msg=exc.description)),
+        body=_json.encode(Envelope(status="error", msg=exc.description if description is None else description)),
         status=exc.status,
         content_type="application/json",
         headers=NO_STORE,

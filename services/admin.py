@@ -169,7 +169,12 @@ def default_signing_alg(environ: Mapping[str, str]) -> str:
     """``$DEFAULT_SIGNING_ALG``, else RS256; ``BadRequest`` naming the variable for another value."""
     alg = environ.get(ALG_ENV) or "RS256"
     if alg not in SIGNING_ALGORITHMS:
-        raise BadRequest(f"{ALG_ENV} must be {' or '.join(SIGNING_ALGORITHMS)}, not {alg!r}")
+        raise BadRequest(
+            "{variable} must be {choices}, not {alg!r}",
+            variable=ALG_ENV,
+            choices=" or ".join(SIGNING_ALGORITHMS),
+            alg=alg,
+        )
     return alg
 
 
@@ -218,13 +223,15 @@ def read_secret(secret_file: str, environ: Mapping[str, str]) -> str:
         try:
             secret = Path(secret_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"cannot read the AppSecret from {secret_file}: {exc}") from None
+            raise BadRequest(
+                "cannot read the AppSecret from {secret_file}: {detail}", secret_file=str(secret_file), detail=str(exc)
+            ) from None
         source = secret_file
     else:
         secret, source = environ[SECRET_ENV], SECRET_ENV
     secret = secret.strip()
     if not secret:
-        raise BadRequest(f"the AppSecret from {source} is empty")
+        raise BadRequest("the AppSecret from {source} is empty", source=source)
     return secret
 
 

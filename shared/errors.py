@@ -3,6 +3,12 @@
 Every error a client may see is a ``MinidoorError``: an HTTP status, an OAuth ``error`` code and a human
 ``description``. Views and workers raise them; one middleware per app renders them.
 
+A description is written as an English template, its fields given as keywords, never as an f-string:
+``NotFound("organization {name!r} does not exist", name=name)``. The template (``message``) is the msgid of the
+message catalogue (``shared/locale``) and ``params`` its values, both carried across processes next to the English
+``description``, so that the gateway answers in the caller's language (``shared/i18n.py``). The keywords ``error``,
+``status`` and ``retry_after`` are the error's own, never a field's.
+
     MinidoorError
     ├── BadRequest           400 invalid_request
     │   ├── InvalidGrant     400 invalid_grant
@@ -21,15 +27,28 @@ Every error a client may see is a ``MinidoorError``: an HTTP status, an OAuth ``
 
 from __future__ import annotations
 
+#: A value filling a field of an error's template: text or a number, the same in every language.
+Param = str | int | float
+
 
 class MinidoorError(Exception):
     status: int = 500
     error: str = "server_error"
 
     def __init__(
-        self, description: str, *, error: str | None = None, status: int | None = None, retry_after: int | None = None
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        status: int | None = None,
+        retry_after: int | None = None,
+        **params: Param,
     ) -> None:
+        description = message.format(**params) if params else message
         super().__init__(description)
+        #: The English template, the catalogue's msgid; ``description`` is it with ``params`` filled in.
+        self.message = message
+        self.params = params
         self.description = description
         if error is not None:
             self.error = error
@@ -127,7 +146,21 @@ _BY_STATUS: dict[int, type[MinidoorError]] = {
 }
 
 
-def error_from_wire(status: int, error: str, description: str, retry_after: int | None = None) -> MinidoorError:
-    """Rebuild an error that crossed a process boundary (a worker reply, a user-store response)."""
+def error_from_wire(
+    status: int,
+    error: str,
+    description: str,
+    retry_after: int | None = None,
+    *,
+    message: str = "",
+    params: dict[str, Param] | None = None,
+) -> MinidoorError:
+    """Rebuild an error that crossed a process boundary (a worker reply, a user-store response). ``message`` and
+    ``params`` are its template and fields when the sender gave them (a sender older than them did not: then the
+    description is its own template, which translates a message without fields)."""
     cls = InvalidGrant if error == "invalid_grant" else _BY_STATUS.get(status, MinidoorError)
-    return cls(description, error=error, status=status if cls is MinidoorError else None, retry_after=retry_after)
+    exc = cls(description, error=error, status=status if cls is MinidoorError else None, retry_after=retry_after)
+    if message:
+        exc.message = message
+        exc.params = dict(params or {})
+    return exc

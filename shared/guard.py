@@ -64,19 +64,23 @@ def check_text(raw: bytes, what: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest(f"the {what} is not valid UTF-8") from None
+        raise BadRequest("the {what} is not valid UTF-8", what=what) from None
 
 
 def check_body(raw: bytes) -> None:
     """Refuse a body that is not UTF-8 or, when it looks like JSON, nests deeper than ``MAX_JSON_DEPTH``."""
     text = check_text(raw, "body")
     if text.lstrip()[:1] in ("[", "{") and json_depth(raw) > MAX_JSON_DEPTH:
-        raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+        raise BadRequest("the JSON body nests deeper than {max_json_depth} levels", max_json_depth=MAX_JSON_DEPTH)
 
 
 def check_field(name: str, value: str) -> None:
     if len(value) > MAX_FIELD_CHARS:
-        raise BadRequest(f"the parameter {name!r} is longer than {MAX_FIELD_CHARS} characters")
+        raise BadRequest(
+            "the parameter {name!r} is longer than {max_field_chars} characters",
+            name=name,
+            max_field_chars=MAX_FIELD_CHARS,
+        )
 
 
 def valid_client_id(value: str) -> bool:
@@ -108,7 +112,9 @@ async def input_guard(request: web.Request, handler: Handler) -> web.StreamRespo
     route. A route that takes larger bodies sets its own ``client_max_size`` on a sub-app."""
     _check_head(request)
     if request.content_length is not None and request.content_length > request.client_max_size:
-        raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes")
+        raise PayloadTooLarge(
+            "the request body is larger than {client_max_size} bytes", client_max_size=request.client_max_size
+        )
     if request.body_exists:
         timeout = request.app.get(BODY_TIMEOUT, BODY_READ_TIMEOUT)
         try:
@@ -118,9 +124,11 @@ async def input_guard(request: web.Request, handler: Handler) -> web.StreamRespo
                 async with asyncio.timeout(timeout):
                     raw = await request.read()
         except TimeoutError:
-            raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+            raise RequestTimeout("the request body did not arrive within {timeout:g} s", timeout=timeout) from None
         except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+            raise PayloadTooLarge(
+                "the request body is larger than {client_max_size} bytes", client_max_size=request.client_max_size
+            ) from None
         except (ConnectionError, OSError) as exc:
             raise ClientGone("the client closed the connection mid-body") from exc
         check_body(raw)

@@ -108,7 +108,7 @@ def check(
     hold, and every ``required`` claim is there."""
     alg = parsed.alg
     if not isinstance(alg, str) or alg not in algorithms or alg not in ALGORITHMS:
-        raise InvalidToken(f"the token's algorithm {alg!r} is not accepted")
+        raise InvalidToken("the token's algorithm {alg!r} is not accepted", alg=str(alg))
     if not fits(alg, key):
         raise InvalidToken("the token's algorithm does not match its key")
     try:
@@ -147,7 +147,7 @@ def _check_claims(
 ) -> None:
     for name in required:
         if name not in claims:
-            raise InvalidToken(f"the token lacks the claim {name!r}")
+            raise InvalidToken("the token lacks the claim {name!r}", name=name)
     now = time.time()
     if "exp" in claims and _number(claims, "exp") <= now - leeway:
         raise InvalidToken("the token has expired")
@@ -158,7 +158,7 @@ def _check_claims(
         raise InvalidToken("the token is from another issuer")
     for name in ("sub", "jti"):
         if name in claims and not isinstance(claims[name], str):
-            raise InvalidToken(f"the token's {name!r} is not a string")
+            raise InvalidToken("the token's {name!r} is not a string", name=name)
     aud = claims.get("aud")
     if aud is None and audience is None:
         return
@@ -174,7 +174,7 @@ def _check_claims(
 def _number(claims: dict[str, Any], name: str) -> float:
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidToken(f"the token's {name!r} is not a number")
+        raise InvalidToken("the token's {name!r} is not a number", name=name)
     return value
 
 

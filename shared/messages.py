@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from shared.errors import MinidoorError
+from shared.errors import MinidoorError, Param
 
 # --- Redis streams: gateway -> auth worker -> gateway ------------------------------------------------------------
 
@@ -58,6 +58,11 @@ class LoginFailed(msgspec.Struct, frozen=True, kw_only=True, tag="login_failed.v
     retry_after: int | None = None
     #: As ``LoginSucceeded.record``; empty when the code may still be used (the failure did not spend it).
     record: str = ""
+    #: The description's English template and its fields (``MinidoorError.message``, ``.params``), which the gateway
+    #: translates; empty for a message without fields, and from workers older than them: the description then is its
+    #: own template.
+    message: str = ""
+    params: dict[str, Param] = {}
 
     @classmethod
     def of(cls, job_id: str, exc: MinidoorError, *, record: str = "") -> LoginFailed:
@@ -69,6 +74,8 @@ class LoginFailed(msgspec.Struct, frozen=True, kw_only=True, tag="login_failed.v
             error_description=exc.description,
             retry_after=exc.retry_after,
             record=record,
+            message=exc.message if exc.params else "",
+            params=exc.params,
         )
 
 
@@ -113,11 +120,15 @@ session_decoder = msgspec.msgpack.Decoder(WechatSession | WechatSessionSealed)
 # --- The user store's internal HTTP API (JSON) --------------------------------------------------------------------
 
 
-class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
-    """OAuth-style error body, used by the public gateway and the internal user store alike."""
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """OAuth-style error body, used by the public gateway and the internal user store alike. The user store adds the
+    description's template and fields (``MinidoorError.message``, ``.params``) for the gateway to translate; the
+    gateway's own bodies leave them out."""
 
     error: str
     error_description: str = ""
+    message: str = ""
+    params: dict[str, Param] = {}
 
 
 class ApplicationInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -90,7 +90,7 @@ def error_middleware(render: Renderer) -> Middleware:
                 raise
             error: MinidoorError
             if exc.status == 404:
-                error = NotFound(f"no such endpoint: {request.method} {log_path(request)}")
+                error = NotFound("no such endpoint: {method} {path}", method=request.method, path=log_path(request))
             else:
                 error = MinidoorError(exc.reason, error="invalid_request", status=exc.status)
             response = _rendered(request, error, render)
@@ -113,11 +113,19 @@ def _rendered(request: web.Request, exc: MinidoorError, render: Renderer) -> web
     return render(request, exc)
 
 
-def error_body(exc: MinidoorError) -> web.Response:
+def error_body(exc: MinidoorError, *, description: str | None = None, with_message: bool = False) -> web.Response:
     """OAuth's ``{error, error_description}`` (RFC 6749 §5.2) with the error's status and ``Retry-After``; never
-    cached."""
+    cached. ``description`` replaces the English one (a translation); ``with_message`` adds the template and its
+    fields, for a caller that translates (the user store's answers to the gateway); a message without fields is its
+    own template, and goes as the description alone."""
+    body = ErrorBody(
+        error=exc.error,
+        error_description=exc.description if description is None else description,
+        message=exc.message if with_message and exc.params else "",
+        params=exc.params if with_message else {},
+    )
     response = web.Response(
-        body=_encoder.encode(ErrorBody(error=exc.error, error_description=exc.description)),
+        body=_encoder.encode(body),
         status=exc.status,
         content_type="application/json",
         headers={"Cache-Control": "no-store"},

@@ -189,7 +189,12 @@ class RateLimiter:
             self._audit.publish(_trip_event(limit, hashed, retry_after, origin or Origin()))
         if self._on_limited is not None:
             self._on_limited(limit.name)
-        raise RateLimited(f"too many requests ({limit.name}); retry in {retry_after} s", retry_after=retry_after)
+        raise RateLimited(
+            "too many requests ({name}); retry in {seconds} s",
+            retry_after=retry_after,
+            name=limit.name,
+            seconds=retry_after,
+        )
 
 
 def _trip_event(limit: Limit, hashed: str, retry_after: int, origin: Origin) -> AuditEvent:

@@ -191,18 +191,20 @@ class UserStoreClient:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unavailable(f"the user store did not answer ({type(exc).__name__})", retry_after=1) from exc
+            raise Unavailable("the user store did not answer ({kind})", kind=type(exc).__name__, retry_after=1) from exc
         if status == 200:
             return decoder.decode(raw)
         try:
             err = _error_decoder.decode(raw)
         except msgspec.DecodeError:
-            raise Unavailable(f"the user store answered HTTP {status}", retry_after=1) from None
+            raise Unavailable("the user store answered HTTP {http_status}", http_status=status, retry_after=1) from None
         exc2: MinidoorError = error_from_wire(
             status,
             err.error,
             err.error_description,
             int(retry_after) if retry_after and retry_after.isdigit() else None,
+            message=err.message,
+            params=err.params,
         )
         raise exc2
 

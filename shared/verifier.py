@@ -270,7 +270,7 @@ class Verifier:
         claims = await self.signed_claims(jwtcheck.parse(token))
         expected_type = token_type or self._token_type
         if claims.get("tokenType") != expected_type:
-            raise InvalidToken(f"the token is not an {expected_type}")
+            raise InvalidToken("the token is not an {expected_type}", expected_type=expected_type)
         if claims["jti"] in self._revoked:
             raise InvalidToken("the token has been revoked")
         return claims
@@ -280,7 +280,7 @@ class Verifier:
         ``aud`` (when the verifier has an audience), and the time claims with ``leeway``."""
         alg, kid = parsed.alg, parsed.kid
         if not isinstance(alg, str) or alg not in self._algorithms:
-            raise InvalidToken(f"the token's algorithm {alg!r} is not accepted")
+            raise InvalidToken("the token's algorithm {alg!r} is not accepted", alg=str(alg))
         if not isinstance(kid, str):
             raise InvalidToken("the token names no signing key (kid)")
         key = self._keys.get(kid)

@@ -404,7 +404,13 @@ class TestRequests:
             json={"client_id": "c", "appid": "a", "openid": 5, "session_key": "s"},
             status=400,
         )
-        assert body == {"error": "invalid_request", "error_description": "Expected `str`, got `int` - at `$.openid`"}
+        detail = "Expected `str`, got `int` - at `$.openid`"
+        assert body == {
+            "error": "invalid_request",
+            "error_description": f"the body does not fit: {detail}",
+            "message": "the body does not fit: {detail}",
+            "params": {"detail": detail},
+        }
 
     async def test_oversized_body(self, client, shop):
         """A body larger than max_body_bytes is 413 with an ErrorBody."""

@@ -86,7 +86,7 @@ def _secret_hash(secret: str) -> bytes:
 
 def _check_name(kind: str, name: str) -> None:
     if not name or len(name) > 100 or not name.isprintable() or name != name.strip():
-        raise BadRequest(f"invalid {kind} name {name!r}")
+        raise BadRequest("invalid {kind} name {name!r}", kind=kind, name=name)
 
 
 async def create_organization(conn: Conn, name: str, display_name: str = "") -> Organization:
@@ -107,7 +107,9 @@ def _organization(row: asyncpg.Record) -> Organization:
 def check_signing_alg(alg: str) -> SigningAlg:
     """``alg`` if minidoor signs with it; ``BadRequest`` naming the choices otherwise."""
     if alg not in SIGNING_ALGORITHMS:
-        raise BadRequest(f"the signing algorithm must be {' or '.join(SIGNING_ALGORITHMS)}, not {alg!r}")
+        raise BadRequest(
+            "the signing algorithm must be {choices}, not {alg!r}", choices=" or ".join(SIGNING_ALGORITHMS), alg=alg
+        )
     return alg
 
 
@@ -141,7 +143,7 @@ async def create_application(
             signing_alg=alg,
         )
         if not added:
-            raise NotFound(f"organization {organization!r} does not exist")
+            raise NotFound("organization {organization!r} does not exist", organization=organization)
         await _ensure_signing_key(conn, alg, master)
         app = await get_application(conn, name)
     return NewApplication(**msgspec.structs.asdict(app), client_secret=client_secret)
@@ -155,7 +157,7 @@ async def set_signing_alg(
     alg = check_signing_alg(signing_alg)
     async with conn.transaction():
         if not await set_application_signing_alg(conn, application, alg):
-            raise NotFound(f"application {application!r} does not exist")
+            raise NotFound("application {application!r} does not exist", application=application)
         await _ensure_signing_key(conn, alg, master)
         app = await get_application(conn, application)
     return app
@@ -170,7 +172,7 @@ async def get_application(conn: Conn, name: str) -> Application:
     """The application called ``name`` (no secret); ``NotFound`` when there is none."""
     row = await application_by_name(conn, name)
     if row is None:
-        raise NotFound(f"application {name!r} does not exist")
+        raise NotFound("application {name!r} does not exist", name=name)
     return _application(row)
 
 
@@ -192,7 +194,7 @@ async def rotate_client_secret(conn: Conn, application: str) -> str:
     """Replace the application's client secret; return the new one (shown once)."""
     secret = secrets.token_hex(20)
     if not await set_client_secret_hash(conn, application, _secret_hash(secret)):
-        raise NotFound(f"application {application!r} does not exist")
+        raise NotFound("application {application!r} does not exist", application=application)
     return secret
 
 
@@ -213,14 +215,14 @@ async def attach_miniprogram_provider(
         await check_master_key(conn, master)
         app_id = await lock_application(conn, application)
         if app_id is None:
-            raise NotFound(f"application {application!r} does not exist")
+            raise NotFound("application {application!r} does not exist", application=application)
         # The id is chosen here because the sealed secret is bound to it; a row already named so keeps its own.
         provider_id = uuid.uuid4()
         row = await insert_provider(conn, provider_id, name, appid, *secret_columns(master, provider_id, secret))
         if row is None:
             existing = await lock_provider(conn, name, appid)
             if existing is None:
-                raise Conflict(f"provider {name!r} already exists with another type or appid")
+                raise Conflict("provider {name!r} already exists with another type or appid", name=name)
             row = await set_provider_secret(conn, existing, name, *secret_columns(master, existing, secret))
         await link_provider(conn, app_id, row["id"])
     return _provider(row)

@@ -229,7 +229,7 @@ def parse_since(value: str) -> datetime:
     try:
         since = datetime.fromisoformat(value)
     except ValueError:
-        raise BadRequest(f"SINCE {value!r} is not an ISO 8601 time, e.g. 2026-12-01T00:00Z") from None
+        raise BadRequest("SINCE {value!r} is not an ISO 8601 time, e.g. 2026-12-01T00:00Z", value=value) from None
     return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
 
 

@@ -58,7 +58,9 @@ async def authenticate(conn: Conn, signer: Signer, credentials: Credentials) -> 
 def require_user(caller: Caller, what: str) -> str:
     """The caller's user id; ``Unauthorized`` for an application, which has no account of its own."""
     if not caller.is_user:
-        raise Unauthorized(f"{what} needs a user's access token (Authorization: Bearer ...), not client credentials")
+        raise Unauthorized(
+            "{what} needs a user's access token (Authorization: Bearer ...), not client credentials", what=what
+        )
     return caller.user_id
 
 
@@ -80,23 +82,29 @@ async def find_target(
     row = await find_user(conn, owner, by, value, lock=lock)
     if not admin:
         if not caller.is_user:
-            raise Forbidden(f"the application may only {action} users of its organization {caller.organization!r}")
+            raise Forbidden(
+                "the application may only {action} users of its organization {organization!r}",
+                action=action,
+                organization=caller.organization,
+            )
         if row is None or str(row["id"]) != caller.user_id:
-            raise Forbidden(f"a user may only {action} itself; other users need an administrator")
+            raise Forbidden("a user may only {action} itself; other users need an administrator", action=action)
     if row is None:
-        raise NotFound(f"the user {value!r} does not exist in organization {owner!r}")
+        raise NotFound("the user {value!r} does not exist in organization {owner!r}", value=value, owner=owner)
     return row, admin
 
 
 def forbid_listing(caller: Caller, owner: str) -> Forbidden:
     if not caller.is_user:
-        return Forbidden(f"the application may only list users of its organization {caller.organization!r}")
-    return Forbidden(f"only an administrator of organization {owner!r} may list its users")
+        return Forbidden(
+            "the application may only list users of its organization {organization!r}", organization=caller.organization
+        )
+    return Forbidden("only an administrator of organization {owner!r} may list its users", owner=owner)
 
 
 def split_id(value: str) -> tuple[str, str]:
     """``owner/name`` -> ``(owner, name)``; ``BadRequest`` otherwise."""
     owner, sep, name = value.partition("/")
     if not sep or not owner or not name:
-        raise BadRequest(f"id must be owner/name, not {value!r}")
+        raise BadRequest("id must be owner/name, not {value!r}", value=value)
     return owner, name

@@ -23,7 +23,9 @@ async def read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the body exceeds {request.client_max_size} bytes") from None
+        raise PayloadTooLarge(
+            "the body exceeds {client_max_size} bytes", client_max_size=request.client_max_size
+        ) from None
 
 
 async def read_json(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
@@ -34,6 +36,6 @@ async def read_json(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest("the body does not fit: {detail}", detail=str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+        raise BadRequest("malformed JSON: {detail}", detail=str(exc)) from None

@@ -44,16 +44,16 @@ def validate_login(login: WechatLogin, rules: UserRules) -> WechatLogin:
     WeChat nickname, so it is not refused: it is not used, neither as the user name nor as the display name.
     """
     if not login.openid or len(login.openid) > MAX_ID:
-        raise BadRequest(f"openid must be 1 to {MAX_ID} characters")
+        raise BadRequest("openid must be 1 to {max_id} characters", max_id=MAX_ID)
     if not login.appid or len(login.appid) > MAX_ID:
-        raise BadRequest(f"appid must be 1 to {MAX_ID} characters")
+        raise BadRequest("appid must be 1 to {max_id} characters", max_id=MAX_ID)
     if len(login.unionid) > MAX_ID:
-        raise BadRequest(f"unionid must be at most {MAX_ID} characters")
+        raise BadRequest("unionid must be at most {max_id} characters", max_id=MAX_ID)
     if len(login.session_key) > MAX_ID:
-        raise BadRequest(f"session_key must be at most {MAX_ID} characters")
+        raise BadRequest("session_key must be at most {max_id} characters", max_id=MAX_ID)
     username = normalize(login.username)
     if len(username) > MAX_DISPLAY_NAME:
-        raise BadRequest(f"username must be at most {MAX_DISPLAY_NAME} characters")
+        raise BadRequest("username must be at most {max_display_name} characters", max_display_name=MAX_DISPLAY_NAME)
     if not all(ch.isprintable() for ch in username):
         raise BadRequest("username must be printable text")
     if rules.is_reserved(username):

@@ -100,13 +100,14 @@ def _seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
 
 def _open(aead: AESGCM, sealed: bytes, aad: bytes, what: str) -> bytes:
     if sealed[:1] != _VERSION or len(sealed) < 1 + _NONCE_BYTES + 16:
-        raise WrongMasterKey(f"{what} is not in a format this version can read")
+        raise WrongMasterKey("{what} is not in a format this version can read", what=what)
     try:
         return aead.decrypt(sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :], aad)
     except InvalidTag:
         raise WrongMasterKey(
-            f"{what} cannot be decrypted: MASTER_KEY / MASTER_KEY_FILE is not the master key it was encrypted with "
-            "(or the stored value was copied from another row)"
+            "{what} cannot be decrypted: MASTER_KEY / MASTER_KEY_FILE is not the master key it was encrypted with "
+            "(or the stored value was copied from another row)",
+            what=what,
         ) from None
 
 

@@ -20,7 +20,7 @@ from user_store.appkeys import CONFIG
 
 def render_error(request: web.Request, exc: MinidoorError) -> web.Response:
     """Every error of the internal API is ``ErrorBody``; callers (``shared/user_store_client.py``) map it back."""
-    return error_body(exc)
+    return error_body(exc, with_message=True)
 
 
 error_middleware = _error_middleware(render_error)

@@ -42,7 +42,9 @@ async def claim(conn: Conn, user_id: str, slots: int, *, lease_s: float = LEASE_
     for slot in range(slots):
         if await claim_password_slot(conn, uid, slot, holder, lease_s):
             return Slot(uid, slot, holder)
-    raise RateLimited(f"more than {slots} password changes of this user at once; retry later", retry_after=1)
+    raise RateLimited(
+        "more than {slots} password changes of this user at once; retry later", retry_after=1, slots=slots
+    )
 
 
 async def release(pool: Pool, slot: Slot) -> None:

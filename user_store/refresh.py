@@ -119,7 +119,10 @@ def _check_scope(requested: str, granted: str) -> None:
     extra = set(requested.split()) - set(granted.split())
     if extra:
         raise MinidoorError(
-            f"scope {' '.join(sorted(extra))!r} was not granted to this login", error="invalid_scope", status=400
+            "scope {scope!r} was not granted to this login",
+            error="invalid_scope",
+            status=400,
+            scope=" ".join(sorted(extra)),
         )
 
 

@@ -59,7 +59,7 @@ class Revocations:
                     await pipe.execute()
             except (aioredis.RedisError, OSError) as exc:
                 raise Unavailable(
-                    f"the revocation could not be broadcast ({type(exc).__name__})", retry_after=1
+                    "the revocation could not be broadcast ({kind})", kind=type(exc).__name__, retry_after=1
                 ) from exc
         log.info("tokens_revoked", count=len(live))
 

@@ -70,7 +70,7 @@ def skeleton(text: str) -> str:
 
 def _printable(field: str, value: str) -> None:
     if any(not ch.isprintable() for ch in value):
-        raise BadRequest(f"{field} must not contain control characters")
+        raise BadRequest("{field} must not contain control characters", field=field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +98,12 @@ class UserRules:
         text = normalize(value)
         if len(text) > MAX_NAME or not USERNAME_RE.match(text):
             raise BadRequest(
-                f"{field} is invalid: at most {MAX_NAME} letters and digits, separated by single '-', '_' or '.'"
+                "{field} is invalid: at most {max_name} letters and digits, separated by single '-', '_' or '.'",
+                field=field,
+                max_name=MAX_NAME,
             )
         if self.is_reserved(text):
-            raise BadRequest(f"{field} is reserved; choose another")
+            raise BadRequest("{field} is reserved; choose another", field=field)
         return text
 
     def display_name(self, field: str, value: str, *, required: bool = False) -> str:
@@ -109,11 +111,13 @@ class UserRules:
         text = normalize(value)
         _printable(field, text)
         if required and not text.strip():
-            raise BadRequest(f"{field} cannot be empty")
+            raise BadRequest("{field} cannot be empty", field=field)
         if len(text) > MAX_DISPLAY_NAME:
-            raise BadRequest(f"{field} must be at most {MAX_DISPLAY_NAME} characters")
+            raise BadRequest(
+                "{field} must be at most {max_display_name} characters", field=field, max_display_name=MAX_DISPLAY_NAME
+            )
         if self.is_reserved(text):
-            raise BadRequest(f"{field} is reserved; choose another")
+            raise BadRequest("{field} is reserved; choose another", field=field)
         return text
 
     def email(self, field: str, value: str) -> str:
@@ -121,19 +125,21 @@ class UserRules:
         if not value:
             return value
         if len(value) > MAX_EMAIL:
-            raise BadRequest(f"{field} must be at most {MAX_EMAIL} characters")
+            raise BadRequest("{field} must be at most {max_email} characters", field=field, max_email=MAX_EMAIL)
         try:
             return validate_email(value, check_deliverability=False).normalized
         except EmailNotValidError as exc:
-            raise BadRequest(f"{field} is invalid: {exc}") from None
+            raise BadRequest("{field} is invalid: {detail}", field=field, detail=str(exc)) from None
 
     def avatar(self, field: str, value: str) -> str:
         """An avatar URL a browser may fetch without reaching anything internal (see the module docstring)."""
         if not value:
             return value
         error = BadRequest(
-            f"{field} must be an https URL of at most {MAX_AVATAR} characters on a public host name"
-            " (no IP address, port or user name)"
+            "{field} must be an https URL of at most {max_avatar} characters on a public host name"
+            " (no IP address, port or user name)",
+            field=field,
+            max_avatar=MAX_AVATAR,
         )
         if len(value) > MAX_AVATAR or any(ch.isspace() or not ch.isprintable() for ch in value):
             raise error

@@ -57,9 +57,9 @@ class Changes:
 
 def _text(name: str, value: object) -> str:
     if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
+        raise BadRequest("{name} must be a string", name=name)
     if any(not ch.isprintable() for ch in value):
-        raise BadRequest(f"{name} must not contain control characters")
+        raise BadRequest("{name} must not contain control characters", name=name)
     return value
 
 
@@ -67,11 +67,11 @@ def _bounded(max_len: int, *, required: bool = False, pattern: re.Pattern[str] |
     def parse(name: str, value: object, rules: UserRules) -> str:
         text = _text(name, value)
         if required and not text.strip():
-            raise BadRequest(f"{name} cannot be empty")
+            raise BadRequest("{name} cannot be empty", name=name)
         if len(text) > max_len:
-            raise BadRequest(f"{name} must be at most {max_len} characters")
+            raise BadRequest("{name} must be at most {max_len} characters", name=name, max_len=max_len)
         if text and pattern is not None and not pattern.match(text):
-            raise BadRequest(f"{name} is invalid: {hint}")
+            raise BadRequest("{name} is invalid: {hint}", name=name, hint=hint)
         return text
 
     return parse
@@ -95,25 +95,32 @@ def _user_name(name: str, value: object, rules: UserRules) -> str:
 
 def _flag(name: str, value: object, rules: UserRules) -> bool:
     if not isinstance(value, bool):
-        raise BadRequest(f"{name} must be true or false")
+        raise BadRequest("{name} must be true or false", name=name)
     return value
 
 
 def _properties(name: str, value: object, rules: UserRules) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise BadRequest(f"{name} must be an object of strings")
+        raise BadRequest("{name} must be an object of strings", name=name)
     if len(value) > MAX_PROPERTIES:
-        raise BadRequest(f"{name} has more than {MAX_PROPERTIES} entries")
+        raise BadRequest("{name} has more than {max_properties} entries", name=name, max_properties=MAX_PROPERTIES)
     for key, item in value.items():
         if not isinstance(item, str) or len(key) > MAX_TEXT or len(item) > MAX_PROPERTY_VALUE:
-            raise BadRequest(f"{name} must map names of at most {MAX_TEXT} characters to strings")
+            raise BadRequest(
+                "{name} must map names of at most {max_text} characters to strings", name=name, max_text=MAX_TEXT
+            )
     return dict(value)
 
 
 def _password(name: str, value: object, rules: UserRules | None = None) -> str:
     text = _text(name, value)
     if not MIN_PASSWORD <= len(text) <= MAX_PASSWORD:
-        raise BadRequest(f"{name} must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        raise BadRequest(
+            "{name} must be {min_password} to {max_password} characters",
+            name=name,
+            min_password=MIN_PASSWORD,
+            max_password=MAX_PASSWORD,
+        )
     return text
 
 
@@ -165,9 +172,11 @@ def parse_columns(columns: str) -> list[str] | None:
         found = FIELDS.get(name)
         if found is None:
             writable = ", ".join(f.name for f in FIELDS.values() if f.access != "readonly")
-            raise BadRequest(f"column {name!r} is not kept by minidoor; writable columns: {writable}")
+            raise BadRequest(
+                "column {name!r} is not kept by minidoor; writable columns: {writable}", name=name, writable=writable
+            )
         if found.access == "readonly":
-            raise BadRequest(f"{name} cannot be changed")
+            raise BadRequest("{name} cannot be changed", name=name)
     return names
 
 
@@ -200,7 +209,7 @@ def plan_changes(
         if parsed == stored[spec.column]:
             continue
         if spec.access == "admin" and not admin:
-            raise Forbidden(f"only an administrator or the application's credentials can change {name}")
+            raise Forbidden("only an administrator or the application's credentials can change {name}", name=name)
         if spec.parse is None:
             raise BadRequest("a user cannot move to another organization")
         values[spec.column] = parsed

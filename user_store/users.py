@@ -36,7 +36,7 @@ async def user_by_id(conn: Conn, user_id: str, *, lock: bool = False) -> asyncpg
 async def organization(conn: Conn, name: str) -> asyncpg.Record:
     row = await organization_by_name(conn, name)
     if row is None:
-        raise NotFound(f"organization {name!r} does not exist")
+        raise NotFound("organization {name!r} does not exist", name=name)
     return row
 
 

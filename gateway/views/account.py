@@ -28,7 +28,7 @@ def _int(params: dict[str, str], name: str) -> int:
         return 0
     # isascii too: str.isdigit() is true of "²", which int() refuses (a 500 that fuzzing found).
     if not (value.isascii() and value.isdigit()) or len(value) > 9:
-        raise BadRequest(f"{name} must be a positive whole number")
+        raise BadRequest("{name} must be a positive whole number", name=name)
     return int(value)
 
 
@@ -102,7 +102,7 @@ def _user_object(body: bytes) -> dict[str, Any]:
     try:
         doc = _decode_json.decode(body)
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        raise BadRequest("the body is not valid JSON: {detail}", detail=str(exc)) from None
     if not isinstance(doc, dict):
         raise BadRequest("the body must be the user as a JSON object")
     return doc

@@ -39,7 +39,8 @@ async def access_token(request: web.Request) -> web.Response:
     if tag != MINIPROGRAM_TAG:
         if params.get("grant_type"):
             raise MinidoorError(
-                f"grant_type {params['grant_type']!r} is not supported here; mini programs send tag=wechat_miniprogram",
+                "grant_type {grant_type!r} is not supported here; mini programs send tag=wechat_miniprogram",
+                grant_type=params["grant_type"],
                 error="unsupported_grant_type",
                 status=400,
             )
@@ -66,7 +67,14 @@ async def access_token(request: web.Request) -> web.Response:
         case LoginSucceeded(token=token):
             return private_json(token)
         case LoginFailed():
-            raise error_from_wire(reply.status, reply.error, reply.error_description, reply.retry_after)
+            raise error_from_wire(
+                reply.status,
+                reply.error,
+                reply.error_description,
+                reply.retry_after,
+                message=reply.message,
+                params=reply.params,
+            )
     raise AssertionError("unreachable")
 
 

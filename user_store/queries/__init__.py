@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 import asyncpg
 
-from shared.errors import BadRequest, Conflict, Unavailable
+from shared.errors import BadRequest, Conflict, MinidoorError, Unavailable
 
 #: Errors that mean "the database is not reachable right now", as opposed to a bug or bad data.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -51,19 +51,22 @@ _LOST_ERRORS: tuple[type[BaseException], ...] = (asyncpg.InterfaceError, asyncpg
 
 
 @contextmanager
-def translate(what: str, *, duplicate: Callable[[str], str] | None = None) -> Iterator[None]:
+def translate(what: str, *, duplicate: Callable[[str], MinidoorError] | None = None) -> Iterator[None]:
     """Turn a duplicate into ``Conflict`` naming ``what`` (or saying ``duplicate(constraint name)``), unstorable input
     into ``BadRequest``, a lost database into ``Unavailable``."""
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
-        message = f"{what} already exists" if duplicate is None else duplicate(exc.constraint_name or "")
-        raise Conflict(message) from exc
+        if duplicate is None:
+            raise Conflict("{what} already exists", what=what) from exc
+        raise duplicate(exc.constraint_name or "") from exc
     except asyncpg.CheckViolationError as exc:
-        raise BadRequest(f"invalid {what} ({exc.constraint_name})") from exc
+        raise BadRequest(
+            "invalid {what} ({constraint_name})", what=what, constraint_name=exc.constraint_name or ""
+        ) from exc
     except asyncpg.DataError as exc:
         # e.g. a NUL byte, which PostgreSQL text cannot hold: the caller's input, not our failure.
-        raise BadRequest(f"invalid {what}: {exc.__class__.__name__}") from exc
+        raise BadRequest("invalid {what}: {kind}", what=what, kind=exc.__class__.__name__) from exc
     except CONNECTION_ERRORS as exc:
         raise _unavailable(exc) from exc
 
@@ -77,8 +80,8 @@ def translate_connection() -> Iterator[None]:
     except _RETRYABLE_ERRORS as exc:
         raise _unavailable(exc) from exc
     except _LOST_ERRORS as exc:
-        raise Unavailable(f"the database connection was lost ({type(exc).__name__})", retry_after=1) from exc
+        raise Unavailable("the database connection was lost ({kind})", kind=type(exc).__name__, retry_after=1) from exc
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
-    return Unavailable(f"the database is unavailable ({type(exc).__name__})", retry_after=1)
+    return Unavailable("the database is unavailable ({kind})", kind=type(exc).__name__, retry_after=1)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from shared.errors import Conflict
 from user_store.db import Conn
 from user_store.queries import translate
 
@@ -257,8 +258,8 @@ async def write_user(conn: Conn, user_id: Any, changes: dict[str, Any]) -> None:
         )
 
 
-def _duplicate_field(constraint: str) -> str:
-    return f"{_UNIQUE.get(constraint, 'a unique field')} already exists in the organization"
+def _duplicate_field(constraint: str) -> Conflict:
+    return Conflict("{field} already exists in the organization", field=_UNIQUE.get(constraint, "a unique field"))
 
 
 async def claim_password_slot(conn: Conn, user_id: uuid.UUID, slot: int, holder: uuid.UUID, lease_s: float) -> bool:

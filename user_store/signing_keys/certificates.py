@@ -37,7 +37,7 @@ async def current_certificate(conn: Conn, alg: SigningAlg = "RS256") -> tuple[st
     """``(kid, PEM)`` of the ``alg`` key that signs now; ``NotFound`` before the user store made one."""
     found = await keyring.current_certificate(conn, alg)
     if found is None:
-        raise NotFound(f"no {alg} signing key has a certificate yet; start the user store (make run) once")
+        raise NotFound("no {alg} signing key has a certificate yet; start the user store (make run) once", alg=alg)
     return found
 
 

@@ -100,7 +100,7 @@ async def current_certificate(conn: Conn, alg: SigningAlg) -> tuple[str, str] | 
 async def _get_info(conn: Conn, kid: str) -> KeyInfo:
     row = await queries.key_info(conn, kid)
     if row is None:
-        raise NotFound(f"signing key {kid!r} does not exist")
+        raise NotFound("signing key {kid!r} does not exist", kid=kid)
     return _key_info(row)
 
 
@@ -185,8 +185,10 @@ async def retire_key(conn: Conn, kid: str) -> KeyInfo:
             return info
         if info.status == "current":
             raise BadRequest(
-                f"{kid} is the current {info.algorithm} signing key; run rotate-keys --alg {info.algorithm} "
-                "--activate-in 0 first, then retire it"
+                "{kid} is the current {algorithm} signing key; run rotate-keys --alg {algorithm} --activate-in 0 first,"
+                " then retire it",
+                kid=kid,
+                algorithm=info.algorithm,
             )
         await queries.retire(conn, kid)
         await _recompute_expiry(conn)

@@ -160,7 +160,9 @@ class Signer:
         key = self.current.get(subject.signing_alg)
         if key is None:
             # Only between an application's first key of a new algorithm and this store's next reload.
-            raise Unavailable(f"no {subject.signing_alg} signing key is loaded yet", retry_after=2)
+            raise Unavailable(
+                "no {signing_alg} signing key is loaded yet", retry_after=2, signing_alg=subject.signing_alg
+            )
         access = _sign(key, {**claims, "exp": now + expires_in, "tokenType": "access-token"})
         refresh = new_refresh_token()
         response = TokenResponse(

@@ -118,7 +118,7 @@ async def get_users(request: web.Request) -> web.Response:
     async with connection(request.app[PG_POOL]) as conn:
         caller = await _caller(request, conn, query)
         if query.page < 0 or not 0 <= query.page_size <= MAX_PAGE_SIZE:
-            raise BadRequest(f"p must be 1 or more and pageSize 1 to {MAX_PAGE_SIZE}")
+            raise BadRequest("p must be 1 or more and pageSize 1 to {max_page_size}", max_page_size=MAX_PAGE_SIZE)
         owner = query.owner or caller.organization
         if not await is_admin(conn, caller, owner):
             raise forbid_listing(caller, owner)
@@ -145,8 +145,9 @@ async def update_user(request: web.Request) -> web.Response:
             new = changes.values.get(field)
             if new and await taken_by(conn, row, field, new):
                 # A name is public in its organization; another user's email or phone is not, so it is not echoed.
-                shown = f"{field} {new!r}" if field == "name" else f"that {field}"
-                raise Conflict(f"{shown} already exists in organization {owner!r}")
+                if field == "name":
+                    raise Conflict("name {name!r} already exists in organization {owner!r}", name=new, owner=owner)
+                raise Conflict("that {field} already exists in organization {owner!r}", field=field, owner=owner)
         values = dict(changes.values)
         if changes.password is not None and password_hash is not None:
             values["password_hash"] = password_hash[1]

@@ -23,5 +23,5 @@ async def readyz(request: web.Request) -> web.Response:
         async with asyncio.timeout(_READY_TIMEOUT), request.app[PG_POOL].acquire() as conn:
             await conn.fetchval("SELECT 1")
     except Exception as exc:  # whatever stops SELECT 1 (timeout, lost server, closing pool) means "not ready"
-        raise Unavailable(f"the database is not ready ({type(exc).__name__})", retry_after=1) from None
+        raise Unavailable("the database is not ready ({kind})", kind=type(exc).__name__, retry_after=1) from None
     return json_response({"status": "ok"})

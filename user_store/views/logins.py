@@ -61,7 +61,12 @@ async def _one(app: web.Application, login: WechatLogin, request_id: str, client
     except MinidoorError as exc:
         outcome = LoginOutcome(
             status=exc.status,
-            error=ErrorBody(error=exc.error, error_description=exc.description),
+            error=ErrorBody(
+                error=exc.error,
+                error_description=exc.description,
+                message=exc.message if exc.params else "",
+                params=exc.params,
+            ),
             retry_after=exc.retry_after,
         )
         log.info("login", outcome=exc.error, status=exc.status, duration_ms=_ms(start))
