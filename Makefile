@@ -98,6 +98,10 @@ lint: install
 mypy: install
 	$(VENV)/bin/mypy $(sources)
 
+.PHONY: messages
+messages: install  ## error messages the code has and a catalogue lacks: appended to shared/locale/*/minidoor.po, empty
+	$(PY) -m services.catalogue
+
 .PHONY: all
 all: lint mypy test
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.errors import MinidoorError
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gateway", "auth_worker", "user_store", "shared")
 BASE = "MinidoorError"
@@ -52,9 +54,16 @@ def _base_name(node: ast.expr) -> str:
     return node.attr if isinstance(node, ast.Attribute) else ""
 
 
+def _subclass_names(cls: type[MinidoorError]) -> set[str]:
+    names: set[str] = set()
+    for sub in cls.__subclasses__():
+        names |= {sub.__name__, *_subclass_names(sub)}
+    return names
+
+
 def _error_classes(modules: list[tuple[str, ast.Module]]) -> set[str]:
-    """``MinidoorError`` and every class that derives from it, by name, across the packages."""
-    classes = {BASE}
+    """``MinidoorError``, the tree of ``shared/errors.py`` and every class that derives from one, by name."""
+    classes = {BASE, *_subclass_names(MinidoorError)}
     bases: dict[str, set[str]] = {}
     for _, tree in modules:
         for node in ast.walk(tree):
