@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gateway", "auth_worker", "user_store", "shared")
 BASE = "MinidoorError"
 #: Errors never rendered to a client: a process that cannot start prints them to its operator.
-NOT_ANSWERED = frozenset({"ConfigError"})
+NOT_ANSWERED = frozenset({"ConfigError", "TLSRefused"})
 #: Messages that are not in the code, by where they are built: what they can be is listed in the catalogue by hand.
 DYNAMIC = {
     ("shared/middleware.py", "exc.reason"): "aiohttp's reason phrase of an HTTP error (405 and the like)",
