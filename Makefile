@@ -182,3 +182,4 @@ $(DEPLOY_CHECK_STAMP): $(STAMP) deploy/requirements.deploy-check.lock
 .PHONY: deploy-check
 deploy-check: $(DEPLOY_CHECK_STAMP)  ## deploy/ checked offline: kustomize render, k8s/KEDA/compose schemas, hadolint, yamllint, alerts, env
 	$(PY) -m services.deploy_check
+	$(PY) -m pytest tests/test_deploy_check.py -q $(PYTEST_ARGS)
