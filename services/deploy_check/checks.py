@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -12,16 +13,23 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import kubernetes_validate.utils
 import yaml
 
 from services.deploy_check import env, promql
-from services.deploy_check.tools import run
+from services.deploy_check.tools import check_jsonschema, run
 from shared.redis_keys import RedisKeys
 
 #: The oldest and the newest Kubernetes the manifests support (README "Running in production").
 K8S_VERSIONS = ("1.27.0", "1.37.0")
 KEDA_CRDS = ("keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+# kubernetes-validate reads and parses its 1.8 MB definitions file again for every object: read each file once.
+if not hasattr(kubernetes_validate.utils.schema_contents, "cache_info"):
+    kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
+        kubernetes_validate.utils.schema_contents
+    )
 
 
 @dataclass
@@ -144,8 +152,7 @@ def environment(deploy: Path, rendered: Rendered) -> tuple[str, list[str]]:
 
 
 def compose(deploy: Path, _r: Rendered) -> tuple[str, list[str]]:
-    code, out = run("check-jsonschema", "--schemafile", str(deploy / "schemas" / "compose-spec.json"),
-                    str(deploy / "compose.yaml"))  # fmt: skip
+    code, out = check_jsonschema(deploy / "schemas" / "compose-spec.json", deploy / "compose.yaml")
     problems = [out] if code else []
     data = yaml.safe_load((deploy / "compose.yaml").read_text())
     for name, svc in data["services"].items():
@@ -157,7 +164,7 @@ def compose(deploy: Path, _r: Rendered) -> tuple[str, list[str]]:
 
 def alerts(deploy: Path, _r: Rendered) -> tuple[str, list[str]]:
     path = deploy / "prometheus" / "alerts.yaml"
-    code, out = run("check-jsonschema", "--schemafile", str(deploy / "schemas" / "prometheus.rules.json"), str(path))
+    code, out = check_jsonschema(deploy / "schemas" / "prometheus.rules.json", path)
     problems = [out] if code else []
     series = promql.exported_series()
     rules = [r for g in (yaml.safe_load(path.read_text()) or {}).get("groups") or [] for r in g.get("rules") or []]
