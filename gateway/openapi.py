@@ -499,10 +499,10 @@ def _public_operations() -> Doc:
             "get": {
                 "operationId": "readyz",
                 "tags": ["operations"],
-                "summary": "Ready: Redis answers",
+                "summary": "Ready while a login can be served: Redis and the user store answer",
                 "responses": {
                     "200": _ok("Ready.", _STATUS),
-                    "503": _ok("Redis does not answer.", _STATUS),
+                    "503": _ok("Redis or the user store does not answer: `reasons` says which.", _STATUS),
                     **_errors("/readyz", _GUARD),
                 },
             }
@@ -521,7 +521,14 @@ def _public_operations() -> Doc:
 _STATUS: Doc = {
     "type": "object",
     "required": ["status"],
-    "properties": {"status": {"enum": ["ok", "unavailable"]}, "redis": {"type": "string"}},
+    "properties": {
+        "status": {"enum": ["ok", "unavailable"]},
+        "reasons": {
+            "type": "object",
+            "properties": {"redis": {"type": "string"}, "user_store": {"type": "string"}},
+            "additionalProperties": False,
+        },
+    },
 }
 
 

@@ -127,6 +127,17 @@ class UserStoreClient:
         path = "/internal/tokens/revoke"
         await self._call("POST", path, _any_decoder, body=request, request_id=request_id, client_ip=client_ip)
 
+    async def ready(self, timeout: float) -> str | None:
+        """None while the user store's ``/readyz`` answers 200 within ``timeout``, else why not (no personal data)."""
+        try:
+            async with self._session.get(self._base + "/readyz", timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return None
+                return f"the user store is not ready (HTTP {resp.status})"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"the user store did not answer ({type(exc).__name__})"
+
     async def get_jwks(self, *, request_id: str = "") -> JwkSet:
         return await self._call("GET", "/internal/keys/jwks", _jwks_decoder, request_id=request_id)
 

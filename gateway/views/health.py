@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import appkeys
+
+#: Seconds each dependency gets to answer a readiness probe (the probes' timeoutSeconds is 2).
+_READY_TIMEOUT = 1.0
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -13,10 +18,26 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Ready: Redis answers (the user store has its own /readyz)."""
+async def _redis_reason(redis: aioredis.Redis) -> str | None:
     try:
-        await request.app[appkeys.REDIS].ping()
-    except (aioredis.RedisError, OSError) as exc:
-        return web.json_response({"status": "unavailable", "redis": str(exc)}, status=503)
+        async with asyncio.timeout(_READY_TIMEOUT):
+            await redis.ping()
+    except (aioredis.RedisError, OSError, TimeoutError) as exc:
+        return f"Redis did not answer ({type(exc).__name__})"
+    return None
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready while a login can be served: Redis answers PING and the user store's ``/readyz`` answers 200.
+
+    Otherwise 503 with ``{"status": "unavailable", "reasons": {"redis": ..., "user_store": ...}}`` naming what
+    is missing, so a load balancer stops routing here and an operator sees why.
+    """
+    app = request.app
+    redis_reason, store_reason = await asyncio.gather(
+        _redis_reason(app[appkeys.REDIS]), app[appkeys.USER_STORE].ready(_READY_TIMEOUT)
+    )
+    reasons = {name: why for name, why in (("redis", redis_reason), ("user_store", store_reason)) if why}
+    if reasons:
+        return web.json_response({"status": "unavailable", "reasons": reasons}, status=503)
     return web.json_response({"status": "ok"})
