@@ -27,7 +27,7 @@ from shared.jwtcheck import SIGNING_ALGORITHMS
 from shared.logs import configure_logging
 from shared.messages import AuditEvent
 from shared.redis_keys import RedisKeys
-from user_store import admin, audit, erasure, rekey
+from user_store import admin, audit, casdoor_import, erasure, rekey
 from user_store.master_key import MasterKey, master_key_from_env
 from user_store.migrate import apply_migrations
 from user_store.queries.users import find_user
@@ -129,6 +129,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--org", required=True)
     p.add_argument("--name", required=True)
     p.set_defaults(admin_fn=_delete_user)
+
+    p = cmds.add_parser(
+        "import-casdoor", help="import Casdoor's init_data.json: organizations, applications, providers, users"
+    )
+    p.add_argument("--file", required=True, help="the init_data.json file")
+    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    p.add_argument("--with-certs", action="store_true", help="also the certs (signing keys) with their private keys")
+    p.set_defaults(admin_fn=_import_casdoor)
 
     p = cmds.add_parser("audit", help="the audit log, one JSON line per event, oldest first")
     p.add_argument("--org", default="", help="only this organization's events")
@@ -308,6 +316,22 @@ async def _delete_user(conn: asyncpg.Connection, args: argparse.Namespace) -> An
     details = {"revoked": erased.revoked, "identities": erased.identities, "proof": "admin"}
     await _record(conn, "account_deleted", organization=args.org, target_user_id=str(row["id"]), details=details)
     return {"id": str(row["id"]), "revoked": erased.revoked, "identities": erased.identities, "broadcast": bool(redis)}
+
+
+async def _import_casdoor(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    try:
+        raw = await asyncio.to_thread(Path(args.file).read_bytes)
+    except OSError as exc:
+        raise BadRequest(f"cannot read {args.file}: {exc.strerror}") from None
+    doc = casdoor_import.read_init_data(raw)
+    master = await asyncio.to_thread(_master_key)
+    report = await casdoor_import.import_init_data(
+        conn, doc, master=master, with_certs=args.with_certs, dry_run=args.dry_run
+    )
+    if not args.dry_run and report.created:
+        counts = {kind: n["created"] for kind, n in report.as_json()["counts"].items() if n["created"]}
+        await _record(conn, "admin.import_casdoor", details=counts)
+    return report.as_json()
 
 
 def _state_dir() -> Path:
