@@ -151,6 +151,14 @@ list-keys: install  ## signing keys and their status as JSON
 certificate: install  ## make certificate APP=shop: the PEM a Casdoor server SDK verifies tokens with
 	$(PY) -m services admin certificate --app "$(APP)" --pem
 
+.PHONY: delete-user
+delete-user: install  ## make delete-user ORG=acme NAME=alice: every token revoked, the user's data erased (a tombstone stays)
+	$(PY) -m services admin delete-user --org "$(ORG)" --name "$(NAME)"
+
+.PHONY: import-casdoor
+import-casdoor: install  ## make import-casdoor FILE=init_data.json [DRY_RUN=1] [WITH_CERTS=1]: Casdoor's data, same clientIds
+	$(PY) -m services admin import-casdoor --file "$(FILE)" $(if $(DRY_RUN),--dry-run) $(if $(WITH_CERTS),--with-certs)
+
 .PHONY: audit
 audit: install  ## the audit log as JSON lines, oldest first: make audit [ORG=acme] [SINCE=2026-12-01T00:00Z]
 	$(PY) -m services admin audit $(if $(ORG),--org "$(ORG)") $(if $(SINCE),--since "$(SINCE)")

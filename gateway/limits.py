@@ -22,7 +22,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import appkeys, params
 from gateway.metrics import LOGIN_PATH
-from gateway.views import account
+from gateway.views import account, rights
 from gateway.views.token import REFRESH_PATH
 from shared.audit import AuditPublisher
 from shared.config import GatewayConfig
@@ -41,11 +41,16 @@ class GatewayLimits:
         self.ip_failures = Limit("client_auth_failures_ip", config.rate_limit_auth_failures_per_ip, 60, fail_open=False)
         self.bad_tokens = Limit("bad_tokens_ip", config.rate_limit_bad_tokens_per_ip, 60, fail_open=False)
         self.user_updates = Limit("user_updates", config.rate_limit_user_updates, 60)
+        self.account_rights = Limit("account_rights", config.rate_limit_account_rights, 60)
 
 
 #: OAuth endpoints where a client authenticates with client_id (and a secret) in the form, JSON or HTTP Basic.
 OAUTH_CLIENT_PATHS = frozenset({LOGIN_PATH, REFRESH_PATH, "/api/login/oauth/introspect", "/api/login/oauth/revoke"})
 _USER_UPDATE_PATH = "/api/update-user"
+#: Routes whose body is a user object: their credentials come from the query and the headers only.
+_QUERY_CREDENTIAL_PATHS = frozenset({_USER_UPDATE_PATH, rights.DELETE_USER_PATH})
+#: Users' rights routes, limited per user (the bearer's verified ``sub``): each is a heavy read or an erasure.
+_ACCOUNT_RIGHTS_PATHS = frozenset({rights.DELETE_ACCOUNT_PATH, rights.EXPORT_ACCOUNT_PATH})
 
 
 def request_ip(request: web.Request) -> str:
@@ -86,11 +91,13 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     # Only the account routes read bearer tokens: one sent elsewhere (the JWKS, the metrics) spends nothing.
     if caller.access_token and request.path in account.ENVELOPE_PATHS:
         checks.append(Check(limits.bad_tokens, ip, cost=0))
-    if code:  # only on the token endpoint, where no per-user limit applies: the order of checks is unchanged
+    if code:  # the token endpoint's, and delete-account's proof code: the order of checks is unchanged
         checks.append(Check(limits.code, code))
     await limiter.check_all(checks, origin)
     if request.method == "POST" and request.path == _USER_UPDATE_PATH and caller.access_token:
-        await _user_update(request, limiter, limits, caller.access_token, origin)
+        await _per_user(request, limiter, limits.user_updates, caller.access_token, origin)
+    elif request.path in _ACCOUNT_RIGHTS_PATHS and caller.access_token:
+        await _per_user(request, limiter, limits.account_rights, caller.access_token, origin)
     try:
         return await handler(request)
     except Unauthorized as exc:
@@ -117,26 +124,27 @@ async def _caller(request: web.Request) -> tuple[Credentials, str] | None:
         if request.path in account.ENVELOPE_PATHS:
             # update-user's body is the user object; its credentials come from the query and the headers only.
             query = (
-                dict(request.query) if request.path == _USER_UPDATE_PATH else await params.read_account_params(request)
+                dict(request.query)
+                if request.path in _QUERY_CREDENTIAL_PATHS
+                else await params.read_account_params(request)
             )
-            return params.caller_credentials(request, query, required=False), ""
+            code = query.get("code", "") if request.path == rights.DELETE_ACCOUNT_PATH else ""
+            return params.caller_credentials(request, query, required=False), code
     except MinidoorError:
         return None
     return Credentials(), ""
 
 
-async def _user_update(
-    request: web.Request, limiter: RateLimiter, limits: GatewayLimits, token: str, origin: Origin
-) -> None:
+async def _per_user(request: web.Request, limiter: RateLimiter, limit: Limit, token: str, origin: Origin) -> None:
     """Per user: the bearer's verified ``sub``, so nobody can spend another user's budget with a forged token.
-    An application's backend (client credentials) updating its users is not limited here."""
+    An application's backend (client credentials) acting on its users is not limited here."""
     try:
         claims = await request.app[appkeys.VERIFIER].verify(token)
     except InvalidToken:
         return  # the user store refuses it; the handler's failure is counted against the IP
     except MinidoorError:
         return  # the verifier is not ready: the user store still authenticates
-    await limiter.check(limits.user_updates, str(claims.get("sub", "")), origin)
+    await limiter.check(limit, str(claims.get("sub", "")), origin)
 
 
 async def limits_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from gateway import appkeys
 from gateway.views.account import ENVELOPE_PATHS
 from shared.guard import MAX_FIELD_CHARS
 from shared.messages import (
+    AccountExport,
     CasdoorOrganization,
     CasdoorUser,
     ErrorBody,
@@ -36,7 +37,16 @@ INTERNAL_PATHS = frozenset({"/metrics"})
 
 Doc = dict[str, Any]
 _REF = "#/components/schemas/{name}"
-_STRUCTS = (TokenResponse, Introspection, UserInfo, CasdoorUser, CasdoorOrganization, JwkSet, OpenIdConfiguration)
+_STRUCTS = (
+    TokenResponse,
+    Introspection,
+    UserInfo,
+    CasdoorUser,
+    CasdoorOrganization,
+    JwkSet,
+    OpenIdConfiguration,
+    AccountExport,
+)
 _FIELD: Doc = {"type": "string", "maxLength": MAX_FIELD_CHARS}
 _FORM = "application/x-www-form-urlencoded"
 _JSON = "application/json"
@@ -443,6 +453,53 @@ def _account_operations() -> Doc:
     }
 
 
+def _rights_operations() -> Doc:
+    """Users' rights: deletion (by the user, or Casdoor's delete-user by an admin) and export."""
+    affected = _envelope({"enum": ["Affected", "Unaffected"]})
+    delete_account = _account_operation(
+        "deleteAccount",
+        "Delete the bearer's own account: every token revoked, its data erased",
+        [],
+        _ok("data: Affected. Every token of the user is revoked on every gateway within a second.", affected),
+        (403, 502, 504),
+        "/api/delete-account",
+    )
+    delete_account["description"] = (
+        "Needs the user's access token and a second proof: code, a fresh wx.login() code (exchanged with WeChat as a"
+        " login of the same user), or password, in the form body. Rate limited per user (the bearer token's sub)."
+    )
+    delete_account["requestBody"] = _credentials_form(
+        {"code": "A fresh code from wx.login(), unchanged.", "password": "The account's password, instead of code."}
+    )
+    delete_user = _account_operation(
+        "deleteUser",
+        "Casdoor's delete-user: the application or an organization admin erases a user",
+        [_query("id", "The user as owner/name; default: the body's owner and name.")],
+        _ok("data: Affected, or Unaffected when there is no such user.", affected),
+        (403,),
+        "/api/delete-user",
+    )
+    delete_user["requestBody"] = {
+        "required": False,
+        "description": "A Casdoor user object (owner and name name the target); read as JSON whatever the type.",
+        "content": _json_content({"type": "object", "properties": _USER_FIELDS}),
+    }
+    export = _account_operation(
+        "exportAccount",
+        "Everything held about the bearer's user, as JSON (no secret)",
+        [],
+        _ok("data: the profile, WeChat identities, applications and recent events.", _envelope(_ref("AccountExport"))),
+        (404,),
+        "/api/export-account",
+    )
+    export["description"] = "Rate limited per user (the bearer token's sub)."
+    return {
+        "/api/delete-account": {"post": delete_account},
+        "/api/delete-user": {"post": delete_user},
+        "/api/export-account": {"get": export},
+    }
+
+
 _USER_FIELDS: Doc = {
     **{name: {"type": "string"} for name in ("owner", "name", "displayName", "avatar", "email", "phone", "type")},
     "countryCode": {"type": "string", "description": "Two capitals, e.g. CN."},
@@ -578,7 +635,7 @@ def build_document() -> Doc:
             {"name": "oidc", "description": "Public, cacheable documents (ETag)."},
             {"name": "operations", "description": "Probes and this document."},
         ],
-        "paths": {**_oauth_operations(), **_account_operations(), **_public_operations()},
+        "paths": {**_oauth_operations(), **_account_operations(), **_rights_operations(), **_public_operations()},
         "components": _components(),
     }
 

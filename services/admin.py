@@ -19,15 +19,19 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import redis.asyncio as aioredis
 
-from services.embedded import EmbeddedPostgres
-from shared.errors import BadRequest, MinidoorError
+from services.embedded import EmbeddedPostgres, running_redis_url
+from shared.errors import BadRequest, MinidoorError, NotFound
 from shared.jwtcheck import SIGNING_ALGORITHMS
 from shared.logs import configure_logging
 from shared.messages import AuditEvent
-from user_store import admin, audit, rekey
+from shared.redis_keys import RedisKeys
+from user_store import admin, audit, casdoor_import, erasure, rekey
 from user_store.master_key import MasterKey, master_key_from_env
 from user_store.migrate import apply_migrations
+from user_store.queries.users import find_user
+from user_store.revocations import Revocations
 from user_store.signing_keys import certificates, keyring
 
 #: Where ``attach-provider`` reads the AppSecret when no ``--secret-file`` is given (then stdin).
@@ -117,6 +121,22 @@ def add_parser(sub: Any) -> None:
 
     p = cmds.add_parser("list", help="organizations, applications and providers")
     p.set_defaults(admin_fn=_list)
+
+    p = cmds.add_parser(
+        "delete-user",
+        help="erase a user: every token revoked (broadcast through REDIS_URL), its data erased, a tombstone kept",
+    )
+    p.add_argument("--org", required=True)
+    p.add_argument("--name", required=True)
+    p.set_defaults(admin_fn=_delete_user)
+
+    p = cmds.add_parser(
+        "import-casdoor", help="import Casdoor's init_data.json: organizations, applications, providers, users"
+    )
+    p.add_argument("--file", required=True, help="the init_data.json file")
+    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    p.add_argument("--with-certs", action="store_true", help="also the certs (signing keys) with their private keys")
+    p.set_defaults(admin_fn=_import_casdoor)
 
     p = cmds.add_parser("audit", help="the audit log, one JSON line per event, oldest first")
     p.add_argument("--org", default="", help="only this organization's events")
@@ -280,6 +300,49 @@ async def _certificate(conn: asyncpg.Connection, args: argparse.Namespace) -> An
 
 async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     return await admin.list_all(conn)
+
+
+async def _delete_user(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    row = await find_user(conn, args.org, "name", args.name, lock=True)
+    if row is None:
+        raise NotFound(f"the user {args.name!r} does not exist in organization {args.org!r}")
+    redis_url = os.environ.get("REDIS_URL") or running_redis_url(_state_dir() / "redis")
+    redis = aioredis.Redis.from_url(redis_url) if redis_url else None
+    try:
+        revocations = Revocations(redis, RedisKeys(os.environ.get("KEY_PREFIX") or "minidoor"))
+        erased = await erasure.delete_user(conn, revocations, row["id"])
+    finally:
+        if redis is not None:
+            await redis.aclose()
+    if redis is None:
+        print(
+            "warning: no REDIS_URL and no running stack: the revocations were not broadcast, so a gateway that"
+            " verifies tokens alone may accept the user's tokens until it next asks the user store",
+            file=sys.stderr,
+        )
+    details = {"revoked": erased.revoked, "identities": erased.identities, "proof": "admin"}
+    await _record(conn, "account_deleted", organization=args.org, target_user_id=str(row["id"]), details=details)
+    return {"id": str(row["id"]), "revoked": erased.revoked, "identities": erased.identities, "broadcast": bool(redis)}
+
+
+async def _import_casdoor(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    try:
+        raw = await asyncio.to_thread(Path(args.file).read_bytes)
+    except OSError as exc:
+        raise BadRequest(f"cannot read {args.file}: {exc.strerror}") from None
+    doc = casdoor_import.read_init_data(raw)
+    master = await asyncio.to_thread(_master_key)
+    report = await casdoor_import.import_init_data(
+        conn, doc, master=master, with_certs=args.with_certs, dry_run=args.dry_run
+    )
+    if not args.dry_run and report.created:
+        counts = {kind: n["created"] for kind, n in report.as_json()["counts"].items() if n["created"]}
+        await _record(conn, "admin.import_casdoor", details=counts)
+    return report.as_json()
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("STATE_DIR", ".run")).resolve()
 
 
 async def _audit(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:

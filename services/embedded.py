@@ -126,6 +126,12 @@ def _private_child_setup() -> None:
     child_setup()
 
 
+def running_redis_url(data_dir: Path) -> str:
+    """The URL of the embedded Redis under ``data_dir`` while one runs there (``make run``), else ""."""
+    path = _socket_path(data_dir / "redis.sock")
+    return f"unix://{path}" if path.is_socket() else ""
+
+
 def _socket_path(preferred: Path) -> Path:
     if len(str(preferred)) <= _MAX_SOCKET_PATH:
         return preferred

@@ -116,6 +116,7 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     rate_limit_auth_failures_per_ip: RateCount = 60  # failed client authentications (unknown ids too) per IP/min
     rate_limit_bad_tokens_per_ip: RateCount = 60  # forged or dead bearer tokens per IP per minute
     rate_limit_user_updates: RateCount = 20  # profile and password changes of one user per minute
+    rate_limit_account_rights: RateCount = 10  # account deletions and exports asked by one user per minute
 
     #: Shared with the workers: opens the tokens they seal into Redis (``shared/streamseal.py``); empty: clear.
     stream_seal_key: Secret = Secret("")

@@ -430,6 +430,80 @@ class LogoutResult(msgspec.Struct, frozen=True, kw_only=True):
     revoked: int
 
 
+# --- Users' rights (deletion, export): gateway -> user store --------------------------------------------------
+
+
+class DeleteAccountRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/account/delete-account``: the bearer's own account, with a second proof that it is the user
+    at the keyboard: ``proof_token``, the access token of a login made moments ago with a fresh wx.login() code (the
+    gateway exchanged it through the job stream), or the user's ``password``."""
+
+    credentials: Credentials
+    proof_token: str = ""
+    password: str = ""
+
+
+class DeleteUserRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/account/delete-user``: Casdoor's delete-user, for the application or an organization admin;
+    the target is ``id`` (owner/name), else the body's ``owner`` and ``name``."""
+
+    credentials: Credentials
+    id: str = ""
+    owner: str = ""
+    name: str = ""
+
+
+class DeletionResult(msgspec.Struct, frozen=True, kw_only=True):
+    #: False when there was no such user (Casdoor's "Unaffected").
+    affected: bool
+    #: Token rows revoked, WeChat identities erased.
+    revoked: int = 0
+    identities: int = 0
+
+
+class ExportedIdentity(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A WeChat identity as the export shows it: never its session_key."""
+
+    appid: str
+    openid: str
+    unionid: str
+    created_time: str
+    updated_time: str
+
+
+class ExportedApplication(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    name: str
+    client_id: str
+    first_sign_in: str
+    last_sign_in: str
+    live_logins: int
+
+
+class ExportedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """An audit-log event about the user: a sign-in (``login``), a profile change, a logout, ..."""
+
+    time: str
+    action: str
+    outcome: str
+    application: str
+    client_id: str
+    client_ip: str
+    details: dict[str, Any]
+
+
+class AccountExport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``POST /internal/account/export-account``: everything minidoor holds about the caller, secrets excluded (no
+    password hash, session_key or token)."""
+
+    exported_time: str
+    user: CasdoorUser
+    organization: str
+    identities: list[ExportedIdentity]
+    applications: list[ExportedApplication]
+    #: The latest audit events about the user, newest first (at most ``EXPORT_EVENTS``).
+    events: list[ExportedEvent]
+
+
 # --- Redis stream: audit events from processes without a database -> user store ---------------------------------
 
 

@@ -22,6 +22,9 @@ status of the matching ``MinidoorError``):
   ``POST /internal/account/logout`` ``LogoutRequest`` -> ``LogoutResult``. Each authenticates the ``Credentials`` it
   carries: 401 without or with bad ones, 403 not allowed, 400 bad input, 404 unknown user, 409 a taken name, email
   or phone.
+- ``POST /internal/account/delete-account`` ``DeleteAccountRequest`` and ``POST /internal/account/delete-user``
+  ``DeleteUserRequest`` -> ``DeletionResult`` (403 for a wrong second proof or a caller that is no admin);
+  ``POST /internal/account/export-account`` ``UserQuery`` -> ``AccountExport``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ from shared.errors import MinidoorError, Unauthorized, Unavailable, error_from_w
 from shared.guard import valid_client_id
 from shared.messages import (
     Account,
+    AccountExport,
     ApplicationInfo,
     CasdoorUser,
+    DeleteAccountRequest,
+    DeleteUserRequest,
+    DeletionResult,
     ErrorBody,
     Introspection,
     JwkSet,
@@ -79,6 +86,8 @@ _user_decoder = msgspec.json.Decoder(CasdoorUser)
 _users_decoder = msgspec.json.Decoder(UserList)
 _update_decoder = msgspec.json.Decoder(UpdateResult)
 _logout_decoder = msgspec.json.Decoder(LogoutResult)
+_deletion_decoder = msgspec.json.Decoder(DeletionResult)
+_export_decoder = msgspec.json.Decoder(AccountExport)
 _encoder = msgspec.json.Encoder()
 
 #: The end user's IP as the gateway saw it, for the user store's audit log; sent on the calls that are audited.
@@ -172,6 +181,26 @@ class UserStoreClient:
     async def logout(self, request: LogoutRequest, *, request_id: str = "", client_ip: str = "") -> LogoutResult:
         path = "/internal/account/logout"
         return await self._call("POST", path, _logout_decoder, body=request, request_id=request_id, client_ip=client_ip)
+
+    async def delete_account(
+        self, request: DeleteAccountRequest, *, request_id: str = "", client_ip: str = ""
+    ) -> DeletionResult:
+        path = "/internal/account/delete-account"
+        return await self._call(
+            "POST", path, _deletion_decoder, body=request, request_id=request_id, client_ip=client_ip
+        )
+
+    async def delete_user(
+        self, request: DeleteUserRequest, *, request_id: str = "", client_ip: str = ""
+    ) -> DeletionResult:
+        path = "/internal/account/delete-user"
+        return await self._call(
+            "POST", path, _deletion_decoder, body=request, request_id=request_id, client_ip=client_ip
+        )
+
+    async def export_account(self, query: UserQuery, *, request_id: str = "", client_ip: str = "") -> AccountExport:
+        path = "/internal/account/export-account"
+        return await self._call("POST", path, _export_decoder, body=query, request_id=request_id, client_ip=client_ip)
 
     async def _call(
         self,

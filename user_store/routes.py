@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from user_store.metrics import metrics_view
-from user_store.views import account, applications, discovery, health, introspection, logins, token
+from user_store.views import account, applications, discovery, health, introspection, logins, rights, token
 
 
 def setup_routes(app: web.Application) -> None:
@@ -31,3 +31,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/internal/account/get-users", account.get_users, name="get_users")
     app.router.add_post("/internal/account/update-user", account.update_user, name="update_user")
     app.router.add_post("/internal/account/logout", account.logout, name="logout")
+    app.router.add_post("/internal/account/delete-account", rights.delete_account, name="delete_account")
+    app.router.add_post("/internal/account/delete-user", rights.delete_user, name="delete_user")
+    app.router.add_post("/internal/account/export-account", rights.export_account, name="export_account")

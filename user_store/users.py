@@ -95,6 +95,13 @@ class PasswordHashing:
         async with self._slots:
             return await asyncio.get_running_loop().run_in_executor(self._executor, _hasher.hash, password)
 
+    async def verify(self, password_hash: str, password: str) -> bool:
+        """``verify_password`` in the same bounded pool: a check costs what a hash costs."""
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, verify_password, password_hash, password
+            )
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 from gateway import appkeys
 from gateway.params import caller_credentials, read_account_params, read_body
 from gateway.responses import envelope_ok, private_json
+from gateway.views import rights
 from shared.errors import BadRequest
 from shared.messages import LogoutRequest, UserQuery, UserUpdate
 
@@ -121,7 +122,8 @@ async def logout(request: web.Request) -> web.Response:
     return envelope_ok(result.user)
 
 
-#: Casdoor's account routes. Their answers, errors included, use Casdoor's envelope (``middleware.render_error``).
+#: Casdoor's account routes and the users' rights routes (``rights.py``). Their answers, errors included, use
+#: Casdoor's envelope (``middleware.render_error``).
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/get-account", get_account),
     ("GET", "/api/userinfo", userinfo),
@@ -131,5 +133,6 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/update-user", update_user),
     ("GET", "/api/logout", logout),
     ("POST", "/api/logout", logout),
+    *rights.ROUTES,  # users' rights: deletion and export
 )
 ENVELOPE_PATHS = frozenset(path for _method, path, _handler in ROUTES)

@@ -45,6 +45,8 @@ def run(sdk: CasdoorSDK, op: str, args: list[Any]) -> Any:
             return _user(sdk.with_access_token(args[0]).get_account())
         case "refresh_oauth_tokens":
             return sdk.refresh_oauth_tokens(args[0])
+        case "delete_user":
+            return sdk.delete_user(sdk.get_user(args[0]))
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -190,14 +190,14 @@ _UNIQUE = {
 async def find_user(
     conn: Conn, organization: str, by: Lookup, value: str, *, lock: bool = False
 ) -> asyncpg.Record | None:
-    """The user of ``organization`` whose name, id, email (any case) or phone is ``value``; ``lock`` holds its row
-    until the transaction ends."""
+    """The user of ``organization`` whose name, id, email (any case) or phone is ``value``, never an erased one;
+    ``lock`` holds its row until the transaction ends."""
     if by == "id":
         try:
             value = str(uuid.UUID(value))
         except ValueError:
             return None
-    sql = f"{_ACCOUNT_USER} WHERE o.name = $1 AND {_LOOKUPS[by]} ORDER BY u.created_at LIMIT 1"
+    sql = f"{_ACCOUNT_USER} WHERE o.name = $1 AND {_LOOKUPS[by]} AND u.erased_at IS NULL ORDER BY u.created_at LIMIT 1"
     if lock:
         sql += " FOR UPDATE OF u"
     with translate("user"):
@@ -213,16 +213,18 @@ async def user_by_id(conn: Conn, user_id: str, *, lock: bool = False) -> asyncpg
 async def list_users(
     conn: Conn, organization: str, *, limit: int | None, offset: int
 ) -> tuple[list[asyncpg.Record], int]:
-    """A page of the organization's users, oldest first, and how many it has in all."""
+    """A page of the organization's users, oldest first, and how many it has in all; erased users are not listed."""
     with translate("user"):
         rows = await conn.fetch(
-            f"{_ACCOUNT_USER} WHERE o.name = $1 ORDER BY u.created_at, u.name LIMIT $2 OFFSET $3",
+            f"{_ACCOUNT_USER} WHERE o.name = $1 AND u.erased_at IS NULL"
+            " ORDER BY u.created_at, u.name LIMIT $2 OFFSET $3",
             organization,
             limit,
             offset,
         )
         total = await conn.fetchval(
-            "SELECT count(*) FROM users u JOIN organizations o ON o.id = u.organization_id WHERE o.name = $1",
+            "SELECT count(*) FROM users u JOIN organizations o ON o.id = u.organization_id"
+            " WHERE o.name = $1 AND u.erased_at IS NULL",
             organization,
         )
     return list(rows), int(total)

@@ -196,6 +196,27 @@ async def retire_key(conn: Conn, kid: str) -> KeyInfo:
     return info
 
 
+async def import_key(
+    conn: Conn, master: MasterKey | None, kid: str, alg: SigningAlg, private_pem: bytes, certificate_pem: str
+) -> None:
+    """Adopt a key that has been signing elsewhere (Casdoor's cert, ``user_store.casdoor_import``) as its ring's
+    current key, at once: its tokens keep their ``kid``, and a client configured with its certificate keeps
+    verifying the tokens minidoor signs. The key it replaces is superseded, as by a rotation."""
+    async with conn.transaction():
+        await queries.lock(conn)
+        await _check_master_key(conn, master)
+        await queries.insert_key(
+            conn,
+            kid=kid,
+            alg=alg,
+            private_key_pem=None if master is not None else private_pem.decode(),
+            private_key_enc=master.seal(private_pem, kid) if master is not None else None,
+            certificate_pem=certificate_pem,
+            activate_in=0.0,
+        )
+        await _recompute_expiry(conn)
+
+
 async def _has_current(conn: Conn, alg: SigningAlg) -> bool:
     return await queries.current_kid(conn, alg) is not None
 
