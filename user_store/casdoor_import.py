@@ -80,7 +80,7 @@ def read_init_data(raw: bytes) -> dict[str, Any]:
     try:
         doc = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"the file is not JSON: {exc}") from None
+        raise BadRequest("the file is not JSON: {detail}", detail=str(exc)) from None
     if not isinstance(doc, dict):
         raise BadRequest("the file must be a JSON object, as Casdoor's init_data.json is")
     return doc

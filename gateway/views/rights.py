@@ -112,7 +112,7 @@ def _user_object(body: bytes) -> dict[str, Any]:
     try:
         doc = _decode_json.decode(body)
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        raise BadRequest("the body is not valid JSON: {detail}", detail=str(exc)) from None
     if not isinstance(doc, dict):
         raise BadRequest("the body must be the user as a JSON object")
     return doc

@@ -101,8 +101,11 @@ async def delete_user(request: web.Request) -> web.Response:
             raise BadRequest("name the user to delete: ?id=owner/name, or owner and name in the body")
         if not await is_admin(conn, caller, owner):
             if caller.is_user:
-                raise Forbidden(f"only an administrator of organization {owner!r} may delete its users")
-            raise Forbidden(f"the application may only delete users of its organization {caller.organization!r}")
+                raise Forbidden("only an administrator of organization {owner!r} may delete its users", owner=owner)
+            raise Forbidden(
+                "the application may only delete users of its organization {organization!r}",
+                organization=caller.organization,
+            )
         row = await find_user(conn, owner, "name", name, lock=True)
         if row is None:
             return json_response(DeletionResult(affected=False))  # Casdoor: "Unaffected"
