@@ -12,6 +12,9 @@ import asyncio
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web, web_protocol, web_request, web_response
@@ -109,8 +112,11 @@ def _check_head(request: web.Request) -> None:
 @web.middleware
 async def input_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse hostile input before the view runs, and read every body here so its size limit holds on every
-    route. A route that takes larger bodies sets its own ``client_max_size`` on a sub-app."""
+    route. A route that takes larger (or binary) bodies declares so with ``body_limit``."""
     _check_head(request)
+    rule = route_body_rule(request)
+    if rule is not None:
+        request = request.clone(client_max_size=rule.max_bytes)
     if request.content_length is not None and request.content_length > request.client_max_size:
         raise PayloadTooLarge(
             "the request body is larger than {client_max_size} bytes", client_max_size=request.client_max_size
@@ -131,8 +137,39 @@ async def input_guard(request: web.Request, handler: Handler) -> web.StreamRespo
             ) from None
         except (ConnectionError, OSError) as exc:
             raise ClientGone("the client closed the connection mid-body") from exc
-        check_body(raw)
+        if rule is None or not rule.binary:
+            check_body(raw)
     return await handler(request)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRule:
+    """What a route's body may be, instead of the app's: ``max_bytes`` long, and bytes rather than UTF-8 text when
+    ``binary`` (a file upload)."""
+
+    max_bytes: int
+    binary: bool = False
+
+
+_BODY_RULE = "__minidoor_body_rule__"
+_H = TypeVar("_H", bound=Callable[..., Any])
+
+
+def body_limit(max_bytes: int, *, binary: bool = False) -> Callable[[_H], _H]:
+    """Decorate a view: its route takes bodies up to ``max_bytes`` (every other limit of ``input_guard`` holds), and
+    any bytes when ``binary``."""
+
+    def declare(handler: _H) -> _H:
+        setattr(handler, _BODY_RULE, BodyRule(max_bytes, binary))
+        return handler
+
+    return declare
+
+
+def route_body_rule(request: web.Request) -> BodyRule | None:
+    """The ``body_limit`` the matched route's view declared, if any."""
+    rule = getattr(request.match_info.handler, _BODY_RULE, None)
+    return rule if isinstance(rule, BodyRule) else None
 
 
 def internal_only(request: web.Request, internal_token: str) -> None:
