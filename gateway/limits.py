@@ -4,8 +4,9 @@ Counted on every request: the token endpoint per client IP, and each wx.login() 
 failures only, and checked (without spending) before the request so an address over its budget stops reaching
 the user store: failed client authentications per client_id and per IP (unknown client_ids included, so random
 ids do not hammer the user store or churn the application cache), on every route that takes client credentials,
-and rejected bearer tokens per IP, wherever the token was sent. Profile and password changes are counted per user
-(the bearer token's verified ``sub``). Each trip is audited, once per limit, key and period (``Origin``).
+and rejected bearer tokens per IP, wherever the token was sent. Profile and password changes, avatar uploads and
+encryptedData decryptions are counted per user (the bearer token's verified ``sub``); avatar downloads per IP.
+Each trip is audited, once per limit, key and period (``Origin``).
 
 A request's checks before the view are one script call, and so are those after a failure (``check_all``).
 
@@ -22,7 +23,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import appkeys, params
 from gateway.metrics import LOGIN_PATH
-from gateway.views import account, rights
+from gateway.views import account, avatars, rights, wechat_data
 from gateway.views.token import REFRESH_PATH
 from shared.audit import AuditPublisher
 from shared.config import GatewayConfig
@@ -42,6 +43,17 @@ class GatewayLimits:
         self.bad_tokens = Limit("bad_tokens_ip", config.rate_limit_bad_tokens_per_ip, 60, fail_open=False)
         self.user_updates = Limit("user_updates", config.rate_limit_user_updates, 60)
         self.account_rights = Limit("account_rights", config.rate_limit_account_rights, 60)
+        self.avatar_uploads = Limit("avatar_uploads", config.rate_limit_avatar_uploads, 60)
+        self.wechat_data = Limit("wechat_data", config.rate_limit_wechat_data, 60)
+        self.avatars_ip = Limit("avatars_ip", config.rate_limit_avatars_per_ip, 60)
+
+    def per_user(self, path: str) -> Limit | None:
+        """The limit a POST to ``path`` spends per user (the bearer's verified ``sub``), if any."""
+        return {
+            _USER_UPDATE_PATH: self.user_updates,
+            avatars.UPLOAD_PATH: self.avatar_uploads,
+            wechat_data.DECRYPT_PATH: self.wechat_data,
+        }.get(path)
 
 
 #: OAuth endpoints where a client authenticates with client_id (and a secret) in the form, JSON or HTTP Basic.
@@ -86,6 +98,8 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     checks: list[Check] = []
     if request.path == LOGIN_PATH:
         checks.append(Check(limits.token_ip, ip))
+    elif request.path.startswith(avatars.AVATAR_PREFIX):
+        checks.append(Check(limits.avatars_ip, ip))
     if client_auth:
         checks.append(Check(limits.ip_failures, ip, cost=0))
     # Only the account routes read bearer tokens: one sent elsewhere (the JWKS, the metrics) spends nothing.
@@ -94,10 +108,11 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if code:  # the token endpoint's, and delete-account's proof code: the order of checks is unchanged
         checks.append(Check(limits.code, code))
     await limiter.check_all(checks, origin)
-    if request.method == "POST" and request.path == _USER_UPDATE_PATH and caller.access_token:
-        await _per_user(request, limiter, limits.user_updates, caller.access_token, origin)
-    elif request.path in _ACCOUNT_RIGHTS_PATHS and caller.access_token:
-        await _per_user(request, limiter, limits.account_rights, caller.access_token, origin)
+    per_user = limits.per_user(request.path) if request.method == "POST" and caller.access_token else None
+    if per_user is None and request.path in _ACCOUNT_RIGHTS_PATHS and caller.access_token:
+        per_user = limits.account_rights
+    if per_user is not None:
+        await _per_user(request, limiter, per_user, caller.access_token, origin)
     try:
         return await handler(request)
     except Unauthorized as exc:

@@ -20,7 +20,9 @@ from gateway import appkeys
 from gateway.views.account import ENVELOPE_PATHS
 from shared.guard import MAX_FIELD_CHARS
 from shared.messages import (
+    MAX_AVATAR_BYTES,
     AccountExport,
+    AvatarResult,
     CasdoorOrganization,
     CasdoorUser,
     ErrorBody,
@@ -46,6 +48,7 @@ _STRUCTS = (
     JwkSet,
     OpenIdConfiguration,
     AccountExport,
+    AvatarResult,
 )
 _FIELD: Doc = {"type": "string", "maxLength": MAX_FIELD_CHARS}
 _FORM = "application/x-www-form-urlencoded"
@@ -73,11 +76,11 @@ _WHY = {
     "is refused by the HTTP server itself, in plain text.",
     401: "No, unknown or wrong credentials.",
     403: "Not allowed.",
-    404: "No such user.",
+    404: "No such user (or avatar).",
     408: "The body did not arrive within BODY_READ_TIMEOUT.",
     409: "A name, email or phone already taken in the organization.",
-    413: "The body is larger than MAX_BODY_BYTES.",
-    415: "A body that is neither a form nor JSON.",
+    413: "The body is larger than MAX_BODY_BYTES (upload-avatar: a file over 2 MB).",
+    415: "A body that is neither a form nor JSON (upload-avatar: not multipart, or not a JPEG, PNG or WebP).",
     429: "A rate limit is spent (README: Rate limits).",
     502: "WeChat refused the application's credentials.",
     503: "A dependency (Redis, the user store, WeChat) is away, or the login queue is full.",
@@ -575,6 +578,101 @@ def _public_operations() -> Doc:
     }
 
 
+def _wechat_data_operations() -> Doc:
+    bearer = [_query("access_token", "A bearer access token; wins over the Authorization header.")]
+    avatar_file: Doc = {
+        "type": "object",
+        "required": ["avatar"],
+        "properties": {
+            "avatar": {
+                "type": "string",
+                "contentMediaType": "application/octet-stream",
+                "maxLength": MAX_AVATAR_BYTES,
+                "description": "The image file (field 'file' is read too): JPEG, PNG or WebP, at most 2 MB.",
+            }
+        },
+    }
+    encrypted = {
+        "encryptedData": "The encryptedData the mini program received (base64).",
+        "iv": "Its iv (base64).",
+    }
+    image = {"schema": {"type": "string", "contentMediaType": "image/*"}}
+    return {
+        "/api/upload-avatar": {
+            "post": {
+                "operationId": "uploadAvatar",
+                "tags": ["account"],
+                "summary": "Upload the bearer's avatar; it becomes the user's avatar URL",
+                "description": "Decoded and re-encoded (metadata stripped, at most 512x512 pixels). A non-image, a "
+                "polyglot, a decompression bomb or a file over 2 MB is refused. Rate limited per user.",
+                "security": [{"bearerAuth": []}],
+                "parameters": bearer,
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": avatar_file}}},
+                "responses": {
+                    "200": _ok(
+                        "data: the avatar's public URL; data2: what was stored.",
+                        _envelope({"type": "string", "format": "uri"}, data2=_ref("AvatarResult")),
+                    ),
+                    **_errors("/api/upload-avatar", (*_ENVELOPE_ERRORS, 415)),
+                },
+            }
+        },
+        "/api/decrypt-wechat-data": {
+            "post": {
+                "operationId": "decryptWechatData",
+                "tags": ["account"],
+                "summary": "Decrypt a legacy encryptedData with the session_key of the bearer's login",
+                "description": "AES-128-CBC; the watermark appid must be the application's mini program and its "
+                "timestamp within WECHAT_DATA_MAX_AGE. A 400 saying 'stale' means the session_key was rotated: log "
+                "in again. Rate limited per user.",
+                "security": [{"bearerAuth": []}],
+                "parameters": [
+                    *bearer,
+                    _query("encryptedData", encrypted["encryptedData"]),
+                    _query("iv", encrypted["iv"]),
+                ],
+                "requestBody": _form_body(encrypted, required=("encryptedData", "iv")),
+                "responses": {
+                    "200": _ok(
+                        "data: the decrypted object (phoneNumber or userInfo fields, and its watermark).",
+                        _envelope({"type": "object"}),
+                    ),
+                    **_errors("/api/decrypt-wechat-data", (*_ENVELOPE_ERRORS, 403)),
+                },
+            }
+        },
+        "/avatars/{name}": {
+            "get": {
+                "operationId": "avatar",
+                "tags": ["oidc"],
+                "summary": "An uploaded avatar, at the URL upload-avatar answered",
+                "description": "Immutable: a new upload gets a new URL. Rate limited per IP.",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}\\.(jpg|png|webp)$"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The image.",
+                        "headers": {
+                            "Cache-Control": {"schema": {"const": "public, max-age=31536000, immutable"}},
+                            "ETag": {"schema": {"type": "string"}},
+                            "X-Content-Type-Options": {"schema": {"const": "nosniff"}},
+                        },
+                        "content": {"image/jpeg": image, "image/png": image, "image/webp": image},
+                    },
+                    "304": {"description": "Not modified (If-None-Match matched the ETag)."},
+                    **_errors("/avatars/{name}", (*_GUARD, 404, 429, 503)),
+                },
+            }
+        },
+    }
+
+
 _STATUS: Doc = {
     "type": "object",
     "required": ["status"],
@@ -635,7 +733,13 @@ def build_document() -> Doc:
             {"name": "oidc", "description": "Public, cacheable documents (ETag)."},
             {"name": "operations", "description": "Probes and this document."},
         ],
-        "paths": {**_oauth_operations(), **_account_operations(), **_rights_operations(), **_public_operations()},
+        "paths": {
+            **_oauth_operations(),
+            **_account_operations(),
+            **_rights_operations(),
+            **_wechat_data_operations(),
+            **_public_operations(),
+        },
         "components": _components(),
     }
 

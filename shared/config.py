@@ -117,6 +117,9 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     rate_limit_bad_tokens_per_ip: RateCount = 60  # forged or dead bearer tokens per IP per minute
     rate_limit_user_updates: RateCount = 20  # profile and password changes of one user per minute
     rate_limit_account_rights: RateCount = 10  # account deletions and exports asked by one user per minute
+    rate_limit_avatar_uploads: RateCount = 10  # avatar uploads of one user per minute
+    rate_limit_wechat_data: RateCount = 30  # encryptedData decryptions of one user per minute
+    rate_limit_avatars_per_ip: RateCount = 1200  # avatar downloads (GET /avatars/...) per IP per minute
 
     #: Shared with the workers: opens the tokens they seal into Redis (``shared/streamseal.py``); empty: clear.
     stream_seal_key: Secret = Secret("")
@@ -216,6 +219,9 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     audit_flush_interval: Seconds = 0.2
     audit_batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
     audit_queue_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    #: Legacy encryptedData is refused when its watermark timestamp is further than this from now (seconds);
+    #: 0 turns the check off (``user_store/wechat_data.py``).
+    wechat_data_max_age: Annotated[float, msgspec.Meta(ge=0)] = 600.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -507,6 +507,46 @@ class AccountExport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 # --- Redis stream: audit events from processes without a database -> user store ---------------------------------
 
 
+# --- Avatars and legacy encryptedData (user store's /internal/avatars, /internal/wechat-data) -----------------
+
+
+#: The largest avatar file an upload may carry (the gateway refuses more before the user store sees it).
+MAX_AVATAR_BYTES = 2 * 1024 * 1024
+
+
+class AvatarUpload(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/avatars`` -> ``AvatarResult``: the bearer's new avatar, as uploaded (the user store decodes,
+    checks and re-encodes it). ``content`` is base64 on the JSON wire."""
+
+    credentials: Credentials
+    content: bytes
+
+
+class AvatarResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The stored avatar: its public URL (now the user's ``avatar``) and what it became."""
+
+    url: str
+    content_type: str
+    width: int
+    height: int
+    size: int
+
+
+class WechatDataRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/wechat-data/decrypt`` -> ``DecryptedData``: a mini program's legacy ``encryptedData`` and
+    ``iv``, opened with the session_key of the bearer token's login."""
+
+    credentials: Credentials
+    encrypted_data: str
+    iv: str
+
+
+class DecryptedData(msgspec.Struct, frozen=True, kw_only=True):
+    """The decrypted JSON object (phone number or userInfo, with its watermark): personal data, never logged."""
+
+    data: dict[str, Any]
+
+
 class AuditEvent(msgspec.Struct, frozen=True, kw_only=True, tag="audit_event.v1"):
     """One row of ``audit_events``, for ``shared.audit.AuditPublisher`` (``Keys.audit_stream``). Never a secret:
     ``details`` holds names, counts and limits, not tokens, codes or passwords."""

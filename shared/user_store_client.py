@@ -25,11 +25,16 @@ status of the matching ``MinidoorError``):
 - ``POST /internal/account/delete-account`` ``DeleteAccountRequest`` and ``POST /internal/account/delete-user``
   ``DeleteUserRequest`` -> ``DeletionResult`` (403 for a wrong second proof or a caller that is no admin);
   ``POST /internal/account/export-account`` ``UserQuery`` -> ``AccountExport``.
+- ``POST /internal/avatars`` ``AvatarUpload`` -> ``AvatarResult`` (400/413/415 for an upload that is not a clean
+  JPEG, PNG or WebP of at most 2 MB); ``GET /internal/avatars/{id}`` -> the image bytes, ``Content-Type``, ``ETag``
+  (404 when unknown)
+- ``POST /internal/wechat-data/decrypt`` ``WechatDataRequest`` -> ``DecryptedData`` (400 for a stale session_key,
+  a stale or malformed payload, 403 for another mini program's watermark)
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -42,7 +47,10 @@ from shared.messages import (
     Account,
     AccountExport,
     ApplicationInfo,
+    AvatarResult,
+    AvatarUpload,
     CasdoorUser,
+    DecryptedData,
     DeleteAccountRequest,
     DeleteUserRequest,
     DeletionResult,
@@ -63,6 +71,7 @@ from shared.messages import (
     UserList,
     UserQuery,
     UserUpdate,
+    WechatDataRequest,
     WechatLogin,
     WechatLogins,
 )
@@ -88,10 +97,18 @@ _update_decoder = msgspec.json.Decoder(UpdateResult)
 _logout_decoder = msgspec.json.Decoder(LogoutResult)
 _deletion_decoder = msgspec.json.Decoder(DeletionResult)
 _export_decoder = msgspec.json.Decoder(AccountExport)
+_avatar_decoder = msgspec.json.Decoder(AvatarResult)
+_decrypted_decoder = msgspec.json.Decoder(DecryptedData)
 _encoder = msgspec.json.Encoder()
 
 #: The end user's IP as the gateway saw it, for the user store's audit log; sent on the calls that are audited.
 CLIENT_IP_HEADER = "X-Client-IP"
+
+
+class StoredImage(NamedTuple):
+    content: bytes
+    content_type: str
+    etag: str
 
 
 class UserStoreClient:
@@ -201,6 +218,39 @@ class UserStoreClient:
     async def export_account(self, query: UserQuery, *, request_id: str = "", client_ip: str = "") -> AccountExport:
         path = "/internal/account/export-account"
         return await self._call("POST", path, _export_decoder, body=query, request_id=request_id, client_ip=client_ip)
+
+    async def upload_avatar(self, upload: AvatarUpload, *, request_id: str = "", client_ip: str = "") -> AvatarResult:
+        # Re-encoding up to 2 MB of image in the store takes longer than a JSON call.
+        path = "/internal/avatars"
+        return await self._call(
+            "POST", path, _avatar_decoder, body=upload, request_id=request_id, client_ip=client_ip, timeout=30.0
+        )
+
+    async def get_avatar(self, avatar_id: str, *, request_id: str = "") -> StoredImage | None:
+        """The stored avatar, or None when there is none by that id."""
+        headers = dict(self._headers)
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        url = f"{self._base}/internal/avatars/{quote(avatar_id, safe='')}"
+        try:
+            async with self._session.get(url, headers=headers, timeout=self._timeout) as resp:
+                raw = await resp.read()
+                if resp.status == 200:
+                    return StoredImage(raw, resp.headers.get("Content-Type", ""), resp.headers.get("ETag", ""))
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"the user store did not answer ({type(exc).__name__})", retry_after=1) from exc
+        if status == 404:
+            return None
+        raise Unavailable(f"the user store answered HTTP {status}", retry_after=1)
+
+    async def decrypt_wechat_data(
+        self, request: WechatDataRequest, *, request_id: str = "", client_ip: str = ""
+    ) -> DecryptedData:
+        path = "/internal/wechat-data/decrypt"
+        return await self._call(
+            "POST", path, _decrypted_decoder, body=request, request_id=request_id, client_ip=client_ip
+        )
 
     async def _call(
         self,

@@ -17,8 +17,20 @@ from shared.config import UserStoreConfig
 from shared.guard import harden, input_guard
 from shared.middleware import request_log
 from shared.redis_keys import RedisKeys
-from user_store.appkeys import AUDIT, CONFIG, MASTER_KEY, METRICS, PASSWORD_HASHING, PG_POOL, REVOCATIONS, RULES, SIGNER
+from user_store.appkeys import (
+    AUDIT,
+    AVATARS,
+    CONFIG,
+    MASTER_KEY,
+    METRICS,
+    PASSWORD_HASHING,
+    PG_POOL,
+    REVOCATIONS,
+    RULES,
+    SIGNER,
+)
 from user_store.audit import AuditStreamDrain, AuditWriter
+from user_store.avatars import PostgresAvatarStore
 from user_store.db import create_pool
 from user_store.master_key import load_master_key
 from user_store.metrics import UserStoreMetrics, metrics_middleware
@@ -63,6 +75,7 @@ def create_app(config: UserStoreConfig, *, connect_tries: int = 10) -> web.Appli
             await pool.close()
             raise
         app[PG_POOL] = pool
+        app[AVATARS] = PostgresAvatarStore(pool)
         yield
         await pool.close()
 

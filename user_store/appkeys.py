@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from shared.config import UserStoreConfig
     from user_store.audit import AuditWriter
+    from user_store.avatars import AvatarStore
     from user_store.master_key import MasterKey
     from user_store.metrics import UserStoreMetrics
     from user_store.revocations import Revocations
@@ -36,3 +37,5 @@ PASSWORD_HASHING: web.AppKey[PasswordHashing] = web.AppKey("password_hashing")
 #: Queues audit events for the batched INSERT (``user_store/audit.py``).
 AUDIT: web.AppKey[AuditWriter] = web.AppKey("audit")
 METRICS: web.AppKey[UserStoreMetrics] = web.AppKey("metrics")
+#: Where uploaded avatars live (``user_store/avatars.py``): PostgreSQL by default.
+AVATARS: web.AppKey[AvatarStore] = web.AppKey("avatars")

@@ -5,7 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from user_store.metrics import metrics_view
-from user_store.views import account, applications, discovery, health, introspection, logins, rights, token
+from user_store.views import (
+    account,
+    applications,
+    avatars,
+    discovery,
+    health,
+    introspection,
+    logins,
+    rights,
+    token,
+    wechat_data,
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -34,3 +45,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/internal/account/delete-account", rights.delete_account, name="delete_account")
     app.router.add_post("/internal/account/delete-user", rights.delete_user, name="delete_user")
     app.router.add_post("/internal/account/export-account", rights.export_account, name="export_account")
+    app.router.add_post("/internal/avatars", avatars.upload, name="upload_avatar")
+    app.router.add_get("/internal/avatars/{avatar_id}", avatars.get_avatar, name="avatar")
+    app.router.add_post("/internal/wechat-data/decrypt", wechat_data.decrypt, name="decrypt_wechat_data")

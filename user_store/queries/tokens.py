@@ -10,6 +10,7 @@ import asyncpg
 
 from user_store.db import Conn
 from user_store.queries import translate
+from user_store.queries.applications import PROVIDER_TYPE
 from user_store.signing_keys.signer import Subject
 
 
@@ -183,3 +184,22 @@ async def delete_expired(conn: Conn, grace_seconds: float, limit: int) -> int:
             limit,
         )
     return int(status.split()[-1])
+
+
+async def token_session_key(conn: Conn, token_id: str) -> asyncpg.Record:
+    """A live token's login: its family (the sealed session_key's row), both session_key columns, and the AppIDs of
+    its application's mini-program providers (``appids``), which a watermark may name."""
+    with translate("token"):
+        row = await conn.fetchrow(
+            """
+            SELECT t.family_id, t.session_key, t.session_key_sealed,
+                   coalesce((SELECT array_agg(p.appid) FROM application_providers ap
+                             JOIN providers p ON p.id = ap.provider_id
+                             WHERE ap.application_id = t.application_id AND p.type = $2), '{}') AS appids
+            FROM tokens t
+            WHERE t.id = $1::uuid
+            """,
+            token_id,
+            PROVIDER_TYPE,
+        )
+    return cast(asyncpg.Record, row)
