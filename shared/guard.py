@@ -1,8 +1,9 @@
 """Hostile input stops here, before any view: every service puts ``input_guard`` inside its error middleware.
 
 What it refuses, each with a 4xx the error middleware renders: a body larger than the app's ``client_max_size``
-(read or not by the view), a body that does not arrive within ``BODY_READ_TIMEOUT`` (408), a body, query or header
-that is not UTF-8, and JSON nested deeper than ``MAX_JSON_DEPTH`` (msgspec decodes recursively). A client that
+or the route's own ``body_limit`` (read or not by the view), a body that does not arrive within
+``BODY_READ_TIMEOUT`` (408), a body, query or header that is not UTF-8 (a ``binary`` route's body excepted), and
+JSON nested deeper than ``MAX_JSON_DEPTH`` (msgspec decodes recursively). A client that
 leaves mid-body gets no answer and no log line beyond the canonical one.
 """
 

@@ -4,6 +4,7 @@ end to end (the gateway, the user store, PostgreSQL), with the refusals' 4xx and
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from typing import Any
@@ -14,6 +15,7 @@ from PIL import Image
 
 from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from tests.account_helpers import account, api, bearer, new_user
+from tests.conftest import _stack_fixture
 from tests.stack import Stack
 from user_store.avatars import MAX_SIDE, MAX_UPLOAD_BYTES, clean_image
 
@@ -125,7 +127,7 @@ class TestUploadEndpoint:
         body = await upload(session, stack, user["access_token"], image_bytes("PNG", exif=True))
         url = body["data"]
         assert url.startswith(stack.gateway + "/avatars/") and url.endswith(".png")
-        assert body["data2"]["contentType" if "contentType" in body["data2"] else "content_type"] == "image/png"
+        assert body["data2"]["content_type"] == "image/png" and body["data2"]["url"] == url
         assert (await account(session, stack, user["access_token"]))["avatar"] == url
         async with session.get(url) as resp:
             content = await resp.read()
@@ -166,6 +168,17 @@ class TestUploadEndpoint:
         assert "multipart/form-data" in body["msg"]
         assert (await account(session, stack, token))["avatar"] == ""
 
+    async def test_large_photo_within_the_routes_own_limit(self, session, stack):
+        """A photo far above MAX_BODY_BYTES (64 KiB) but under 2 MB passes the route's own body limit and comes back
+        scaled to 512 pixels."""
+        noise = Image.frombytes("RGB", (900, 700), os.urandom(900 * 700 * 3))
+        out = io.BytesIO()
+        noise.save(out, "JPEG", quality=95)
+        assert 64 * 1024 * 4 < len(out.getvalue()) < MAX_UPLOAD_BYTES
+        user = await new_user(session, stack)
+        body = await upload(session, stack, user["access_token"], out.getvalue())
+        assert (body["data2"]["width"], body["data2"]["height"]) == (512, 398)
+
     async def test_far_oversized_body_refused_unread(self, session, stack):
         """A body far over the route's own limit is 413 from its Content-Length alone."""
         user = await new_user(session, stack)
@@ -188,3 +201,33 @@ class TestUploadEndpoint:
             path = path if path.startswith("/") else "/avatars/" + path
             async with session.get(stack.gateway + path) as resp:
                 assert resp.status == 404, path
+
+
+limited_stack = _stack_fixture(
+    "limited_stack", RATE_LIMIT_AVATAR_UPLOADS="2", RATE_LIMIT_WECHAT_DATA="1", RATE_LIMIT_AVATARS_PER_IP="3"
+)
+
+
+class TestRateLimits:
+    async def test_new_routes_are_limited(self, session, limited_stack):
+        """Uploads and decryptions are limited per user (a second user still has its budget), avatar downloads per
+        IP: 429 in the envelope (OAuth JSON for the download) with Retry-After."""
+        stack = limited_stack
+        first, second = await new_user(session, stack), await new_user(session, stack)
+        url = (await upload(session, stack, first["access_token"], image_bytes("PNG")))["data"]
+        await upload(session, stack, first["access_token"], image_bytes("PNG"))
+        body = await upload(session, stack, first["access_token"], image_bytes("PNG"), status=429)
+        assert body["status"] == "error"
+        url = (await upload(session, stack, second["access_token"], image_bytes("PNG")))["data"]
+
+        path = "/api/decrypt-wechat-data"
+        form = {"encryptedData": "AAAAAAAAAAAAAAAAAAAAAA==", "iv": "AAAAAAAAAAAAAAAAAAAAAA=="}
+        await api(session, stack, "POST", path, status=400, token=first["access_token"], data=form)
+        await api(session, stack, "POST", path, status=429, token=first["access_token"], data=form)
+
+        statuses = []
+        for _ in range(4):
+            async with session.get(url) as resp:
+                statuses.append(resp.status)
+                retry = resp.headers.get("Retry-After")
+        assert statuses == [200, 200, 200, 429] and retry is not None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from shared.messages import MAX_AVATAR_BYTES, AvatarResult, AvatarUpload
@@ -130,7 +130,7 @@ def clean_image(raw: bytes) -> CleanImage:
             source = Image.open(io.BytesIO(raw), formats=list(FORMATS))
         except Image.DecompressionBombError:
             raise _bomb() from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        except Exception:  # Pillow's parsers raise many kinds (struct.error, EOFError, ...) on hostile bytes
             raise UnsupportedMediaType("the avatar is not a JPEG, PNG or WebP image") from None
         fmt = source.format or ""
         width, height = source.size
@@ -141,10 +141,10 @@ def clean_image(raw: bytes) -> CleanImage:
         _refuse_polyglot(raw, fmt)
         try:
             source.load()
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            image = ImageOps.exif_transpose(source)
+            return _encode(image, fmt)
+        except Exception:  # the same on decoding: a damaged file is the client's, never a 500
             raise BadRequest("the avatar image is damaged or truncated") from None
-        image = ImageOps.exif_transpose(source)
-    return _encode(image, fmt)
 
 
 def _bomb(size: str = "") -> BadRequest:

@@ -67,7 +67,10 @@ def decrypt_wechat_data(
         raise BadRequest("iv must be 16 bytes, base64")
     if not ciphertext or len(ciphertext) % _BLOCK:
         raise BadRequest("encryptedData must be whole 16-byte AES blocks")
-    key = base64.b64decode(session_key) if session_key else b""
+    try:
+        key = base64.b64decode(session_key) if session_key else b""
+    except (binascii.Error, ValueError):
+        key = b""
     if len(key) != _BLOCK:
         raise BadRequest("this login holds no WeChat session_key to decrypt with; log in with wx.login() again")
     decryptor = Cipher(algorithms.AES(key), modes.CBC(vector)).decryptor()
