@@ -20,7 +20,7 @@ import msgspec
 import structlog
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from shared.errors import BadRequest, Forbidden
+from shared.errors import BadRequest, Forbidden, InvalidToken
 from shared.messages import DecryptedData, WechatDataRequest
 from user_store.audit import AuditWriter
 from user_store.callers import authenticate, require_user
@@ -127,6 +127,8 @@ async def decrypt_for_caller(
         user_id = require_user(caller, "decrypt-wechat-data")
         assert caller.token is not None
         row = await token_session_key(conn, caller.token.token_id)
+    if row is None:  # expired and pruned since it was checked
+        raise InvalidToken("the access token is invalid, expired or revoked; log in again")
     family = family_row(row["family_id"])
     session_key = open_session_key(master, family, row["session_key"], row["session_key_sealed"])
     who = {

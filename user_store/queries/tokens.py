@@ -186,11 +186,11 @@ async def delete_expired(conn: Conn, grace_seconds: float, limit: int) -> int:
     return int(status.split()[-1])
 
 
-async def token_session_key(conn: Conn, token_id: str) -> asyncpg.Record:
+async def token_session_key(conn: Conn, token_id: str) -> asyncpg.Record | None:
     """A live token's login: its family (the sealed session_key's row), both session_key columns, and the AppIDs of
     its application's mini-program providers (``appids``), which a watermark may name."""
     with translate("token"):
-        row = await conn.fetchrow(
+        return await conn.fetchrow(
             """
             SELECT t.family_id, t.session_key, t.session_key_sealed,
                    coalesce((SELECT array_agg(p.appid) FROM application_providers ap
@@ -202,4 +202,3 @@ async def token_session_key(conn: Conn, token_id: str) -> asyncpg.Record:
             token_id,
             PROVIDER_TYPE,
         )
-    return cast(asyncpg.Record, row)
