@@ -458,6 +458,7 @@ def test_every_credential_route_counts_client_failures():
         "/readyz",
         "/metrics",
         "/api/openapi.json",
+        "/avatars/{name}",
     }
     assert paths - without_credentials == OAUTH_CLIENT_PATHS | ENVELOPE_PATHS
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 
 from tests.oauth_helpers import claims_of, make_app
 from tests.stack import Stack
@@ -48,13 +49,18 @@ def other_org_app(stack: Stack, org: str) -> dict[str, str]:
     return {"clientId": app["clientId"], "appid": appid}
 
 
+@pytest.fixture(scope="module", name="apps")
+def _apps(stack: Stack) -> tuple[dict[str, str], dict[str, str]]:
+    """Two mini programs (two applications, two providers, two appids) of the demo organization."""
+    return make_app(stack, "union-shop"), make_app(stack, "union-club")
+
+
 class TestUnionid:
-    async def test_two_mini_programs_of_one_organization(self, session, stack, db):
+    async def test_two_mini_programs_of_one_organization(self, session, stack, db, apps):
         """Two mini programs (two providers, two appids) of one organization: a WeChat user with a different openid
         in each but one unionid is one user, with one identity row per (organization, appid, openid); a second
         login in either finds that user again and adds no row."""
-        shop = make_app(stack, "union-shop")
-        club = make_app(stack, "union-club")
+        shop, club = apps
         assert shop["appid"] != club["appid"]
         unionid = f"u-{secrets.token_hex(8)}"
         openid_shop, openid_club = f"o-shop-{secrets.token_hex(4)}", f"o-club-{secrets.token_hex(4)}"
@@ -76,17 +82,16 @@ class TestUnionid:
         assert {r["user_id"] for r in rows} == {first["sub"]}
         assert await db.fetchval("SELECT count(*) FROM users WHERE id = $1::uuid", first["sub"]) == 1
 
-    async def test_without_unionid_two_users(self, session, stack):
+    async def test_without_unionid_two_users(self, session, stack, apps):
         """Without a shared unionid, the same person's two openids are two users (nothing links them)."""
-        shop = make_app(stack, "plain-shop")
-        club = make_app(stack, "plain-club")
+        shop, club = apps
         first = await login_as(session, stack, shop, f"o-{secrets.token_hex(6)}", "")
         second = await login_as(session, stack, club, f"o-{secrets.token_hex(6)}", "")
         assert first["sub"] != second["sub"]
 
-    async def test_different_organizations_are_different_users(self, session, stack, db):
+    async def test_different_organizations_are_different_users(self, session, stack, db, apps):
         """The same unionid in mini programs of two organizations signs in two users, one per organization."""
-        demo = make_app(stack, "union-demo")
+        demo = apps[0]
         other = other_org_app(stack, "union-other")
         unionid = f"u-{secrets.token_hex(8)}"
         first = await login_as(session, stack, demo, f"o-{secrets.token_hex(6)}", unionid)
