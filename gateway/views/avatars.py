@@ -13,6 +13,7 @@ import re
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
 from gateway import appkeys
@@ -77,7 +78,7 @@ async def _file_part(request: web.Request) -> bytes:
                 if len(content) > MAX_AVATAR_BYTES:
                     raise PayloadTooLarge(f"the avatar is larger than {MAX_AVATAR_BYTES // (1024 * 1024)} MB")
                 return content
-    except (ValueError, AssertionError, RuntimeError, LookupError) as exc:
+    except (HttpProcessingError, ValueError, AssertionError, RuntimeError, LookupError) as exc:
         raise BadRequest(f"the multipart body is malformed ({type(exc).__name__})") from None
     raise BadRequest("the multipart body has no file in a field named 'avatar'")
 
