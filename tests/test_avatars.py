@@ -179,6 +179,20 @@ class TestUploadEndpoint:
         body = await upload(session, stack, user["access_token"], out.getvalue())
         assert (body["data2"]["width"], body["data2"]["height"]) == (512, 398)
 
+    async def test_deleting_the_account_erases_the_avatar(self, session, stack, db):
+        """An account deletion erases its avatar: the row is gone and its URL answers 404."""
+        user = await new_user(session, stack)
+        url = (await upload(session, stack, user["access_token"], image_bytes("PNG")))["data"]
+        async with session.post(
+            stack.sandbox + "/sandbox/login", json={"appid": stack.demo["wechatAppId"], "openid": user["openid"]}
+        ) as resp:
+            code = (await resp.json())["code"]
+        form = {"code": code}
+        await api(session, stack, "POST", "/api/delete-account", token=user["access_token"], data=form)
+        assert await db.fetchval("SELECT count(*) FROM avatars WHERE user_id = $1::uuid", user["id"]) == 0
+        async with session.get(url) as resp:
+            assert resp.status == 404
+
     async def test_far_oversized_body_refused_unread(self, session, stack):
         """A body far over the route's own limit is 413 from its Content-Length alone."""
         user = await new_user(session, stack)

@@ -17,6 +17,7 @@ from shared.messages import AccountExport, ExportedApplication, ExportedEvent, E
 from user_store import users
 from user_store.db import Conn
 from user_store.queries import erasure as queries
+from user_store.queries.avatars import delete_avatar
 from user_store.revocations import Revocations
 from user_store.tokens import revoke_user_tokens
 
@@ -38,6 +39,7 @@ async def erase_user_data(conn: Conn, user_id: uuid.UUID) -> int:
     identities = await queries.delete_identities(conn, user_id)
     await queries.blank_token_session_keys(conn, user_id)
     await queries.delete_password_slots(conn, user_id)
+    await delete_avatar(conn, str(user_id))
     await queries.forget_event_addresses(conn, user_id)
     await queries.tombstone_user(conn, user_id)
     return identities
