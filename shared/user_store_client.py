@@ -239,10 +239,10 @@ class UserStoreClient:
                     return StoredImage(raw, resp.headers.get("Content-Type", ""), resp.headers.get("ETag", ""))
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unavailable(f"the user store did not answer ({type(exc).__name__})", retry_after=1) from exc
+            raise Unavailable("the user store did not answer ({kind})", kind=type(exc).__name__, retry_after=1) from exc
         if status == 404:
             return None
-        raise Unavailable(f"the user store answered HTTP {status}", retry_after=1)
+        raise Unavailable("the user store answered HTTP {http_status}", http_status=status, retry_after=1)
 
     async def decrypt_wechat_data(
         self, request: WechatDataRequest, *, request_id: str = "", client_ip: str = ""

@@ -120,7 +120,7 @@ def avatar_url(issuer: str, avatar_id: str, extension: str) -> str:
 def clean_image(raw: bytes) -> CleanImage:
     """The avatar ``raw`` becomes (see the module docstring); CPU-bound, so callers run it in a thread."""
     if len(raw) > MAX_UPLOAD_BYTES:
-        raise PayloadTooLarge(f"the avatar is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+        raise PayloadTooLarge("the avatar is larger than {mb} MB", mb=MAX_UPLOAD_BYTES // (1024 * 1024))
     if not raw:
         raise BadRequest("the avatar file is empty")
     with warnings.catch_warnings():
@@ -148,8 +148,16 @@ def clean_image(raw: bytes) -> CleanImage:
 
 
 def _bomb(size: str = "") -> BadRequest:
-    announced = f"{size} pixels, more than" if size else "far more pixels than"
-    return BadRequest(f"the avatar announces {announced} {MAX_SOURCE_PIXELS:,}: refused as a decompression bomb")
+    if size:
+        return BadRequest(
+            "the avatar announces {size} pixels, more than {limit}: refused as a decompression bomb",
+            size=size,
+            limit=f"{MAX_SOURCE_PIXELS:,}",
+        )
+    return BadRequest(
+        "the avatar announces far more pixels than {limit}: refused as a decompression bomb",
+        limit=f"{MAX_SOURCE_PIXELS:,}",
+    )
 
 
 def _refuse_polyglot(raw: bytes, fmt: str) -> None:

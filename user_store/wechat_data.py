@@ -44,7 +44,7 @@ def _b64(value: str, what: str) -> bytes:
     try:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise BadRequest(f"{what} must be base64") from None
+        raise BadRequest("{what} must be base64", what=what) from None
 
 
 def decrypt_wechat_data(
@@ -60,7 +60,7 @@ def decrypt_wechat_data(
     its timestamp is at most ``max_age`` seconds away from ``now``; ``BadRequest`` (``StaleSessionKey`` for a bad
     padding or garbage) otherwise."""
     if not encrypted_data or len(encrypted_data) > MAX_ENCRYPTED_CHARS:
-        raise BadRequest(f"encryptedData must be 1 to {MAX_ENCRYPTED_CHARS} base64 characters")
+        raise BadRequest("encryptedData must be 1 to {limit} base64 characters", limit=MAX_ENCRYPTED_CHARS)
     ciphertext = _b64(encrypted_data, "encryptedData")
     vector = _b64(iv, "iv")
     if len(vector) != _BLOCK:
@@ -93,7 +93,10 @@ def decrypt_wechat_data(
             raise BadRequest("the decrypted data has no watermark timestamp")
         age = (time.time() if now is None else now) - stamp
         if abs(age) > max_age:
-            raise BadRequest(f"the data's watermark timestamp is more than {max_age:g} s old (or ahead); get it again")
+            raise BadRequest(
+                "the data's watermark timestamp is more than {seconds} s old (or ahead); get it again",
+                seconds=f"{max_age:g}",
+            )
     return doc
 
 

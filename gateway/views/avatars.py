@@ -76,10 +76,10 @@ async def _file_part(request: web.Request) -> bytes:
             if isinstance(part, BodyPartReader) and part.name in FILE_FIELDS:
                 content = bytes(await part.read(decode=True))
                 if len(content) > MAX_AVATAR_BYTES:
-                    raise PayloadTooLarge(f"the avatar is larger than {MAX_AVATAR_BYTES // (1024 * 1024)} MB")
+                    raise PayloadTooLarge("the avatar is larger than {mb} MB", mb=MAX_AVATAR_BYTES // (1024 * 1024))
                 return content
     except (HttpProcessingError, ValueError, AssertionError, RuntimeError, LookupError) as exc:
-        raise BadRequest(f"the multipart body is malformed ({type(exc).__name__})") from None
+        raise BadRequest("the multipart body is malformed ({kind})", kind=type(exc).__name__) from None
     raise BadRequest("the multipart body has no file in a field named 'avatar'")
 
 

@@ -40,7 +40,7 @@ def _json_fields(body: bytes) -> dict[str, str]:
     try:
         doc = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        raise BadRequest("the body is not valid JSON: {detail}", detail=str(exc)) from None
     if not isinstance(doc, dict):
         raise BadRequest("the JSON body must be an object")
     fields = {key: doc[key] for key in ("encryptedData", "iv") if key in doc}
