@@ -5,12 +5,14 @@ included), and what an earlier run left is removed first.
 
 ``SCALE_TEST_LOGINS`` (5000) and ``SCALE_TEST_INTROSPECTIONS`` (2000) set each run's load; ``SCALE_TEST_WARM_USERS``
 (500) the returning users logged in once before the runs; ``SCALE_TEST_LOG_LEVEL`` (warning) the services' log
-level; ``SCALE_TEST_KEEP=1`` keeps the state directory (logs under ``logs/``) after the run.
+level; ``SCALE_TEST_RUNS`` (all) a comma-separated choice of runs by name; ``SCALE_TEST_KEEP=1`` keeps the state
+directory (logs under ``logs/``) after the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -19,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 import aiohttp
 import msgspec
@@ -26,7 +29,10 @@ import msgspec
 from services.scale_test.cluster import Cluster, HostChild
 from services.scale_test.hosts import Network, cannot_run, cleanup_stale
 from services.scale_test.load import LoadSpec
-from services.scale_test.runs import RUNS, Figures, Progress, execute, login_openids, run_load
+from services.scale_test.runs import RUNS, Figures, Progress, Run, execute, login_openids, run_load
+from shared.logs import configure_logging
+
+LOCK_FILE = Path(tempfile.gettempdir()) / "minidoor-scale-test.lock"
 
 
 def _say(line: str) -> None:
@@ -37,11 +43,25 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _lock() -> IO[bytes] | None:
+    """The machine-wide lock of the scale test (held until exit), or None when another run holds it: its hosts have
+    the same names, which this run's clean-up of stale ones would remove."""
+    handle = LOCK_FILE.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def _int_env(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
-async def _scenario(cluster: Cluster, logins: int, introspections: int, warm_users: int) -> list[Figures]:
+async def _scenario(
+    cluster: Cluster, runs: list[Run], logins: int, introspections: int, warm_users: int
+) -> list[Figures]:
     demo = cluster.demo
     assert demo is not None
     base = LoadSpec(
@@ -63,7 +83,7 @@ async def _scenario(cluster: Cluster, logins: int, introspections: int, warm_use
     returning = [f"warm-{i}" for i in range(warm_users)]
     results = []
     async with aiohttp.ClientSession() as http:
-        for run in RUNS:
+        for run in runs:
             spec = msgspec.structs.replace(
                 base,
                 openids=login_openids(run.name, logins, returning),
@@ -84,13 +104,20 @@ def main() -> int:
     if reason:
         _say(f"scale-test: skipped: {reason}")
         return 0
+    lock = _lock()
+    if lock is None:
+        _say(f"scale-test: another scale test holds {LOCK_FILE} on this machine; one at a time (they share names)")
+        return 1
     stale = cleanup_stale()
     if stale:
         _say(f"scale-test: removed what an earlier run left: {' '.join(sorted(set(stale)))}")
     signal.signal(signal.SIGTERM, _interrupt)
+    configure_logging("warning", service="scale-test")  # the seed's lines (migrations) would drown the figures
     logins = _int_env("SCALE_TEST_LOGINS", 5000)
     introspections = _int_env("SCALE_TEST_INTROSPECTIONS", 2000)
     warm_users = _int_env("SCALE_TEST_WARM_USERS", 500)
+    wanted = (os.environ.get("SCALE_TEST_RUNS") or "").split(",")
+    runs = [run for run in RUNS if run.name in wanted] if any(wanted) else RUNS
     state = Path(tempfile.mkdtemp(prefix="mdst-"))
     state.chmod(0o711)  # PostgreSQL runs as its own user under it
     network = Network()
@@ -106,7 +133,7 @@ def main() -> int:
             f"scale-test: 11 hosts up in {time.monotonic() - started:.0f} s; each run: {logins} logins, "
             f"{introspections} introspections over 2 gateways, a quarter of the logins returning users"
         )
-        figures = asyncio.run(_scenario(cluster, logins, introspections, warm_users))
+        figures = asyncio.run(_scenario(cluster, runs, logins, introspections, warm_users))
         failed = not all(f.ok for f in figures)
         if cluster.dead():
             _say(f"scale-test: processes died: {', '.join(cluster.dead())}")
