@@ -163,12 +163,17 @@ async def run_load(cluster: Cluster, spec: LoadSpec, progress: Progress) -> Load
     await proc.stdin.drain()
     proc.stdin.close()
     result: LoadResult | None = None
-    async for raw in proc.stdout:
-        line = raw.decode()
-        if line.startswith("progress "):
-            progress.update(int(line.split()[1]))
-        elif line.startswith("result "):
-            result = msgspec.json.decode(line.removeprefix("result "), type=LoadResult)
+    try:
+        async for raw in proc.stdout:
+            line = raw.decode()
+            if line.startswith("progress "):
+                progress.update(int(line.split()[1]))
+            elif line.startswith("result "):
+                result = msgspec.json.decode(line.removeprefix("result "), type=LoadResult)
+    except BaseException:  # interrupted: the load goes too, before its pipes outlive the loop
+        proc.kill()
+        await proc.wait()
+        raise
     code = await proc.wait()
     if result is None:
         raise RuntimeError(f"the load exited with {code} and no result (see {cluster.logs / 'load.log'})")
