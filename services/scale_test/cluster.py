@@ -60,14 +60,15 @@ class HostChild(Child):
     def __init__(
         self, host: Host, name: str, args: Sequence[str], env: Mapping[str, str], log: Path, ready_url: str = ""
     ) -> None:
-        self.name = name
-        self.ready_url = ready_url
         self.log_path = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                host.command(args),
+        super().__init__(name, host.command(args), env, ready_url)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as out:
+            return subprocess.Popen(
+                self._args,
                 cwd=ROOT,
-                env=dict(env),
+                env=self._env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
