@@ -3,8 +3,10 @@
 - ``baseline``: no fault;
 - ``worker-link-down``: w1's link down for 10 s, then up (its jobs are claimed by w2 and w3 meanwhile);
 - ``db-link-slow``: the db host's link (PostgreSQL and Redis) at ``SLOW_RATE`` both ways for 10 s (tc tbf);
-- ``user-store-link-cut``: us2's link cut until the load ends (the balancer drops it; its callers retry on us1);
-- ``gateway-link-cut``: gw2's link cut for 10 s while its clients wait on it (they retry once on gw1, same code).
+- ``gateway-link-cut``: gw2's link cut for 10 s while its clients wait on it (they retry once on gw1, same code);
+- ``user-store-link-cut``: us2's link cut until the load ends (the balancer drops it; its callers retry on us1).
+  Last: once back, us2 gets only new connections, and the gateways' and workers' keep-alive ones to the balancer
+  stay with us1 (as a Service's would), so a run after it would find us2 short of its share.
 
 A fault starts once ``FAULT_AT`` of the logins have finished, so every host has served its share before.
 """
@@ -59,12 +61,12 @@ RUNS = [
         Fault(f"db's link at {SLOW_RATE}", lambda n: n.slow("db", SLOW_RATE), lambda n: n.unslow("db")),
     ),
     Run(
-        "user-store-link-cut",
-        Fault("us2's link cut", lambda n: n.cut("us2"), lambda n: n.restore("us2"), hold=None),
-    ),
-    Run(
         "gateway-link-cut",
         Fault("gw2's link down", lambda n: n.cut("gw2"), lambda n: n.restore("gw2"), cuts_gateway=1),
+    ),
+    Run(
+        "user-store-link-cut",
+        Fault("us2's link cut", lambda n: n.cut("us2"), lambda n: n.restore("us2"), hold=None),
     ),
 ]
 
