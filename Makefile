@@ -61,6 +61,10 @@ fuzz: install  ## only the schemathesis and hypothesis fuzz tests (also part of 
 test-miniprogram: install  ## only the mini-program SDK's node tests against a live stack (also part of `make test`)
 	$(PY) -m pytest tests/test_miniprogram_sdk.py -rs $(PYTEST_ARGS)
 
+.PHONY: scale-test
+scale-test: install  ## 11 hosts in network namespaces (root) under load and network faults; one line per run
+	$(PY) -m services.scale_test
+
 # `make bench`'s load tool and peer: Debian's wrk (installed when missing, as root: so it is here and in CI) and
 # oidc-provider with its dependencies, pinned by services/bench/peer/package-lock.json (node_modules is ignored).
 PEER_DIR := services/bench/peer

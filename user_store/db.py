@@ -23,6 +23,10 @@ log = structlog.get_logger()
 #: A plain connection or one borrowed from a pool; query helpers accept either.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+#: A store cut off from PostgreSQL mid-transaction (its link gone, its connections never closed) would hold its row
+#: locks until the server noticed, hours later by TCP keepalive, stalling every other store's logins of those users
+#: (``make scale-test``, user-store-link-cut): PostgreSQL ends a session idle in a transaction this long (ms).
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 5000
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -52,6 +56,7 @@ async def create_pool(config: UserStoreConfig, *, tries: int = 10, delay: float 
                 max_size=config.pg_pool_max,
                 init=_init_connection,
                 reset=_reset_connection,
+                server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS)},
             )
         except ssl.SSLCertVerificationError as exc:  # before CONNECTION_ERRORS (OSError): no retry mends it
             raise TLSRefused(
