@@ -32,6 +32,21 @@ class CodeExchangeJob(msgspec.Struct, frozen=True, kw_only=True, tag="code_excha
     client_ip: str = ""
 
 
+class PhoneLoginJob(msgspec.Struct, frozen=True, kw_only=True, tag="phone_login.v1"):
+    """Sign in with a ``getPhoneNumber`` code (``tag=wechat_miniprogram_phone``), and reply on ``reply_to``; with a
+    ``login_code`` (a wx.login() code) the caller's WeChat identity is linked to that user in the same step. Each
+    code is exchanged at most once, through its own exchange record, like ``CodeExchangeJob``'s."""
+
+    job_id: str
+    request_id: str
+    client_id: str
+    code: str
+    reply_to: str
+    deadline: float
+    login_code: str = ""
+    client_ip: str = ""
+
+
 class TokenResponse(msgspec.Struct, frozen=True, kw_only=True):
     """Casdoor's snake_case OAuth token wrapper, what mini programs written from Casdoor's docs read."""
 
@@ -88,7 +103,7 @@ class LoginSucceededSealed(msgspec.Struct, frozen=True, kw_only=True, tag="login
     record: str = ""
 
 
-Job = CodeExchangeJob
+Job = CodeExchangeJob | PhoneLoginJob
 Reply = LoginSucceeded | LoginFailed | LoginSucceededSealed
 
 #: The one field of a stream entry that holds the msgpack-encoded message.
@@ -161,6 +176,21 @@ class WechatLogin(msgspec.Struct, frozen=True, kw_only=True):
     unionid: str = ""
     username: str = ""
     avatar: str = ""
+
+
+class PhoneLogin(msgspec.Struct, frozen=True, kw_only=True):
+    """A phone number WeChat vouched for (getuserphonenumber, its watermark checked), to sign in the organization's
+    user with it (POST /internal/logins/wechat-phone -> ``LoginResult``); with ``openid`` (from the job's
+    ``login_code``) that WeChat identity is linked to the user, or refused with 409 if another user has it."""
+
+    client_id: str
+    appid: str
+    #: Digits without the country code (WeChat's ``purePhoneNumber``), and the country code's digits ("86").
+    phone: str
+    country_code: str
+    openid: str = ""
+    unionid: str = ""
+    session_key: str = ""
 
 
 class LoginResult(msgspec.Struct, frozen=True, kw_only=True):

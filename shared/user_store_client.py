@@ -8,6 +8,9 @@ status of the matching ``MinidoorError``):
   (401 invalid_client when unknown or without a WeChat mini-program provider)
 - ``POST /internal/logins/wechat-miniprogram`` ``WechatLogin`` -> ``LoginResult``
   (400 invalid_grant when sign-up is disabled for a new user, 401 invalid_client for an unknown client)
+- ``POST /internal/logins/wechat-phone`` ``PhoneLogin`` -> ``LoginResult`` (400 invalid_grant for a phone number
+  without an account where sign-up is off or only pre-provisioned users may sign in, 409 when the WeChat identity
+  belongs to another user)
 - ``POST /internal/logins/wechat-miniprogram/batch`` ``WechatLogins`` -> ``LoginOutcomes``: each login's result or
   the error it would have answered alone, in order
 - ``POST /internal/tokens/introspect`` ``TokenRequest`` -> ``Introspection`` (RFC 7662; 400 invalid_request without
@@ -55,6 +58,7 @@ from shared.messages import (
     LogoutResult,
     MiniProgramProvider,
     OpenIdConfiguration,
+    PhoneLogin,
     RefreshRequest,
     TokenRequest,
     TokenResponse,
@@ -117,6 +121,19 @@ class UserStoreClient:
         return await self._call(
             "POST",
             "/internal/logins/wechat-miniprogram",
+            _login_decoder,
+            body=login,
+            request_id=request_id,
+            timeout=timeout,
+            client_ip=client_ip,
+        )
+
+    async def login_phone(
+        self, login: PhoneLogin, *, request_id: str = "", timeout: float | None = None, client_ip: str = ""
+    ) -> LoginResult:
+        return await self._call(
+            "POST",
+            "/internal/logins/wechat-phone",
             _login_decoder,
             body=login,
             request_id=request_id,

@@ -20,6 +20,7 @@ def setup_routes(app: web.Application) -> None:
     )
     app.router.add_post("/internal/logins/wechat-miniprogram", logins.wechat_login, name="wechat_login")
     app.router.add_post("/internal/logins/wechat-miniprogram/batch", logins.wechat_logins, name="wechat_logins")
+    app.router.add_post("/internal/logins/wechat-phone", logins.phone_login, name="phone_login")
     app.router.add_post("/internal/tokens/introspect", introspection.introspect, name="introspect")
     app.router.add_post("/internal/tokens/revoke", introspection.revoke, name="revoke")
     app.router.add_get("/internal/keys/jwks", discovery.jwks, name="jwks")

@@ -46,6 +46,50 @@ async def user_by_openid(conn: Conn, organization_id: Any, appid: str, openid: s
         )
 
 
+async def user_by_phone(conn: Conn, organization_id: Any, phone: str) -> asyncpg.Record | None:
+    """The organization's user with these phone digits (unique per organization), and their country code."""
+    with translate("user"):
+        return await conn.fetchrow(
+            f"""
+            SELECT {_LOGIN_USER}, u.country_code
+            FROM users u WHERE u.organization_id = $1 AND u.phone = $2
+            FOR KEY SHARE OF u
+            """,
+            organization_id,
+            phone,
+        )
+
+
+async def insert_phone_user(conn: Conn, organization_id: Any, name: str, phone: str, country_code: str) -> Any:
+    """A user created by an admin ahead of their phone sign-in; its id. ``Conflict`` for a taken name or phone."""
+
+    def duplicate(constraint: str) -> str:
+        return "the phone number is taken" if "phone" in constraint else f"the name {name!r} is taken"
+
+    with translate("user", duplicate=duplicate):
+        return await conn.fetchval(
+            """
+            INSERT INTO users (organization_id, name, phone, country_code, avatar, signup_application)
+            SELECT o.id, $2, $3, $4, o.default_avatar, '' FROM organizations o WHERE o.id = $1
+            RETURNING id
+            """,
+            organization_id,
+            name,
+            phone,
+            country_code,
+        )
+
+
+async def set_user_phone(conn: Conn, user_id: Any, phone: str, country_code: str) -> None:
+    with translate("user"):
+        await conn.execute(
+            "UPDATE users SET phone = $2, country_code = $3, updated_at = now() WHERE id = $1",
+            user_id,
+            phone,
+            country_code,
+        )
+
+
 async def user_by_unionid(conn: Conn, organization_id: Any, unionid: str) -> asyncpg.Record | None:
     with translate("user"):
         return await conn.fetchrow(
