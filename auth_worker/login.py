@@ -23,6 +23,7 @@ from shared.errors import InvalidGrant, MinidoorError, Unavailable
 from shared.messages import (
     CodeExchangeJob,
     Job,
+    LinkWechatJob,
     LoginFailed,
     LoginResult,
     LoginSucceeded,
@@ -30,6 +31,8 @@ from shared.messages import (
     PhoneLogin,
     PhoneLoginJob,
     Reply,
+    WechatLink,
+    WechatLinked,
     WechatLogin,
     WechatSession,
 )
@@ -40,7 +43,7 @@ from shared.streamseal import StreamSeal, seal_reply
 from shared.user_store_client import UserStoreClient
 
 T = TypeVar("T")
-J = TypeVar("J", CodeExchangeJob, PhoneLoginJob)
+J = TypeVar("J", CodeExchangeJob, PhoneLoginJob, LinkWechatJob)
 
 # Time kept back from WeChat's share of a job's deadline for the user store's part of the work.
 _USER_STORE_RESERVE = 1.0
@@ -106,6 +109,9 @@ class JobHandler:
             if isinstance(job, PhoneLoginJob):
                 key = self._redis_keys.code_exchange(provider.appid, job.client_id, phone_code_key(job.code))
                 answer = await self._settle(job, stream_id, provider, key, self._own_phone)
+            elif isinstance(job, LinkWechatJob):
+                key = self._redis_keys.code_exchange(provider.appid, job.client_id, job.code)
+                answer = await self._settle(job, stream_id, provider, key, self._own_link)
             else:
                 key = self._redis_keys.code_exchange(provider.appid, job.client_id, job.code)
                 answer = await self._settle(job, stream_id, provider, key, self._own)
@@ -148,7 +154,7 @@ class JobHandler:
                     now=time.time(),
                     deadline=job.deadline,
                     # A phone job marks its code just before presenting it (it may first claim its login code).
-                    call=isinstance(job, CodeExchangeJob) and not self._wechat.breaker.is_open,
+                    call=not isinstance(job, PhoneLoginJob) and not self._wechat.breaker.is_open,
                 ),
             )
             match claim.state:
@@ -218,6 +224,54 @@ class JobHandler:
         # Sealed from here on: the answer is kept in the exchange record and the reply stream, both in Redis.
         succeeded = seal_reply(self._seal, LoginSucceeded(job_id=job.job_id, token=login_result.token))
         return self._final(key, succeeded, path)
+
+    async def _own_link(self, job: LinkWechatJob, provider: MiniProgramProvider, key: str, claim: Claim) -> Answer:
+        """The login code's record is this job's: exchange the code (or reuse the session an earlier attempt stored)
+        and link the identity to the bearer's user; the answer is the code's final one, as a login's is."""
+        session = claim.session
+        path = "session_reused"
+        if session is None:
+            if claim.interrupted:
+                return self._final_error(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
+            path = "exchanged"
+            try:
+                if not claim.calling:
+                    self._wechat.check_breaker()
+                    if not await _redis(job, lambda: self.records.mark_calling(key, job.job_id)):
+                        return Answer(None, "lost")
+                remaining = job.deadline - time.time()
+                result = await self._wechat.jscode2session(
+                    provider.appid,
+                    provider.secret,
+                    job.code,
+                    deadline=job.deadline - min(_USER_STORE_RESERVE, remaining / 4),
+                )
+            except MinidoorError as exc:
+                if isinstance(exc, CodeUnspent):
+                    await self._release(key, job)
+                    return Answer(_failed(job, exc), "released")
+                return self._final_error(job, key, exc, path)
+            session = WechatSession(openid=result.openid, session_key=result.session_key, unionid=result.unionid)
+            await self._store_session(job, key, session)
+        link = WechatLink(
+            client_id=job.client_id,
+            user_id=job.user_id,
+            appid=provider.appid,
+            openid=session.openid,
+            unionid=session.unionid,
+            session_key=session.session_key,
+        )
+        try:
+            linked = await _retry_unavailable(
+                job,
+                lambda: self._user_store.link_wechat(link, request_id=job.request_id, client_ip=job.client_ip),
+            )
+        except Unavailable as exc:
+            await self._release(key, job)  # keeps the session: a retry with this code needs no WeChat call
+            return Answer(_failed(job, exc), "released")
+        except MinidoorError as exc:
+            return self._final_error(job, key, exc, path)
+        return self._final(key, WechatLinked(job_id=job.job_id, appid=linked.appid, linked=linked.linked), path)
 
     async def _own_phone(self, job: PhoneLoginJob, provider: MiniProgramProvider, key: str, claim: Claim) -> Answer:
         """The phone code's record is this job's: claim the login code's too (if any), exchange the login code, then

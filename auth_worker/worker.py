@@ -45,6 +45,7 @@ from shared.messages import (
     LoginFailed,
     LoginSucceeded,
     LoginSucceededSealed,
+    WechatLinked,
     job_decoder,
 )
 from shared.ratelimit import Limit, RateLimiter, limiter_hash_key
@@ -387,6 +388,8 @@ class Worker:
         reply = replied.reply
         if isinstance(reply, LoginSucceeded | LoginSucceededSealed):
             self._record_outcome("token", start, exchange=replied.path)
+        elif isinstance(reply, WechatLinked):
+            self._record_outcome("linked", start, exchange=replied.path)
         elif reply is not None:
             self._record_outcome(
                 reply.error,
@@ -401,7 +404,7 @@ class Worker:
         seconds = time.perf_counter() - start
         self.metrics.jobs.labels(outcome).inc()
         self.metrics.job_seconds.observe(seconds)
-        emit = log.info if outcome in ("token", "invalid_grant") else log.warning
+        emit = log.info if outcome in ("token", "linked", "invalid_grant") else log.warning
         emit("job", outcome=outcome, duration_ms=round(seconds * 1000, 2), **fields)
 
     def _expired(self, job: Job, start: float, **fields: object) -> None:

@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from gateway import appkeys, params
 from gateway.metrics import LOGIN_PATH
 from gateway.views import account, rights
+from gateway.views.linking import LINK_PATH
 from gateway.views.token import REFRESH_PATH
 from shared.audit import AuditPublisher
 from shared.config import GatewayConfig
@@ -84,7 +85,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     # it sent client credentials (a user sends a token), or credentials that cannot even be read.
     client_auth = request.path in OAUTH_CLIENT_PATHS or read is None or bool(caller.client_id or caller.client_secret)
     checks: list[Check] = []
-    if request.path == LOGIN_PATH:
+    if request.path in (LOGIN_PATH, LINK_PATH):  # both present a code to WeChat
         checks.append(Check(limits.token_ip, ip))
     if client_auth:
         checks.append(Check(limits.ip_failures, ip, cost=0))
@@ -128,7 +129,7 @@ async def _caller(request: web.Request) -> tuple[Credentials, str] | None:
                 if request.path in _QUERY_CREDENTIAL_PATHS
                 else await params.read_account_params(request)
             )
-            code = query.get("code", "") if request.path == rights.DELETE_ACCOUNT_PATH else ""
+            code = query.get("code", "") if request.path in (rights.DELETE_ACCOUNT_PATH, LINK_PATH) else ""
             return params.caller_credentials(request, query, required=False), code
     except MinidoorError:
         return None

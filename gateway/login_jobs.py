@@ -41,6 +41,7 @@ from shared.messages import (
     STREAM_FIELD,
     CodeExchangeJob,
     Job,
+    LinkWechatJob,
     LoginFailed,
     PhoneLoginJob,
     Reply,
@@ -119,6 +120,22 @@ class JobPublisher:
             client_id=client_id,
             code=code,
             login_code=login_code,
+            client_ip=client_ip,
+            reply_to=self._replies.stream,
+            deadline=time.time() + timeout,
+        )
+        return await self._run(job, timeout)
+
+    async def exchange_link(
+        self, *, request_id: str, client_id: str, user_id: str, code: str, timeout: float, client_ip: str = ""
+    ) -> Reply:
+        """A link's job (``LinkWechatJob``), as ``exchange`` publishes and awaits a login's."""
+        job = LinkWechatJob(
+            job_id=uuid.uuid4().hex,
+            request_id=request_id,
+            client_id=client_id,
+            user_id=user_id,
+            code=code,
             client_ip=client_ip,
             reply_to=self._replies.stream,
             deadline=time.time() + timeout,

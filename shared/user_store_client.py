@@ -22,7 +22,10 @@ status of the matching ``MinidoorError``):
   foreign refresh token, 401 invalid_client for a wrong secret)
 - ``POST /internal/account/{get-account,userinfo,get-user,get-users}`` ``UserQuery`` -> ``Account``, ``UserInfo``,
   ``CasdoorUser``, ``UserList``; ``POST /internal/account/update-user`` ``UserUpdate`` -> ``UpdateResult``;
-  ``POST /internal/account/logout`` ``LogoutRequest`` -> ``LogoutResult``. Each authenticates the ``Credentials`` it
+  ``POST /internal/account/logout`` ``LogoutRequest`` -> ``LogoutResult``;
+  ``POST /internal/account/link-wechat`` ``WechatLink`` -> ``LinkResult`` (from a worker: 409 when another user has
+  the identity); ``POST /internal/account/unlink-wechat`` ``UnlinkWechat`` -> ``LinkResult`` (400 for the last way
+  to sign in). Each authenticates the ``Credentials`` it
   carries: 401 without or with bad ones, 403 not allowed, 400 bad input, 404 unknown user, 409 a taken name, email
   or phone.
 - ``POST /internal/account/delete-account`` ``DeleteAccountRequest`` and ``POST /internal/account/delete-user``
@@ -52,6 +55,7 @@ from shared.messages import (
     ErrorBody,
     Introspection,
     JwkSet,
+    LinkResult,
     LoginOutcomes,
     LoginResult,
     LogoutRequest,
@@ -62,11 +66,13 @@ from shared.messages import (
     RefreshRequest,
     TokenRequest,
     TokenResponse,
+    UnlinkWechat,
     UpdateResult,
     UserInfo,
     UserList,
     UserQuery,
     UserUpdate,
+    WechatLink,
     WechatLogin,
     WechatLogins,
 )
@@ -92,6 +98,7 @@ _update_decoder = msgspec.json.Decoder(UpdateResult)
 _logout_decoder = msgspec.json.Decoder(LogoutResult)
 _deletion_decoder = msgspec.json.Decoder(DeletionResult)
 _export_decoder = msgspec.json.Decoder(AccountExport)
+_link_decoder = msgspec.json.Decoder(LinkResult)
 _encoder = msgspec.json.Encoder()
 
 #: The end user's IP as the gateway saw it, for the user store's audit log; sent on the calls that are audited.
@@ -218,6 +225,14 @@ class UserStoreClient:
     async def export_account(self, query: UserQuery, *, request_id: str = "", client_ip: str = "") -> AccountExport:
         path = "/internal/account/export-account"
         return await self._call("POST", path, _export_decoder, body=query, request_id=request_id, client_ip=client_ip)
+
+    async def link_wechat(self, link: WechatLink, *, request_id: str = "", client_ip: str = "") -> LinkResult:
+        path = "/internal/account/link-wechat"
+        return await self._call("POST", path, _link_decoder, body=link, request_id=request_id, client_ip=client_ip)
+
+    async def unlink_wechat(self, req: UnlinkWechat, *, request_id: str = "", client_ip: str = "") -> LinkResult:
+        path = "/internal/account/unlink-wechat"
+        return await self._call("POST", path, _link_decoder, body=req, request_id=request_id, client_ip=client_ip)
 
     async def _call(
         self,

@@ -155,3 +155,80 @@ class TestPhoneSignIn:
         assert (await sign_in(session, phone_stack, app["clientId"], foreign, status=400))["error"] == "invalid_grant"
         missing = await sign_in(session, phone_stack, app["clientId"], "", status=400)
         assert missing["error"] == "invalid_request"
+
+
+async def account_post(
+    session: aiohttp.ClientSession, stack: Stack, path: str, token: str, status: int = 200, **data: str
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with session.post(stack.gateway + path, data=data, headers=headers) as resp:
+        body: dict[str, Any] = await resp.json(content_type=None)
+        assert resp.status == status, body
+        return body
+
+
+async def mini_login(session: aiohttp.ClientSession, stack: Stack, app: dict[str, str], openid: str) -> str:
+    data = {
+        "tag": "wechat_miniprogram",
+        "client_id": app["clientId"],
+        "code": await wx_login(session, stack, app["appid"], openid),
+    }
+    async with session.post(stack.token_url, data=data) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+        return str(claims_of(body["access_token"])["sub"])
+
+
+class TestLinking:
+    async def test_link_then_login_finds_the_account_and_unlink(self, session, phone_stack, pdb):
+        """A phone user links a WeChat identity (the code exchanged once: a replay is invalid_grant); a mini-program
+        login with it finds that account; another user cannot take it (409 naming no one); unlinking it leaves the
+        phone, and the next mini-program login with it is a new user."""
+        app = make_app(phone_stack, "link-app")
+        alice = await sign_in(
+            session, phone_stack, app["clientId"], await phone_code(session, phone_stack, app["appid"], "13100000001")
+        )
+        alice_sub = claims_of(alice["access_token"])["sub"]
+        code = await wx_login(session, phone_stack, app["appid"], "o-link-alice")
+        linked = await account_post(session, phone_stack, "/api/link-wechat", alice["access_token"], code=code)
+        assert linked["status"] == "ok" and linked["data"] == {"appid": app["appid"], "linked": True}
+        replay = await account_post(
+            session, phone_stack, "/api/link-wechat", alice["access_token"], status=400, code=code
+        )
+        assert replay["status"] == "error"
+        async with session.get(phone_stack.sandbox + f"/sandbox/codes/{code}") as resp:
+            assert (await resp.json())["exchanged"] == 1
+        assert await mini_login(session, phone_stack, app, "o-link-alice") == alice_sub
+
+        bob = await sign_in(
+            session, phone_stack, app["clientId"], await phone_code(session, phone_stack, app["appid"], "13100000002")
+        )
+        taken = await account_post(
+            session,
+            phone_stack,
+            "/api/link-wechat",
+            bob["access_token"],
+            status=409,
+            code=await wx_login(session, phone_stack, app["appid"], "o-link-alice"),
+        )
+        assert alice_sub not in str(taken) and "13100000001" not in str(taken)
+
+        unlinked = await account_post(session, phone_stack, "/api/unlink-wechat", alice["access_token"])
+        assert unlinked["data"] == {"appid": app["appid"], "linked": False}
+        count = await pdb.fetchval("SELECT count(*) FROM wechat_identities WHERE user_id = $1", alice_sub)
+        assert count == 0
+        assert await mini_login(session, phone_stack, app, "o-link-alice") != alice_sub
+
+    async def test_the_last_way_to_sign_in_stays(self, session, phone_stack):
+        """A user who signs in only with WeChat cannot unlink it; no bearer: 401."""
+        app = make_app(phone_stack, "link-last")
+        data = {
+            "tag": "wechat_miniprogram",
+            "client_id": app["clientId"],
+            "code": await wx_login(session, phone_stack, app["appid"], "o-only-wechat"),
+        }
+        async with session.post(phone_stack.token_url, data=data) as resp:
+            token = (await resp.json())["access_token"]
+        refused = await account_post(session, phone_stack, "/api/unlink-wechat", token, status=400)
+        assert "last way to sign in" in refused["msg"]
+        await account_post(session, phone_stack, "/api/link-wechat", "", status=401, code="abc")

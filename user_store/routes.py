@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from user_store.metrics import metrics_view
-from user_store.views import account, applications, discovery, health, introspection, logins, rights, token
+from user_store.views import account, applications, discovery, health, introspection, linking, logins, rights, token
 
 
 def setup_routes(app: web.Application) -> None:
@@ -35,3 +35,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/internal/account/delete-account", rights.delete_account, name="delete_account")
     app.router.add_post("/internal/account/delete-user", rights.delete_user, name="delete_user")
     app.router.add_post("/internal/account/export-account", rights.export_account, name="export_account")
+    app.router.add_post("/internal/account/link-wechat", linking.link, name="link_wechat")
+    app.router.add_post("/internal/account/unlink-wechat", linking.unlink, name="unlink_wechat")

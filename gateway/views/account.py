@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 from gateway import appkeys
 from gateway.params import caller_credentials, read_account_params, read_body
 from gateway.responses import envelope_ok, private_json
-from gateway.views import rights
+from gateway.views import linking, rights
 from shared.errors import BadRequest
 from shared.messages import LogoutRequest, UserQuery, UserUpdate
 
@@ -134,5 +134,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/logout", logout),
     ("POST", "/api/logout", logout),
     *rights.ROUTES,  # users' rights: deletion and export
+    ("POST", linking.LINK_PATH, linking.link_wechat),
+    ("POST", linking.UNLINK_PATH, linking.unlink_wechat),
 )
 ENVELOPE_PATHS = frozenset(path for _method, path, _handler in ROUTES)

@@ -80,6 +80,27 @@ async def insert_phone_user(conn: Conn, organization_id: Any, name: str, phone: 
         )
 
 
+async def sign_in_methods(conn: Conn, user_id: Any) -> asyncpg.Record | None:
+    """What a user can sign in with: their WeChat identities by AppID, whether they have a phone and a password."""
+    with translate("user"):
+        return await conn.fetchrow(
+            """
+            SELECT coalesce((SELECT array_agg(w.appid) FROM wechat_identities w WHERE w.user_id = u.id), '{}')
+                       AS appids,
+                   u.phone <> '' AS has_phone, coalesce(u.password_hash, '') <> '' AS has_password
+            FROM users u WHERE u.id = $1
+            """,
+            user_id,
+        )
+
+
+async def delete_identities(conn: Conn, user_id: Any, appid: str) -> int:
+    """Remove the user's WeChat identities of ``appid``; how many."""
+    with translate("wechat identity"):
+        status = await conn.execute("DELETE FROM wechat_identities WHERE user_id = $1 AND appid = $2", user_id, appid)
+    return int(status.split()[-1])
+
+
 async def set_user_phone(conn: Conn, user_id: Any, phone: str, country_code: str) -> None:
     with translate("user"):
         await conn.execute(
