@@ -207,11 +207,11 @@ class AccessTokens:
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.metrics.token_refreshes.labels(mode, "unreachable").inc()
             raise WechatUnavailable(
-                f"WeChat's stable_token did not answer ({type(exc).__name__})", retry_after=1
+                "WeChat's stable_token did not answer ({reason})", retry_after=1, reason=type(exc).__name__
             ) from None
         if status != 200:
             self.metrics.token_refreshes.labels(mode, "http_error").inc()
-            raise WechatUnavailable(f"WeChat's stable_token answered HTTP {status}", retry_after=1)
+            raise WechatUnavailable("WeChat's stable_token answered HTTP {status}", retry_after=1, status=status)
         try:
             answer = _decoder.decode(raw)
         except msgspec.DecodeError:
@@ -222,7 +222,9 @@ class AccessTokens:
             structlog.contextvars.bind_contextvars(wechat_token_errcode=answer.errcode)
             detail = f"WeChat {answer.errcode}: {answer.errmsg}"
             if answer.errcode in _CONFIG_ERRORS:
-                raise WechatConfigError(f"WeChat refused the application's credentials for its access token ({detail})")
-            raise WechatUnavailable(f"WeChat gave no access token ({detail}); try again", retry_after=1)
+                raise WechatConfigError(
+                    "WeChat refused the application's credentials for its access token ({detail})", detail=detail
+                )
+            raise WechatUnavailable("WeChat gave no access token ({detail}); try again", retry_after=1, detail=detail)
         self.metrics.token_refreshes.labels(mode, "ok").inc()
         return answer.access_token, answer.expires_in

@@ -67,7 +67,7 @@ class PhoneClient:
         except TokenRejected as exc:  # the newer token too: the code was not looked at
             structlog.contextvars.bind_contextvars(wechat_errcode=exc.errcode)
             raise PhoneCodeUnspent(
-                f"WeChat rejected its own new access token ({exc.errcode}); try again", retry_after=1
+                "WeChat rejected its own new access token ({errcode}); try again", retry_after=1, errcode=exc.errcode
             ) from None
         return _checked(answer, appid)
 
@@ -82,16 +82,19 @@ class PhoneClient:
                 raw = await resp.read()
                 status = resp.status
         except aiohttp.ClientConnectorError as exc:
-            raise PhoneCodeUnspent(f"WeChat is unreachable ({type(exc).__name__}); try again", retry_after=1) from None
+            raise PhoneCodeUnspent(
+                "WeChat is unreachable ({reason}); try again", retry_after=1, reason=type(exc).__name__
+            ) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise Unavailable(
-                f"WeChat did not answer ({type(exc).__name__}) and may have used the phone code; tap the button again",
+                "WeChat did not answer ({reason}) and may have used the phone code; tap the button again",
                 retry_after=1,
+                reason=type(exc).__name__,
             ) from None
         if status >= 500:
-            raise PhoneCodeUnspent(f"WeChat answered HTTP {status}; try again", retry_after=1)
+            raise PhoneCodeUnspent("WeChat answered HTTP {status}; try again", retry_after=1, status=status)
         if status != 200:
-            raise UpstreamError(f"WeChat answered HTTP {status}")
+            raise UpstreamError("WeChat answered HTTP {status}", status=status)
         try:
             answer = _decoder.decode(raw)
         except msgspec.DecodeError:
@@ -107,17 +110,19 @@ def _checked(answer: _Answer, appid: str) -> Phone:
         structlog.contextvars.bind_contextvars(wechat_errcode=code)
     detail = f"WeChat {code}: {answer.errmsg}"
     if code == -1:
-        raise PhoneCodeUnspent(f"WeChat is busy ({detail}); try again", retry_after=1)
+        raise PhoneCodeUnspent("WeChat is busy ({detail}); try again", retry_after=1, detail=detail)
     if code == 40029:
-        raise InvalidGrant(f"the phone code is invalid, expired or used ({detail}); tap the button again")
+        raise InvalidGrant("the phone code is invalid, expired or used ({detail}); tap the button again", detail=detail)
     if code == 40013:
-        raise InvalidGrant(f"the phone code belongs to another mini program ({detail})")
+        raise InvalidGrant("the phone code belongs to another mini program ({detail})", detail=detail)
     if code == 45011:
-        raise WechatRateLimited(f"too many phone-number requests ({detail}); wait a minute", retry_after=60)
+        raise WechatRateLimited(
+            "too many phone-number requests ({detail}); wait a minute", retry_after=60, detail=detail
+        )
     if code in (40125, 40164, 61004, 40243):
-        raise WechatConfigError(f"WeChat refused the application's mini-program credentials ({detail})")
+        raise WechatConfigError("WeChat refused the application's mini-program credentials ({detail})", detail=detail)
     if code:
-        raise UpstreamError(f"WeChat refused the phone number ({detail})")
+        raise UpstreamError("WeChat refused the phone number ({detail})", detail=detail)
     info = answer.phone_info
     if info is None or not info.pure_phone_number:
         raise UpstreamError("WeChat answered without a phone number")

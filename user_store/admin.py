@@ -273,7 +273,7 @@ async def create_user(conn: Conn, organization: str, name: str, phone: str, coun
         raise BadRequest("the phone must be 4 to 20 digits and the country code 1 to 4 digits")
     org = await organization_by_name(conn, organization)
     if org is None:
-        raise NotFound(f"organization {organization!r} does not exist")
+        raise NotFound("organization {organization!r} does not exist", organization=organization)
     user_id = await insert_phone_user(conn, org["id"], name, phone, country_code)
     return NewUser(owner=organization, name=name, id=str(user_id))
 
@@ -281,5 +281,5 @@ async def create_user(conn: Conn, organization: str, name: str, phone: str, coun
 async def set_preprovisioned_only(conn: Conn, application: str, value: bool) -> Application:
     """Whether ``application`` signs in (by phone) only users created beforehand (``create_user``)."""
     if not await set_application_preprovisioned_only(conn, application, value):
-        raise NotFound(f"application {application!r} does not exist")
+        raise NotFound("application {application!r} does not exist", application=application)
     return await get_application(conn, application)

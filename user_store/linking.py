@@ -35,7 +35,9 @@ async def link_wechat(
     pool: Pool, link: WechatLink, audit: AuditWriter | None = None, master: MasterKey | None = None
 ) -> LinkResult:
     if not link.openid or len(link.openid) > MAX_ID or len(link.unionid) > MAX_ID or len(link.session_key) > MAX_ID:
-        raise BadRequest(f"openid must be 1 to {MAX_ID} characters, unionid and session_key at most {MAX_ID}")
+        raise BadRequest(
+            "openid must be 1 to {max_id} characters, unionid and session_key at most {max_id}", max_id=MAX_ID
+        )
     async with transaction(pool) as conn:
         app = await login_application(conn, link.client_id, link.appid)
         if app is None or not app["has_appid"]:
@@ -74,7 +76,7 @@ async def link_wechat(
 
 async def unlink_wechat(pool: Pool, signer: Signer, req: UnlinkWechat, audit: AuditWriter | None = None) -> LinkResult:
     if len(req.appid) > MAX_ID:
-        raise BadRequest(f"appid must be at most {MAX_ID} characters")
+        raise BadRequest("appid must be at most {max_id} characters", max_id=MAX_ID)
     async with transaction(pool) as conn:
         caller = await authenticate(conn, signer, req.credentials)
         user_id = require_user(caller, "unlink-wechat")

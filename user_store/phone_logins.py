@@ -52,7 +52,7 @@ async def login_phone(
     if not _DIGITS.match(login.phone) or not _COUNTRY.match(login.country_code):
         raise BadRequest("phone must be 4 to 20 digits and country_code 1 to 4 digits")
     if len(login.openid) > MAX_ID or len(login.unionid) > MAX_ID or len(login.session_key) > MAX_ID:
-        raise BadRequest(f"openid, unionid and session_key must be at most {MAX_ID} characters")
+        raise BadRequest("openid, unionid and session_key must be at most {max_id} characters", max_id=MAX_ID)
     async with transaction(pool) as conn:
         app = await login_application(conn, login.client_id, login.appid)
         if app is None:

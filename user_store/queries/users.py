@@ -63,8 +63,10 @@ async def user_by_phone(conn: Conn, organization_id: Any, phone: str) -> asyncpg
 async def insert_phone_user(conn: Conn, organization_id: Any, name: str, phone: str, country_code: str) -> Any:
     """A user created by an admin ahead of their phone sign-in; its id. ``Conflict`` for a taken name or phone."""
 
-    def duplicate(constraint: str) -> str:
-        return "the phone number is taken" if "phone" in constraint else f"the name {name!r} is taken"
+    def duplicate(constraint: str) -> Conflict:
+        if "phone" in constraint:
+            return Conflict("the phone number is taken")
+        return Conflict("the name {name} is taken", name=repr(name))
 
     with translate("user", duplicate=duplicate):
         return await conn.fetchval(
