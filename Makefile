@@ -131,6 +131,14 @@ attach-provider: install  ## make attach-provider APP=shop APPID=wx... [SECRET_F
 	$(if $(SECRET),$(error SECRET= is refused: it would show in ps and in make's echo; use SECRET_FILE=path, WECHAT_APP_SECRET or the prompt))
 	$(PY) -m services admin attach-provider --app "$(APP)" --appid "$(APPID)" $(if $(SECRET_FILE),--secret-file "$(SECRET_FILE)")
 
+.PHONY: create-user
+create-user: install  ## make create-user ORG=acme NAME=alice PHONE=13800138000 [COUNTRY=86]: signs in with that phone
+	$(PY) -m services admin create-user --org "$(ORG)" --name "$(NAME)" --phone "$(PHONE)" $(if $(COUNTRY),--country-code "$(COUNTRY)")
+
+.PHONY: set-preprovisioned
+set-preprovisioned: install  ## make set-preprovisioned APP=shop ON=1: phone sign-in only for users made by create-user
+	$(PY) -m services admin set-preprovisioned --app "$(APP)" --on "$(ON)"
+
 .PHONY: list
 list: install  ## organizations, applications and providers as JSON
 	$(PY) -m services admin list

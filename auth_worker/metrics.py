@@ -49,3 +49,20 @@ class WorkerMetrics:
         self.wechat_circuit_open = Gauge(
             "minidoor_wechat_circuit_open", "1 while the WeChat circuit breaker fails calls fast", registry=r
         )
+        self.token_refreshes = Counter(
+            "minidoor_wechat_token_refreshes",
+            "stable_token calls by mode (normal, force) and outcome (ok, errcode, unreachable, ...)",
+            ["mode", "outcome"],
+            registry=r,
+        )
+        self.token_waits = Counter(
+            "minidoor_wechat_token_waits",
+            "Times a job waited for another process's refresh of a WeChat access token",
+            registry=r,
+        )
+        self.token_retries = Counter(
+            "minidoor_wechat_token_retries",
+            "API calls retried with a newer access token after WeChat rejected one, by errcode (40001, ...)",
+            ["errcode"],
+            registry=r,
+        )

@@ -28,10 +28,12 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from auth_worker.access_token import AccessTokens
 from auth_worker.breaker import CircuitBreaker
 from auth_worker.exchange import JobEntry
 from auth_worker.login import Answer, JobHandler
 from auth_worker.metrics import WorkerMetrics
+from auth_worker.phone import PhoneClient
 from auth_worker.status import start_status_server
 from auth_worker.wechat import WechatClient
 from shared.audit import AuditPublisher
@@ -39,10 +41,11 @@ from shared.config import WorkerConfig
 from shared.guard import log_id
 from shared.messages import (
     STREAM_FIELD,
-    CodeExchangeJob,
+    Job,
     LoginFailed,
     LoginSucceeded,
     LoginSucceededSealed,
+    WechatLinked,
     job_decoder,
 )
 from shared.ratelimit import Limit, RateLimiter, limiter_hash_key
@@ -215,15 +218,29 @@ class Worker:
             on_limited=lambda name: self.metrics.rate_limited.labels(name).inc(),
             batcher=batcher,
         )
+        seal = stream_seal(self.config.stream_seal_key)
+        #: The cluster's one access token per AppID, shared through Redis with every other worker.
+        self.access_tokens = AccessTokens(
+            self.redis,
+            self.redis_keys,
+            self._session,
+            cfg.wechat_api_base,
+            batcher=batcher,
+            seal=seal,
+            metrics=self.metrics,
+            timeout=cfg.wechat_timeout,
+        )
+        phone = PhoneClient(self._session, cfg.wechat_api_base, self.access_tokens, timeout=cfg.wechat_timeout)
         self._handler = JobHandler(
             self.redis,
             self.redis_keys,
             user_store,
             wechat,
-            stream_seal(self.config.stream_seal_key),
+            seal,
             limiter=limiter,
             per_wechat_user=per_user,
             batcher=batcher,
+            phone=phone,
         )
         if cfg.worker_http_port and self._status is None:
             self._status = await start_status_server(self, cfg.worker_http_host, cfg.worker_http_port)
@@ -371,6 +388,8 @@ class Worker:
         reply = replied.reply
         if isinstance(reply, LoginSucceeded | LoginSucceededSealed):
             self._record_outcome("token", start, exchange=replied.path)
+        elif isinstance(reply, WechatLinked):
+            self._record_outcome("linked", start, exchange=replied.path)
         elif reply is not None:
             self._record_outcome(
                 reply.error,
@@ -385,14 +404,14 @@ class Worker:
         seconds = time.perf_counter() - start
         self.metrics.jobs.labels(outcome).inc()
         self.metrics.job_seconds.observe(seconds)
-        emit = log.info if outcome in ("token", "invalid_grant") else log.warning
+        emit = log.info if outcome in ("token", "linked", "invalid_grant") else log.warning
         emit("job", outcome=outcome, duration_ms=round(seconds * 1000, 2), **fields)
 
-    def _expired(self, job: CodeExchangeJob, start: float, **fields: object) -> None:
+    def _expired(self, job: Job, start: float, **fields: object) -> None:
         late_by_ms = round((time.time() - job.deadline) * 1000)
         self._record_outcome("expired", start, dropped=True, late_by_ms=late_by_ms, **fields)
 
-    async def _reply(self, job: CodeExchangeJob, msg_id: bytes, answer: Answer) -> Answer | None:
+    async def _reply(self, job: Job, msg_id: bytes, answer: Answer) -> Answer | None:
         """Write the answer and acknowledge the job (``JobHandler.reply``), retrying until its deadline (Redis may be
         restarting); the answer as replied, or None when the deadline passed first."""
         assert self._handler is not None

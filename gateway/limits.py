@@ -24,6 +24,7 @@ from aiohttp.typedefs import Handler
 from gateway import appkeys, params
 from gateway.metrics import LOGIN_PATH
 from gateway.views import account, avatars, rights, wechat_data
+from gateway.views.linking import LINK_PATH
 from gateway.views.token import REFRESH_PATH
 from shared.audit import AuditPublisher
 from shared.config import GatewayConfig
@@ -96,7 +97,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     # it sent client credentials (a user sends a token), or credentials that cannot even be read.
     client_auth = request.path in OAUTH_CLIENT_PATHS or read is None or bool(caller.client_id or caller.client_secret)
     checks: list[Check] = []
-    if request.path == LOGIN_PATH:
+    if request.path in (LOGIN_PATH, LINK_PATH):  # both present a code to WeChat
         checks.append(Check(limits.token_ip, ip))
     elif request.path.startswith(avatars.AVATAR_PREFIX):
         checks.append(Check(limits.avatars_ip, ip))
@@ -143,7 +144,7 @@ async def _caller(request: web.Request) -> tuple[Credentials, str] | None:
                 if request.path in _QUERY_CREDENTIAL_PATHS
                 else await params.read_account_params(request)
             )
-            code = query.get("code", "") if request.path == rights.DELETE_ACCOUNT_PATH else ""
+            code = query.get("code", "") if request.path in (rights.DELETE_ACCOUNT_PATH, LINK_PATH) else ""
             return params.caller_credentials(request, query, required=False), code
     except MinidoorError:
         return None

@@ -37,7 +37,17 @@ from gateway.metrics import GatewayMetrics
 from shared import redis_scripts
 from shared.config import MAX_LOGIN_TIMEOUT
 from shared.errors import DeadlineExceeded, MinidoorError, Unavailable
-from shared.messages import STREAM_FIELD, CodeExchangeJob, LoginFailed, Reply, encoder, reply_decoder
+from shared.messages import (
+    STREAM_FIELD,
+    CodeExchangeJob,
+    Job,
+    LinkWechatJob,
+    LoginFailed,
+    PhoneLoginJob,
+    Reply,
+    encoder,
+    reply_decoder,
+)
 from shared.redis_batch import RawConnection, RedisBatcher
 from shared.redis_keys import RedisKeys
 from shared.streamseal import StreamSeal, open_reply
@@ -98,6 +108,41 @@ class JobPublisher:
             reply_to=self._replies.stream,
             deadline=time.time() + timeout,
         )
+        return await self._run(job, timeout)
+
+    async def exchange_phone(
+        self, *, request_id: str, client_id: str, code: str, login_code: str, timeout: float, client_ip: str = ""
+    ) -> Reply:
+        """A phone sign-in's job (``PhoneLoginJob``), as ``exchange`` publishes and awaits a login's."""
+        job = PhoneLoginJob(
+            job_id=uuid.uuid4().hex,
+            request_id=request_id,
+            client_id=client_id,
+            code=code,
+            login_code=login_code,
+            client_ip=client_ip,
+            reply_to=self._replies.stream,
+            deadline=time.time() + timeout,
+        )
+        return await self._run(job, timeout)
+
+    async def exchange_link(
+        self, *, request_id: str, client_id: str, user_id: str, code: str, timeout: float, client_ip: str = ""
+    ) -> Reply:
+        """A link's job (``LinkWechatJob``), as ``exchange`` publishes and awaits a login's."""
+        job = LinkWechatJob(
+            job_id=uuid.uuid4().hex,
+            request_id=request_id,
+            client_id=client_id,
+            user_id=user_id,
+            code=code,
+            client_ip=client_ip,
+            reply_to=self._replies.stream,
+            deadline=time.time() + timeout,
+        )
+        return await self._run(job, timeout)
+
+    async def _run(self, job: Job, timeout: float) -> Reply:
         fut = self._replies.expect(job.job_id)
         try:
             await self._publish_job(job, timeout)
@@ -127,7 +172,7 @@ class JobPublisher:
             # Unmarked, a replay of this code within the record's TTL gets this same answer, never a new token.
             log.warning("delivery_unmarked", error=f"{type(exc).__name__}: {exc}")
 
-    async def _publish_job(self, job: CodeExchangeJob, timeout: float) -> None:
+    async def _publish_job(self, job: Job, timeout: float) -> None:
         max_wait_ms = int(timeout * MAX_QUEUE_WAIT_SHARE * 1000)
         try:
             result = await self._publish(

@@ -78,7 +78,8 @@ _WHY = {
     403: "Not allowed.",
     404: "No such user (or avatar).",
     408: "The body did not arrive within BODY_READ_TIMEOUT.",
-    409: "A name, email or phone already taken in the organization.",
+    409: "A name, email or phone already taken in the organization, or a WeChat identity linked to another user "
+    "(naming no one).",
     413: "The body is larger than MAX_BODY_BYTES (upload-avatar: a file over 2 MB).",
     415: "A body that is neither a form nor JSON (upload-avatar: not multipart, or not a JPEG, PNG or WebP).",
     429: "A rate limit is spent (README: Rate limits).",
@@ -189,9 +190,11 @@ def _form_body(properties: dict[str, str], *, required: Iterable[str] = (), json
 
 
 _LOGIN_FIELDS = {
-    "tag": 'The mini-program branch: "wechat_miniprogram".',
+    "tag": 'The mini-program branch: "wechat_miniprogram", or "wechat_miniprogram_phone" for phone sign-in.',
     "client_id": "The application's client id.",
-    "code": "The code from wx.login(), unchanged.",
+    "code": "The code from wx.login(), unchanged; for phone sign-in the getPhoneNumber button's e.detail.code.",
+    "login_code": "Phone sign-in only, optional: a wx.login() code whose WeChat identity is linked to the user "
+    "(409 when another user has it).",
     "username": "A new user's name (Casdoor's alphabet), else wechat-<openid>.",
     "avatar": "An https:// avatar URL.",
     "client_secret": "Not needed by a mini program (a public client); checked on the refresh grant when sent.",
@@ -258,13 +261,14 @@ def _token_response() -> Doc:
 
 
 def _oauth_operations() -> Doc:
-    token_errors = (*_GUARD, 401, 403, 415, 429, 502, 503, 504)
+    token_errors = (*_GUARD, 401, 403, 409, 415, 429, 502, 503, 504)
     return {
         "/api/login/oauth/access_token": {
             "post": {
                 "operationId": "accessToken",
                 "tags": ["oauth"],
-                "summary": "Mini-program login (tag=wechat_miniprogram), or the refresh_token grant",
+                "summary": "Mini-program login (tag=wechat_miniprogram), phone sign-in (tag=wechat_miniprogram_phone), "
+                "or the refresh_token grant",
                 "description": "Parameters come from the URL query, then a form body (which wins), then HTTP Basic "
                 "for client_id/client_secret, then a JSON body fills what is still empty (Casdoor's order). "
                 "Rate limits: per client IP, and per wx.login() code.",
@@ -453,6 +457,35 @@ def _account_operations() -> Doc:
             }
         },
         "/api/logout": {"get": logout, "post": post_logout},
+        "/api/link-wechat": {
+            "post": {
+                **_account_operation(
+                    "linkWechat",
+                    "Link the WeChat identity of a fresh wx.login() code to the bearer's account",
+                    [],
+                    _ok("data: the AppID and whether the identity is new to the account.", _envelope(_LINKED)),
+                    (403, 409, 415, 502, 504),
+                    "/api/link-wechat",
+                ),
+                "description": "The code is exchanged by an auth worker, once (a replay is refused). Rate limits: "
+                "per client IP and per code, as a login.",
+                "requestBody": _credentials_form({"code": "A fresh code from wx.login(), unchanged."}),
+            }
+        },
+        "/api/unlink-wechat": {
+            "post": {
+                **_account_operation(
+                    "unlinkWechat",
+                    "Remove the bearer's WeChat identity of an AppID; never the account's last way to sign in",
+                    [],
+                    _ok("data: the AppID, linked false.", _envelope(_LINKED)),
+                    (404, 415),
+                    "/api/unlink-wechat",
+                ),
+                "description": "400 when it is the last way to sign in (no other WeChat identity, phone or password).",
+                "requestBody": _credentials_form({"appid": "The AppID; default: the token's application's."}),
+            }
+        },
     }
 
 
@@ -501,6 +534,13 @@ def _rights_operations() -> Doc:
         "/api/delete-user": {"post": delete_user},
         "/api/export-account": {"get": export},
     }
+
+
+_LINKED: Doc = {
+    "type": "object",
+    "required": ["appid", "linked"],
+    "properties": {"appid": {"type": "string"}, "linked": {"type": "boolean"}},
+}
 
 
 _USER_FIELDS: Doc = {

@@ -81,6 +81,20 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--name", default=None, help="provider name (default wechat-mp-<appid>)")
     p.set_defaults(admin_fn=_attach_provider)
 
+    p = cmds.add_parser("create-user", help="create a user who signs in with a phone number (WeChat's phone button)")
+    p.add_argument("--org", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--phone", required=True, help="digits, without the country code")
+    p.add_argument("--country-code", default="86")
+    p.set_defaults(admin_fn=_create_user)
+
+    p = cmds.add_parser(
+        "set-preprovisioned", help="phone sign-in only for users created beforehand (create-user), or for anyone"
+    )
+    p.add_argument("--app", required=True)
+    p.add_argument("--on", choices=("1", "0"), required=True)
+    p.set_defaults(admin_fn=_set_preprovisioned)
+
     p = cmds.add_parser("rotate-secret", help="issue a new client secret for an application")
     p.add_argument("--app", required=True)
     p.set_defaults(admin_fn=_rotate_secret)
@@ -160,6 +174,26 @@ async def _create_org(conn: asyncpg.Connection, args: argparse.Namespace) -> Any
     org = await admin.create_organization(conn, args.name, display_name=args.display_name)
     await _record(conn, "admin.create_org", organization=org.name)
     return org
+
+
+async def _create_user(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    user = await admin.create_user(conn, args.org, args.name, args.phone, args.country_code)
+    # No phone number in the audit log: the row says who was created, not their number.
+    await _record(conn, "admin.create_user", organization=user.owner, target_user_id=user.id)
+    return user
+
+
+async def _set_preprovisioned(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    app = await admin.set_preprovisioned_only(conn, args.app, args.on == "1")
+    await _record(
+        conn,
+        "admin.set_preprovisioned",
+        organization=app.organization,
+        application=app.name,
+        client_id=app.client_id,
+        details={"preprovisioned_only": app.preprovisioned_only},
+    )
+    return app
 
 
 async def _create_app(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:

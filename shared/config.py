@@ -263,6 +263,8 @@ class SandboxConfig(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     sandbox_apps: str = ""
     #: Lifetime of a login code; WeChat's is 5 minutes.
     sandbox_code_ttl: Seconds = 300.0
+    #: Lifetime of a stable_token access token; WeChat's is 7200 s.
+    sandbox_token_ttl: Seconds = 7200.0
     #: jscode2session calls one user may make per minute before 45011.
     sandbox_user_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 100
 

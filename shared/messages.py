@@ -32,6 +32,36 @@ class CodeExchangeJob(msgspec.Struct, frozen=True, kw_only=True, tag="code_excha
     client_ip: str = ""
 
 
+class PhoneLoginJob(msgspec.Struct, frozen=True, kw_only=True, tag="phone_login.v1"):
+    """Sign in with a ``getPhoneNumber`` code (``tag=wechat_miniprogram_phone``), and reply on ``reply_to``; with a
+    ``login_code`` (a wx.login() code) the caller's WeChat identity is linked to that user in the same step. Each
+    code is exchanged at most once, through its own exchange record, like ``CodeExchangeJob``'s."""
+
+    job_id: str
+    request_id: str
+    client_id: str
+    code: str
+    reply_to: str
+    deadline: float
+    login_code: str = ""
+    client_ip: str = ""
+
+
+class LinkWechatJob(msgspec.Struct, frozen=True, kw_only=True, tag="link_wechat.v1"):
+    """Link the WeChat identity behind a fresh wx.login() ``code`` to ``user_id`` (the bearer token's ``sub``, which
+    the gateway verified; its ``aud`` is ``client_id``), and reply on ``reply_to``. The code goes through the same
+    exchange record as a login with it: exchanged at most once, whichever route presents it."""
+
+    job_id: str
+    request_id: str
+    client_id: str
+    user_id: str
+    code: str
+    reply_to: str
+    deadline: float
+    client_ip: str = ""
+
+
 class TokenResponse(msgspec.Struct, frozen=True, kw_only=True):
     """Casdoor's snake_case OAuth token wrapper, what mini programs written from Casdoor's docs read."""
 
@@ -88,8 +118,17 @@ class LoginSucceededSealed(msgspec.Struct, frozen=True, kw_only=True, tag="login
     record: str = ""
 
 
-Job = CodeExchangeJob
-Reply = LoginSucceeded | LoginFailed | LoginSucceededSealed
+class WechatLinked(msgspec.Struct, frozen=True, kw_only=True, tag="wechat_linked.v1"):
+    """A ``LinkWechatJob``'s success: the identity of ``appid`` is the user's (``linked`` False: it already was)."""
+
+    job_id: str
+    appid: str
+    linked: bool
+    record: str = ""
+
+
+Job = CodeExchangeJob | PhoneLoginJob | LinkWechatJob
+Reply = LoginSucceeded | LoginFailed | LoginSucceededSealed | WechatLinked
 
 #: The one field of a stream entry that holds the msgpack-encoded message.
 STREAM_FIELD = b"m"
@@ -161,6 +200,46 @@ class WechatLogin(msgspec.Struct, frozen=True, kw_only=True):
     unionid: str = ""
     username: str = ""
     avatar: str = ""
+
+
+class PhoneLogin(msgspec.Struct, frozen=True, kw_only=True):
+    """A phone number WeChat vouched for (getuserphonenumber, its watermark checked), to sign in the organization's
+    user with it (POST /internal/logins/wechat-phone -> ``LoginResult``); with ``openid`` (from the job's
+    ``login_code``) that WeChat identity is linked to the user, or refused with 409 if another user has it."""
+
+    client_id: str
+    appid: str
+    #: Digits without the country code (WeChat's ``purePhoneNumber``), and the country code's digits ("86").
+    phone: str
+    country_code: str
+    openid: str = ""
+    unionid: str = ""
+    session_key: str = ""
+
+
+class WechatLink(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/account/link-wechat`` -> ``LinkResult``: a jscode2session result for ``user_id`` (409 when
+    another user has that identity)."""
+
+    client_id: str
+    user_id: str
+    appid: str
+    openid: str
+    session_key: str
+    unionid: str = ""
+
+
+class UnlinkWechat(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/account/unlink-wechat`` -> ``LinkResult``: remove the caller's identity of ``appid`` (default:
+    the AppID of the caller's application), unless it is their last way to sign in (400)."""
+
+    credentials: Credentials
+    appid: str = ""
+
+
+class LinkResult(msgspec.Struct, frozen=True, kw_only=True):
+    appid: str
+    linked: bool
 
 
 class LoginResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -38,6 +38,23 @@ class RedisKeys:
         digest = hashlib.sha256(code.encode()).hexdigest()
         return f"{self.prefix}:exchange:{appid}:{client_id}:{digest}"
 
+    def wechat_token(self, appid: str) -> str:
+        """The cluster's one WeChat access token of ``appid`` (``auth_worker/access_token.py``): a hash of the token
+        (sealed), its expiry (ms since the epoch) and the fencing token of the refresh that wrote it."""
+        return f"{self.prefix}:wechat-token:{appid}"
+
+    def wechat_token_lock(self, appid: str) -> str:
+        """Held (with a fencing token as its value) by the one process refreshing ``appid``'s access token."""
+        return f"{self.prefix}:wechat-token:{appid}:lock"
+
+    def wechat_token_fence(self, appid: str) -> str:
+        """The counter fencing tokens of ``wechat_token_lock`` come from; only grows."""
+        return f"{self.prefix}:wechat-token:{appid}:fence"
+
+    def wechat_token_forced(self, appid: str) -> str:
+        """Set for 30 s by a ``force_refresh`` of ``appid``'s token: at most one per 30 s across the cluster."""
+        return f"{self.prefix}:wechat-token:{appid}:forced"
+
     def rate_limit(self, limit: str, key_hash: str) -> str:
         """One key's GCRA state under one limit (``shared/ratelimit.py``); the key is hashed by the caller."""
         return f"{self.prefix}:ratelimit:{limit}:{key_hash}"

@@ -36,6 +36,11 @@ What a job finds when it claims the record (``CLAIM``, so every decision is atom
 
 The worker's side of each step, and its crash windows, are in ``auth_worker/exchange.py``.
 
+WeChat's access token (``RedisKeys.wechat_token``): one per AppID for the whole cluster, refreshed by whoever holds
+``wechat_token_lock``; the lock's value is a fencing token (``TOKEN_LOCK``), and a refresh writes its token only while
+it still holds the lock with that fencing token (``TOKEN_STORE``): a refresher that stalled past its lock's TTL cannot
+overwrite a newer token. The steps and the 40001 path are in ``auth_worker/access_token.py``.
+
 Rate limits (``RedisKeys.rate_limit``): ``GCRA``, one key's budget under one limit (``shared/ratelimit.py``).
 
 Every script here takes a batch: its keys and arguments are those of one item (a job, a record, a limit) repeated,
@@ -282,6 +287,49 @@ if redis.call('HEXISTS', K[1], 'session') == 1 then
 else
     redis.call('DEL', K[1])
 end
+return 1
+""",
+)
+
+# --- WeChat's access token ----------------------------------------------------------------------------------------
+
+#: Take the refresh lock of an AppID's token for ``ttl_ms``. Returns the new fencing token (a counter that only
+#: grows), or 0 while another holds the lock.
+TOKEN_LOCK = Script(
+    "token_lock",
+    keys=("lock", "fence"),
+    args=("ttl_ms",),
+    body="""
+if redis.call('EXISTS', K[1]) == 1 then return 0 end
+local fence = redis.call('INCR', K[2])
+redis.call('SET', K[1], fence, 'PX', tonumber(A[1]))
+return fence
+""",
+)
+
+#: Write a refreshed token and release the lock, only if the lock is still held with ``fence``. The hash lives
+#: ``ttl_ms`` (its expiry). Returns 1 if written.
+TOKEN_STORE = Script(
+    "token_store",
+    keys=("cache", "lock"),
+    args=("fence", "token", "expires_at_ms", "ttl_ms"),
+    body="""
+if redis.call('GET', K[2]) ~= A[1] then return 0 end
+redis.call('HSET', K[1], 'token', A[2], 'expires_at_ms', A[3], 'fence', A[1])
+redis.call('PEXPIRE', K[1], math.max(1, tonumber(A[4])))
+redis.call('DEL', K[2])
+return 1
+""",
+)
+
+#: Release the lock if it is still held with ``fence``. Returns 1 if released.
+TOKEN_UNLOCK = Script(
+    "token_unlock",
+    keys=("lock",),
+    args=("fence",),
+    body="""
+if redis.call('GET', K[1]) ~= A[1] then return 0 end
+redis.call('DEL', K[1])
 return 1
 """,
 )

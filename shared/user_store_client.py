@@ -8,6 +8,9 @@ status of the matching ``MinidoorError``):
   (401 invalid_client when unknown or without a WeChat mini-program provider)
 - ``POST /internal/logins/wechat-miniprogram`` ``WechatLogin`` -> ``LoginResult``
   (400 invalid_grant when sign-up is disabled for a new user, 401 invalid_client for an unknown client)
+- ``POST /internal/logins/wechat-phone`` ``PhoneLogin`` -> ``LoginResult`` (400 invalid_grant for a phone number
+  without an account where sign-up is off or only pre-provisioned users may sign in, 409 when the WeChat identity
+  belongs to another user)
 - ``POST /internal/logins/wechat-miniprogram/batch`` ``WechatLogins`` -> ``LoginOutcomes``: each login's result or
   the error it would have answered alone, in order
 - ``POST /internal/tokens/introspect`` ``TokenRequest`` -> ``Introspection`` (RFC 7662; 400 invalid_request without
@@ -19,7 +22,10 @@ status of the matching ``MinidoorError``):
   foreign refresh token, 401 invalid_client for a wrong secret)
 - ``POST /internal/account/{get-account,userinfo,get-user,get-users}`` ``UserQuery`` -> ``Account``, ``UserInfo``,
   ``CasdoorUser``, ``UserList``; ``POST /internal/account/update-user`` ``UserUpdate`` -> ``UpdateResult``;
-  ``POST /internal/account/logout`` ``LogoutRequest`` -> ``LogoutResult``. Each authenticates the ``Credentials`` it
+  ``POST /internal/account/logout`` ``LogoutRequest`` -> ``LogoutResult``;
+  ``POST /internal/account/link-wechat`` ``WechatLink`` -> ``LinkResult`` (from a worker: 409 when another user has
+  the identity); ``POST /internal/account/unlink-wechat`` ``UnlinkWechat`` -> ``LinkResult`` (400 for the last way
+  to sign in). Each authenticates the ``Credentials`` it
   carries: 401 without or with bad ones, 403 not allowed, 400 bad input, 404 unknown user, 409 a taken name, email
   or phone.
 - ``POST /internal/account/delete-account`` ``DeleteAccountRequest`` and ``POST /internal/account/delete-user``
@@ -57,21 +63,25 @@ from shared.messages import (
     ErrorBody,
     Introspection,
     JwkSet,
+    LinkResult,
     LoginOutcomes,
     LoginResult,
     LogoutRequest,
     LogoutResult,
     MiniProgramProvider,
     OpenIdConfiguration,
+    PhoneLogin,
     RefreshRequest,
     TokenRequest,
     TokenResponse,
+    UnlinkWechat,
     UpdateResult,
     UserInfo,
     UserList,
     UserQuery,
     UserUpdate,
     WechatDataRequest,
+    WechatLink,
     WechatLogin,
     WechatLogins,
 )
@@ -99,6 +109,7 @@ _deletion_decoder = msgspec.json.Decoder(DeletionResult)
 _export_decoder = msgspec.json.Decoder(AccountExport)
 _avatar_decoder = msgspec.json.Decoder(AvatarResult)
 _decrypted_decoder = msgspec.json.Decoder(DecryptedData)
+_link_decoder = msgspec.json.Decoder(LinkResult)
 _encoder = msgspec.json.Encoder()
 
 #: The end user's IP as the gateway saw it, for the user store's audit log; sent on the calls that are audited.
@@ -134,6 +145,19 @@ class UserStoreClient:
         return await self._call(
             "POST",
             "/internal/logins/wechat-miniprogram",
+            _login_decoder,
+            body=login,
+            request_id=request_id,
+            timeout=timeout,
+            client_ip=client_ip,
+        )
+
+    async def login_phone(
+        self, login: PhoneLogin, *, request_id: str = "", timeout: float | None = None, client_ip: str = ""
+    ) -> LoginResult:
+        return await self._call(
+            "POST",
+            "/internal/logins/wechat-phone",
             _login_decoder,
             body=login,
             request_id=request_id,
@@ -251,6 +275,14 @@ class UserStoreClient:
         return await self._call(
             "POST", path, _decrypted_decoder, body=request, request_id=request_id, client_ip=client_ip
         )
+
+    async def link_wechat(self, link: WechatLink, *, request_id: str = "", client_ip: str = "") -> LinkResult:
+        path = "/internal/account/link-wechat"
+        return await self._call("POST", path, _link_decoder, body=link, request_id=request_id, client_ip=client_ip)
+
+    async def unlink_wechat(self, req: UnlinkWechat, *, request_id: str = "", client_ip: str = "") -> LinkResult:
+        path = "/internal/account/unlink-wechat"
+        return await self._call("POST", path, _link_decoder, body=req, request_id=request_id, client_ip=client_ip)
 
     async def _call(
         self,

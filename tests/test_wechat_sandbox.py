@@ -327,6 +327,10 @@ class TestCodesAndStats:
             "codes_exchanged": 2,
             "codes_presented_more_than_once": 2,
             "faults_served": 1,
+            "stable_token_calls": {},
+            "getuserphonenumber_calls": 0,
+            "phone_codes_issued": 0,
+            "phone_codes_exchanged": 0,
         }
 
     async def test_code_view(self, client):

@@ -28,12 +28,17 @@ from user_store.queries.applications import (
     listing,
     lock_application,
     lock_provider,
+    organization_by_name,
     set_client_secret_hash,
     set_provider_secret,
 )
 from user_store.queries.applications import (
+    set_preprovisioned_only as set_application_preprovisioned_only,
+)
+from user_store.queries.applications import (
     set_signing_alg as set_application_signing_alg,
 )
+from user_store.queries.users import insert_phone_user
 from user_store.signing_keys import keyring
 
 MASK = "***"
@@ -55,6 +60,8 @@ class Application(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     refresh_expire_in_hours: float
     #: RS256 or ES256: which key signs the application's tokens (``signing_alg``; Casdoor's name for it).
     signing_alg: SigningAlg = msgspec.field(name="tokenSigningMethod")
+    #: Phone sign-in only for users an admin created beforehand (``create_user``), whatever ``enable_sign_up`` says.
+    preprovisioned_only: bool = False
     #: Provider names, in the order the login looks at them.
     providers: list[str]
     created_time: datetime
@@ -72,6 +79,14 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     client_id: str
     client_secret: str
     created_time: datetime
+
+
+class NewUser(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A user created ahead of their first phone sign-in (the phone number is not echoed)."""
+
+    owner: str
+    name: str
+    id: str
 
 
 class Listing(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,6 +200,7 @@ def _application(row: asyncpg.Record) -> Application:
         expire_in_hours=row["expire_in_hours"],
         refresh_expire_in_hours=row["refresh_expire_in_hours"],
         signing_alg=row["signing_alg"],
+        preprovisioned_only=row["preprovisioned_only"],
         providers=list(row["providers"]),
         created_time=row["created_at"],
     )
@@ -246,3 +262,24 @@ async def list_all(conn: Conn) -> Listing:
         applications=[_application(r) for r in apps],
         providers=[_provider(r) for r in providers],
     )
+
+
+async def create_user(conn: Conn, organization: str, name: str, phone: str, country_code: str = "86") -> NewUser:
+    """A user of ``organization`` who signs in with ``phone`` (digits; ``country_code`` digits, default 86), for an
+    application set to pre-provisioned users only; ``Conflict`` when the name or the phone is taken."""
+    _check_name("user", name)
+    phone = phone.removeprefix("+" + country_code) if phone.startswith("+") else phone
+    if not phone.isdigit() or not 4 <= len(phone) <= 20 or not country_code.isdigit() or len(country_code) > 4:
+        raise BadRequest("the phone must be 4 to 20 digits and the country code 1 to 4 digits")
+    org = await organization_by_name(conn, organization)
+    if org is None:
+        raise NotFound("organization {organization!r} does not exist", organization=organization)
+    user_id = await insert_phone_user(conn, org["id"], name, phone, country_code)
+    return NewUser(owner=organization, name=name, id=str(user_id))
+
+
+async def set_preprovisioned_only(conn: Conn, application: str, value: bool) -> Application:
+    """Whether ``application`` signs in (by phone) only users created beforehand (``create_user``)."""
+    if not await set_application_preprovisioned_only(conn, application, value):
+        raise NotFound("application {application!r} does not exist", application=application)
+    return await get_application(conn, application)

@@ -12,6 +12,7 @@ from user_store.views import (
     discovery,
     health,
     introspection,
+    linking,
     logins,
     rights,
     token,
@@ -31,6 +32,7 @@ def setup_routes(app: web.Application) -> None:
     )
     app.router.add_post("/internal/logins/wechat-miniprogram", logins.wechat_login, name="wechat_login")
     app.router.add_post("/internal/logins/wechat-miniprogram/batch", logins.wechat_logins, name="wechat_logins")
+    app.router.add_post("/internal/logins/wechat-phone", logins.phone_login, name="phone_login")
     app.router.add_post("/internal/tokens/introspect", introspection.introspect, name="introspect")
     app.router.add_post("/internal/tokens/revoke", introspection.revoke, name="revoke")
     app.router.add_get("/internal/keys/jwks", discovery.jwks, name="jwks")
@@ -48,3 +50,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/internal/avatars", avatars.upload, name="upload_avatar")
     app.router.add_get("/internal/avatars/{avatar_id}", avatars.get_avatar, name="avatar")
     app.router.add_post("/internal/wechat-data/decrypt", wechat_data.decrypt, name="decrypt_wechat_data")
+    app.router.add_post("/internal/account/link-wechat", linking.link, name="link_wechat")
+    app.router.add_post("/internal/account/unlink-wechat", linking.unlink, name="unlink_wechat")

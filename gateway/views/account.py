@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 from gateway import appkeys
 from gateway.params import caller_credentials, read_account_params, read_body
 from gateway.responses import envelope_ok, private_json
-from gateway.views import avatars, rights, wechat_data
+from gateway.views import avatars, linking, rights, wechat_data
 from shared.errors import BadRequest
 from shared.messages import LogoutRequest, UserQuery, UserUpdate
 
@@ -134,6 +134,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/logout", logout),
     ("POST", "/api/logout", logout),
     *rights.ROUTES,  # users' rights: deletion and export
+    ("POST", linking.LINK_PATH, linking.link_wechat),
+    ("POST", linking.UNLINK_PATH, linking.unlink_wechat),
 )
 #: Every route answering Casdoor's envelope: the account API, the avatar upload and the encryptedData decryption.
 ENVELOPE_PATHS = frozenset(path for _method, path, _handler in ROUTES) | {avatars.UPLOAD_PATH, wechat_data.DECRYPT_PATH}

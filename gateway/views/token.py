@@ -15,6 +15,8 @@ from shared.errors import BadRequest, MinidoorError, Unauthorized, error_from_wi
 from shared.messages import LoginFailed, LoginSucceeded, RefreshRequest
 
 MINIPROGRAM_TAG = "wechat_miniprogram"
+#: Sign-in with a ``getPhoneNumber`` button's code (and optionally a wx.login() code to link in the same step).
+PHONE_TAG = "wechat_miniprogram_phone"
 REFRESH_GRANT = "refresh_token"
 #: Casdoor's dedicated refresh endpoint; the token endpoint takes the grant too.
 REFRESH_PATH = "/api/login/oauth/refresh_token"
@@ -25,7 +27,7 @@ _CODE = re.compile(r"^[\x21-\x7e]{1,256}$")
 async def access_token(request: web.Request) -> web.Response:
     """``POST /api/login/oauth/access_token``: Casdoor's token endpoint, mini-program branch and refresh grant."""
     params = await read_oauth_params(request)
-    is_refresh = params.get("tag") != MINIPROGRAM_TAG and params.get("grant_type") == REFRESH_GRANT
+    is_refresh = params.get("tag") not in (MINIPROGRAM_TAG, PHONE_TAG) and params.get("grant_type") == REFRESH_GRANT
     if is_refresh:
         request[appkeys.TOKEN_GRANT] = REFRESH_GRANT
     client_id = params.get("client_id", "")
@@ -36,6 +38,8 @@ async def access_token(request: web.Request) -> web.Response:
     tag = params.get("tag", "")
     if is_refresh:
         return await _refresh_grant(request, params)
+    if tag == PHONE_TAG:
+        return await _phone_sign_in(request, params, app.miniprogram_appid)
     if tag != MINIPROGRAM_TAG:
         if params.get("grant_type"):
             raise MinidoorError(
@@ -75,6 +79,34 @@ async def access_token(request: web.Request) -> web.Response:
                 message=reply.message,
                 params=reply.params,
             )
+    raise AssertionError("unreachable")
+
+
+async def _phone_sign_in(request: web.Request, params: dict[str, str], appid: str) -> web.Response:
+    """``tag=wechat_miniprogram_phone``: ``code`` from the getPhoneNumber button, optional ``login_code``."""
+    if not appid:
+        raise Unauthorized("the application does not support wechat mini program")
+    code = params.get("code", "")
+    if not code:
+        raise BadRequest("code is missing; send the code of the getPhoneNumber button's event (e.detail.code)")
+    login_code = params.get("login_code", "")
+    if not _CODE.match(code) or (login_code and not _CODE.match(login_code)):
+        raise BadRequest("code or login_code is malformed; send them unchanged")
+    if login_code == code:
+        raise BadRequest("login_code is the phone code; send the code from wx.login() as login_code")
+    reply = await request.app[appkeys.PUBLISHER].exchange_phone(
+        request_id=request[appkeys.REQUEST_ID],
+        client_id=params.get("client_id", ""),
+        code=code,
+        login_code=login_code,
+        timeout=request.app[appkeys.CONFIG].login_timeout,
+        client_ip=request[appkeys.CLIENT_IP],
+    )
+    match reply:
+        case LoginSucceeded(token=token):
+            return private_json(token)
+        case LoginFailed():
+            raise error_from_wire(reply.status, reply.error, reply.error_description, reply.retry_after)
     raise AssertionError("unreachable")
 
 

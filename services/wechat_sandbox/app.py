@@ -1,8 +1,16 @@
-"""A stand-in for api.weixin.qq.com: ``jscode2session`` on WeChat's wire, plus ``/sandbox/*`` controls for tests.
+"""A stand-in for api.weixin.qq.com: ``jscode2session``, ``cgi-bin/stable_token`` and
+``wxa/business/getuserphonenumber`` on WeChat's wire, plus ``/sandbox/*`` controls for tests.
 
 The auth worker knows only a base URL, so it cannot tell this server from WeChat. Tests drive it through
-``POST /sandbox/login`` (the part of ``wx.login()`` that mints a code), queue failures with ``/sandbox/faults``
-and read ``/sandbox/codes/{code}`` and ``/sandbox/stats`` to prove that no code was exchanged twice.
+``POST /sandbox/login`` (the part of ``wx.login()`` that mints a code), ``POST /sandbox/phone-code`` (what the
+``getPhoneNumber`` button hands the mini program), queue failures with ``/sandbox/faults`` (or have an access token
+rejected with 40001), move its clock with ``POST /sandbox/clock``, and read ``/sandbox/codes/{code}`` and
+``/sandbox/stats`` to prove that no code was exchanged twice and how often a token was fetched.
+
+Access tokens follow reference §2b (stable_token): normal mode answers the same token while more than
+``ROTATE_BEFORE`` seconds remain, then a new one, the old one staying valid until its own expiry (the 5-minute
+overlap); ``force_refresh`` invalidates every earlier token, at most once per ``FORCE_REFRESH_EVERY`` seconds
+(sooner, nothing is refreshed and the current token is answered).
 
 All state lives in one ``SandboxState`` per app. Its methods never await, so every check-then-set on a code is
 atomic on the event loop.
@@ -17,7 +25,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -31,11 +39,17 @@ log = structlog.get_logger("wechat_sandbox")
 
 #: WeChat's per-user quota window for jscode2session.
 RATE_WINDOW = 60.0
+#: stable_token hands out the next token once the current one has less than this left (both stay valid meanwhile).
+ROTATE_BEFORE = 300.0
+#: force_refresh calls closer together than this refresh nothing.
+FORCE_REFRESH_EVERY = 30.0
 
 ERRMSG: dict[int, str] = {
     -1: "system error",
+    40001: "invalid credential, access_token is invalid or not latest",
     40002: "invalid grant_type",
     40013: "invalid appid",
+    40014: "invalid access_token",
     40029: "invalid code",
     40125: "invalid appsecret",
     40163: "code been used",
@@ -43,6 +57,8 @@ ERRMSG: dict[int, str] = {
     41002: "appid missing",
     41004: "appsecret missing",
     41008: "missing code",
+    42001: "access_token expired",
+    43002: "require POST method",
     45011: "api minute-quota reach limit mustslower retry next minute",
     47001: "data format error",
 }
@@ -70,12 +86,34 @@ class AppRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     secret: Annotated[str, msgspec.Meta(min_length=1)]
 
 
+class PhoneCodeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+    appid: str
+    phone_number: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4,20}$")]
+    country_code: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,4}$")] = "86"
+
+
+class ClockRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    advance: Annotated[float, msgspec.Meta(ge=0, le=10_000_000)]
+
+
+#: WeChat APIs a queued fault can hit.
+FaultApi = Literal["jscode2session", "getuserphonenumber"]
+#: ``revoke``: the app's current access token answers 40001 and stable_token hands out a new one (as after a leak
+#: was force-refreshed elsewhere). ``stale``: the token answers 40001 yet normal-mode stable_token keeps handing it
+#: out, until a force_refresh.
+TokenFault = Literal["revoke", "stale"]
+
+
 class FaultRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
     errcode: int | None = None
     errmsg: str | None = None
     http_status: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None
     latency_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 0
+    api: FaultApi = "jscode2session"
+    #: With ``appid``: reject that app's current access token instead of queueing a fault.
+    access_token: TokenFault | None = None
+    appid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +168,36 @@ class _QueuedFault:
     remaining: int
 
 
+@dataclass(slots=True)
+class IssuedToken:
+    value: str
+    appid: str
+    expires_at: float
+    #: Answers 40001: invalidated by a force_refresh or a ``revoke`` fault, or ``stale`` (still handed out).
+    rejected: bool = False
+
+
+@dataclass(slots=True)
+class AppTokens:
+    current: IssuedToken | None = None
+    last_force: float = float("-inf")
+
+
+@dataclass(slots=True)
+class PhoneCode:
+    code: str
+    appid: str
+    phone_number: str
+    country_code: str
+    issued_at: float
+    exchanged: int = 0
+
+
+def new_access_token() -> str:
+    """About 136 characters, like WeChat's (which asks for 512 of storage)."""
+    return secrets.token_urlsafe(102)
+
+
 def new_openid() -> str:
     """28 characters starting with "o", like WeChat's."""
     return "o" + secrets.token_urlsafe(20)
@@ -162,9 +230,20 @@ class SandboxState:
 
     def __init__(self, config: SandboxConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.code_ttl = config.sandbox_code_ttl
+        self.token_ttl = config.sandbox_token_ttl
         self.user_rate_limit = config.sandbox_user_rate_limit
         self.apps = parse_apps(config.sandbox_apps)
-        self._clock = clock
+        self._base_clock = clock
+        #: Seconds ``POST /sandbox/clock`` moved this sandbox's time forward.
+        self.clock_offset = 0.0
+        self._tokens: dict[str, IssuedToken] = {}
+        self._app_tokens: dict[str, AppTokens] = {}
+        self._phone_codes: dict[str, PhoneCode] = {}
+        self._api_faults: dict[str, deque[_QueuedFault]] = {}
+        self.stable_token_calls: dict[str, int] = {}
+        self.getuserphonenumber_calls = 0
+        self.phone_codes_issued = 0
+        self.phone_codes_exchanged = 0
         # Insertion order is issue order, so the oldest codes and the least recently active users sit in front.
         self._codes: dict[str, IssuedCode] = {}
         self._calls: OrderedDict[str, deque[float]] = OrderedDict()
@@ -174,6 +253,13 @@ class SandboxState:
         self.codes_exchanged = 0
         self.codes_presented_more_than_once = 0
         self.faults_served = 0
+
+    def _clock(self) -> float:
+        return self._base_clock() + self.clock_offset
+
+    def advance_clock(self, seconds: float) -> float:
+        self.clock_offset += seconds
+        return self.clock_offset
 
     def register_app(self, appid: str, secret: str) -> None:
         self.apps[appid] = secret
@@ -237,26 +323,155 @@ class SandboxState:
             body["unionid"] = issued.unionid
         return body
 
-    def queue_fault(self, fault: Fault, count: int) -> int:
-        self._faults.append(_QueuedFault(fault, count))
+    def stable_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        """stable_token's checks and answer (reference §2b); counts every call that names an appid."""
+        appid, secret = body.get("appid"), body.get("secret")
+        if isinstance(appid, str) and appid:
+            self.stable_token_calls[appid] = self.stable_token_calls.get(appid, 0) + 1
+        if body.get("grant_type") != "client_credential":
+            raise WeChatError(40002)
+        if not isinstance(appid, str) or not appid:
+            raise WeChatError(41002)
+        if not isinstance(secret, str) or not secret:
+            raise WeChatError(41004)
+        if appid not in self.apps:
+            raise WeChatError(40013)
+        if not secrets.compare_digest(secret.encode(), self.apps[appid].encode()):
+            raise WeChatError(40125)
+        force = body.get("force_refresh", False)
+        if not isinstance(force, bool):
+            raise WeChatError(47001)
+        now = self._clock()
+        app = self._app_tokens.setdefault(appid, AppTokens())
+        current = app.current
+        if force and now - app.last_force >= FORCE_REFRESH_EVERY:
+            app.last_force = now
+            for token in self._tokens.values():
+                if token.appid == appid:
+                    token.rejected = True
+            current = None
+        elif current is not None and (current.expires_at - now <= ROTATE_BEFORE or now >= current.expires_at):
+            current = None  # the next token; the old one lives out its last minutes
+        if current is None:
+            self._purge_tokens(now)
+            current = IssuedToken(new_access_token(), appid, now + self.token_ttl)
+            self._tokens[current.value] = current
+            app.current = current
+        return {"access_token": current.value, "expires_in": max(0, int(current.expires_at - now))}
+
+    def check_token(self, access_token: str) -> str:
+        """The appid an access token is valid for, or 40014 (never issued), 42001 (expired), 40001 (invalidated)."""
+        token = self._tokens.get(access_token)
+        if token is None:
+            raise WeChatError(40014)
+        if token.rejected:
+            raise WeChatError(40001)
+        if self._clock() >= token.expires_at:
+            raise WeChatError(42001)
+        return token.appid
+
+    def reject_token(self, appid: str, how: TokenFault) -> int:
+        """Reject ``appid``'s current access token with 40001 (see ``TokenFault``); how many tokens that touched."""
+        app = self._app_tokens.get(appid)
+        if app is None or app.current is None:
+            return 0
+        app.current.rejected = True
+        if how == "revoke":
+            app.current = None
+        return 1
+
+    def issue_phone_code(self, appid: str, phone_number: str, country_code: str) -> PhoneCode:
+        if appid not in self.apps:
+            raise WeChatError(40013, status=400)
+        now = self._clock()
+        horizon = now - 2 * self.code_ttl
+        while self._phone_codes:
+            oldest = next(iter(self._phone_codes.values()))
+            if oldest.issued_at >= horizon:
+                break
+            del self._phone_codes[oldest.code]
+        issued = PhoneCode(new_code(), appid, phone_number, country_code, now)
+        self._phone_codes[issued.code] = issued
+        self.phone_codes_issued += 1
+        return issued
+
+    def get_phone_code(self, code: str) -> PhoneCode | None:
+        return self._phone_codes.get(code)
+
+    def phone_number(self, access_token: str, code: str) -> dict[str, Any]:
+        """getuserphonenumber: the token first, then the code (single-use, ``code_ttl``, of the token's app)."""
+        appid = self.check_token(access_token)
+        if not code:
+            raise WeChatError(41008)
+        issued = self._phone_codes.get(code)
+        if issued is None or self._clock() - issued.issued_at > self.code_ttl or issued.exchanged:
+            raise WeChatError(40029)
+        if issued.appid != appid:
+            raise WeChatError(40013)
+        issued.exchanged = 1
+        self.phone_codes_exchanged += 1
+        full = issued.phone_number if issued.country_code == "86" else f"+{issued.country_code}{issued.phone_number}"
+        return {
+            "errcode": 0,
+            "errmsg": "ok",
+            "phone_info": {
+                "phoneNumber": full,
+                "purePhoneNumber": issued.phone_number,
+                "countryCode": int(issued.country_code),
+                "watermark": {"timestamp": int(time.time()), "appid": appid},
+            },
+        }
+
+    def begin_api_call(self, api: str) -> Fault | None:
+        """A queued fault for ``api`` (other than jscode2session), if any."""
+        if api == "getuserphonenumber":
+            self.getuserphonenumber_calls += 1
+        queue = self._api_faults.get(api)
+        if not queue:
+            return None
+        head = queue[0]
+        head.remaining -= 1
+        if head.remaining == 0:
+            queue.popleft()
+        self.faults_served += 1
+        return head.fault
+
+    def queue_fault(self, fault: Fault, count: int, api: FaultApi = "jscode2session") -> int:
+        queue = self._faults if api == "jscode2session" else self._api_faults.setdefault(api, deque())
+        queue.append(_QueuedFault(fault, count))
         return self.pending_faults
 
     def clear_faults(self) -> int:
         self._faults.clear()
+        self._api_faults.clear()
         return 0
 
     @property
     def pending_faults(self) -> int:
-        return sum(entry.remaining for entry in self._faults)
+        queues = [self._faults, *self._api_faults.values()]
+        return sum(entry.remaining for queue in queues for entry in queue)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {
             "jscode2session_calls": self.jscode2session_calls,
             "codes_issued": self.codes_issued,
             "codes_exchanged": self.codes_exchanged,
             "codes_presented_more_than_once": self.codes_presented_more_than_once,
             "faults_served": self.faults_served,
+            "stable_token_calls": dict(self.stable_token_calls),
+            "getuserphonenumber_calls": self.getuserphonenumber_calls,
+            "phone_codes_issued": self.phone_codes_issued,
+            "phone_codes_exchanged": self.phone_codes_exchanged,
         }
+
+    def _purge_tokens(self, now: float) -> None:
+        """Forget tokens expired for a day (they answered 42001 meanwhile); insertion order is issue order."""
+        horizon = now - 86400
+        while self._tokens:
+            oldest = next(iter(self._tokens.values()))
+            if oldest.expires_at >= horizon:
+                break
+            del self._tokens[oldest.value]
 
     def _take_quota(self, openid: str, now: float) -> None:
         """Admit one call for ``openid`` or raise 45011; refused calls do not use up the quota."""
@@ -361,6 +576,80 @@ async def _jscode2session(request: web.Request) -> web.StreamResponse:
     return web.json_response(body)
 
 
+async def _serve_fault(fault: Fault) -> web.StreamResponse | None:
+    structlog.contextvars.bind_contextvars(fault=True)
+    if fault.latency_ms:
+        await asyncio.sleep(fault.latency_ms / 1000)
+    if fault.http_status is not None:
+        text = f"<html><body><h1>{fault.http_status}</h1>sandbox fault</body></html>"
+        return web.Response(status=fault.http_status, text=text, content_type="text/html")
+    if fault.errcode is not None:
+        structlog.contextvars.bind_contextvars(errcode=fault.errcode)
+        return _errcode_json(WeChatError(fault.errcode, fault.errmsg), rid=True)
+    return None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """WeChat's JSON body, or 47001 "data format error" (HTTP 200, as WeChat answers it)."""
+    try:
+        body = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError:
+        raise WeChatError(47001) from None
+    if not isinstance(body, dict):
+        raise WeChatError(47001)
+    return body
+
+
+async def _stable_token(request: web.Request) -> web.StreamResponse:
+    state = request.app[SANDBOX]
+    try:
+        if request.method != "POST":
+            raise WeChatError(43002)
+        body = await _json_object(request)
+        structlog.contextvars.bind_contextvars(appid=str(body.get("appid", ""))[:32])
+        answer = state.stable_token(body)
+    except WeChatError as exc:
+        structlog.contextvars.bind_contextvars(errcode=exc.errcode)
+        return _errcode_json(exc, rid=True)
+    structlog.contextvars.bind_contextvars(errcode=0)
+    return web.json_response(answer)
+
+
+async def _getuserphonenumber(request: web.Request) -> web.StreamResponse:
+    state = request.app[SANDBOX]
+    fault = state.begin_api_call("getuserphonenumber")
+    if fault is not None and (response := await _serve_fault(fault)) is not None:
+        return response
+    try:
+        body = await _json_object(request)
+        code = body.get("code")
+        answer = state.phone_number(request.query.get("access_token", ""), code if isinstance(code, str) else "")
+    except WeChatError as exc:
+        structlog.contextvars.bind_contextvars(errcode=exc.errcode)
+        return _errcode_json(exc, rid=True)
+    structlog.contextvars.bind_contextvars(errcode=0, appid=answer["phone_info"]["watermark"]["appid"])
+    return web.json_response(answer)
+
+
+async def _phone_code(request: web.Request) -> web.StreamResponse:
+    req = await _decode_body(request, PhoneCodeRequest)
+    structlog.contextvars.bind_contextvars(appid=req.appid)
+    issued = request.app[SANDBOX].issue_phone_code(req.appid, req.phone_number, req.country_code)
+    return web.json_response({"code": issued.code})
+
+
+async def _get_phone_code(request: web.Request) -> web.StreamResponse:
+    issued = request.app[SANDBOX].get_phone_code(request.match_info["code"])
+    if issued is None:
+        raise WeChatError(40029, status=404)
+    return web.json_response({"code": issued.code, "appid": issued.appid, "exchanged": issued.exchanged})
+
+
+async def _advance_clock(request: web.Request) -> web.StreamResponse:
+    req = await _decode_body(request, ClockRequest)
+    return web.json_response({"offset": request.app[SANDBOX].advance_clock(req.advance)})
+
+
 async def _login(request: web.Request) -> web.StreamResponse:
     req = await _decode_body(request, LoginRequest)
     structlog.contextvars.bind_contextvars(appid=req.appid)
@@ -376,7 +665,12 @@ async def _register_app(request: web.Request) -> web.StreamResponse:
 
 async def _queue_fault(request: web.Request) -> web.StreamResponse:
     req = await _decode_body(request, FaultRequest)
-    queued = request.app[SANDBOX].queue_fault(Fault.from_request(req), req.count)
+    state = request.app[SANDBOX]
+    if req.access_token is not None or req.appid is not None:
+        if req.access_token is None or req.appid is None:
+            raise WeChatError(47001, "data format error: access_token and appid go together", status=400)
+        return web.json_response({"rejected": state.reject_token(req.appid, req.access_token)})
+    queued = state.queue_fault(Fault.from_request(req), req.count, req.api)
     return web.json_response({"queued": queued})
 
 
@@ -413,7 +707,12 @@ def create_app(config: SandboxConfig) -> web.Application:
     harden(app)
     app[SANDBOX] = SandboxState(config)
     app.router.add_get("/sns/jscode2session", _jscode2session)
+    app.router.add_route("*", "/cgi-bin/stable_token", _stable_token)
+    app.router.add_post("/wxa/business/getuserphonenumber", _getuserphonenumber)
     app.router.add_post("/sandbox/login", _login)
+    app.router.add_post("/sandbox/phone-code", _phone_code)
+    app.router.add_get("/sandbox/phone-codes/{code}", _get_phone_code)
+    app.router.add_post("/sandbox/clock", _advance_clock)
     app.router.add_post("/sandbox/apps", _register_app)
     app.router.add_post("/sandbox/faults", _queue_fault)
     app.router.add_delete("/sandbox/faults", _clear_faults)

@@ -56,7 +56,7 @@ async def login_application(conn: Conn, client_id: str, appid: str) -> asyncpg.R
         return await conn.fetchrow(
             """
             SELECT a.id, a.name, a.client_id, a.organization_id, o.name AS organization, a.enable_sign_up,
-                   a.expire_in_hours, a.refresh_expire_in_hours, a.signing_alg,
+                   a.preprovisioned_only, a.expire_in_hours, a.refresh_expire_in_hours, a.signing_alg,
                    EXISTS (SELECT 1 FROM application_providers ap JOIN providers p ON p.id = ap.provider_id
                            WHERE ap.application_id = a.id AND p.type = $3 AND p.appid = $2) AS has_appid
             FROM applications a JOIN organizations o ON o.id = a.organization_id
@@ -95,7 +95,7 @@ async def organization_by_name(conn: Conn, name: str) -> asyncpg.Record | None:
 
 _APPLICATIONS = """
     SELECT a.name, o.name AS organization, a.client_id, a.enable_sign_up, a.expire_in_hours,
-           a.refresh_expire_in_hours, a.signing_alg, a.created_at,
+           a.refresh_expire_in_hours, a.signing_alg, a.preprovisioned_only, a.created_at,
            coalesce(array_agg(p.name ORDER BY ap.position) FILTER (WHERE p.name IS NOT NULL), '{}') AS providers
     FROM applications a
     JOIN organizations o ON o.id = a.organization_id
@@ -247,3 +247,12 @@ async def listing(conn: Conn) -> tuple[list[asyncpg.Record], list[asyncpg.Record
             await conn.fetch(_APPLICATIONS + " GROUP BY a.id, o.name ORDER BY a.name"),
             await conn.fetch("SELECT * FROM providers ORDER BY name"),
         )
+
+
+async def set_preprovisioned_only(conn: Conn, application: str, value: bool) -> bool:
+    """Whether the application signs in only users created beforehand; False when there is no such application."""
+    with translate("application"):
+        status = await conn.execute(
+            "UPDATE applications SET preprovisioned_only = $2 WHERE name = $1", application, value
+        )
+    return bool(status.endswith(" 1"))

@@ -46,6 +46,73 @@ async def user_by_openid(conn: Conn, organization_id: Any, appid: str, openid: s
         )
 
 
+async def user_by_phone(conn: Conn, organization_id: Any, phone: str) -> asyncpg.Record | None:
+    """The organization's user with these phone digits (unique per organization), and their country code."""
+    with translate("user"):
+        return await conn.fetchrow(
+            f"""
+            SELECT {_LOGIN_USER}, u.country_code
+            FROM users u WHERE u.organization_id = $1 AND u.phone = $2
+            FOR KEY SHARE OF u
+            """,
+            organization_id,
+            phone,
+        )
+
+
+async def insert_phone_user(conn: Conn, organization_id: Any, name: str, phone: str, country_code: str) -> Any:
+    """A user created by an admin ahead of their phone sign-in; its id. ``Conflict`` for a taken name or phone."""
+
+    def duplicate(constraint: str) -> Conflict:
+        if "phone" in constraint:
+            return Conflict("the phone number is taken")
+        return Conflict("the name {name} is taken", name=repr(name))
+
+    with translate("user", duplicate=duplicate):
+        return await conn.fetchval(
+            """
+            INSERT INTO users (organization_id, name, phone, country_code, avatar, signup_application)
+            SELECT o.id, $2, $3, $4, o.default_avatar, '' FROM organizations o WHERE o.id = $1
+            RETURNING id
+            """,
+            organization_id,
+            name,
+            phone,
+            country_code,
+        )
+
+
+async def sign_in_methods(conn: Conn, user_id: Any) -> asyncpg.Record | None:
+    """What a user can sign in with: their WeChat identities by AppID, whether they have a phone and a password."""
+    with translate("user"):
+        return await conn.fetchrow(
+            """
+            SELECT coalesce((SELECT array_agg(w.appid) FROM wechat_identities w WHERE w.user_id = u.id), '{}')
+                       AS appids,
+                   u.phone <> '' AS has_phone, coalesce(u.password_hash, '') <> '' AS has_password
+            FROM users u WHERE u.id = $1
+            """,
+            user_id,
+        )
+
+
+async def delete_identities(conn: Conn, user_id: Any, appid: str) -> int:
+    """Remove the user's WeChat identities of ``appid``; how many."""
+    with translate("wechat identity"):
+        status = await conn.execute("DELETE FROM wechat_identities WHERE user_id = $1 AND appid = $2", user_id, appid)
+    return int(status.split()[-1])
+
+
+async def set_user_phone(conn: Conn, user_id: Any, phone: str, country_code: str) -> None:
+    with translate("user"):
+        await conn.execute(
+            "UPDATE users SET phone = $2, country_code = $3, updated_at = now() WHERE id = $1",
+            user_id,
+            phone,
+            country_code,
+        )
+
+
 async def user_by_unionid(conn: Conn, organization_id: Any, unionid: str) -> asyncpg.Record | None:
     with translate("user"):
         return await conn.fetchrow(

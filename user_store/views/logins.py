@@ -13,15 +13,17 @@ from aiohttp import web
 
 from shared.errors import MinidoorError
 from shared.guard import log_id
-from shared.messages import ErrorBody, LoginOutcome, LoginOutcomes, WechatLogin, WechatLogins
+from shared.messages import ErrorBody, LoginOutcome, LoginOutcomes, PhoneLogin, WechatLogin, WechatLogins
 from shared.middleware import valid_request_id
 from user_store.appkeys import AUDIT, MASTER_KEY, METRICS, PG_POOL, RULES, SIGNER
 from user_store.http import json_response, read_json
 from user_store.logins import login_wechat
 from user_store.middleware import client_ip
+from user_store.phone_logins import login_phone
 
 _login_decoder = msgspec.json.Decoder(WechatLogin)
 _logins_decoder = msgspec.json.Decoder(WechatLogins)
+_phone_decoder = msgspec.json.Decoder(PhoneLogin)
 log = structlog.get_logger()
 
 
@@ -30,6 +32,15 @@ async def wechat_login(request: web.Request) -> web.Response:
     structlog.contextvars.bind_contextvars(client_id=log_id(login.client_id))
     app = request.app
     result = await login_wechat(app[PG_POOL], app[SIGNER], login, app[RULES], app[AUDIT], app[MASTER_KEY])
+    return json_response(result)
+
+
+async def phone_login(request: web.Request) -> web.Response:
+    """``POST /internal/logins/wechat-phone``: a phone number WeChat vouched for (``user_store/phone_logins.py``)."""
+    login = await read_json(request, _phone_decoder)
+    structlog.contextvars.bind_contextvars(client_id=log_id(login.client_id))
+    app = request.app
+    result = await login_phone(app[PG_POOL], app[SIGNER], login, app[AUDIT], app[MASTER_KEY])
     return json_response(result)
 
 
