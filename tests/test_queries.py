@@ -70,7 +70,7 @@ class TestTranslate:
                     conn,
                     name="shop",
                     organization="acme",
-                    client_id="not-twenty-hex-digits",
+                    client_id="not a client id",  # the check: 1 to 64 of [A-Za-z0-9_-] (Casdoor's ids fit)
                     client_secret_hash=b"\x00" * 32,
                     enable_sign_up=True,
                     expire_in_hours=1.0,

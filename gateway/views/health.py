@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -23,8 +24,25 @@ async def _redis_reason(redis: aioredis.Redis) -> str | None:
         async with asyncio.timeout(_READY_TIMEOUT):
             await redis.ping()
     except (aioredis.RedisError, OSError, TimeoutError) as exc:
+        refused = _tls_refusal(exc)
+        if refused:
+            return f"Redis's TLS handshake failed ({refused}): check REDIS_TLS_CA_FILE and the host name"
         return f"Redis did not answer ({type(exc).__name__})"
     return None
+
+
+def _tls_refusal(exc: BaseException) -> str:
+    """Why TLS refused, when an SSL error is behind ``exc`` (redis-py wraps it, or keeps only its text): the one cause
+    an operator cannot guess from the exception's type. Other errors name only their type, since the body is public
+    and their text names internal hosts."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {seen.verify_message}"
+        if isinstance(seen, ssl.SSLError):
+            return str(seen.reason or "TLS error")
+        seen = seen.__cause__ or seen.__context__
+    return "certificate verify failed" if "certificate verify failed" in str(exc) else ""
 
 
 async def readyz(request: web.Request) -> web.Response:
