@@ -155,7 +155,8 @@ class TestInspectToken:
         assert info is not None and info.kind == "refresh" and info.user_id == tokens["user_id"]
         assert info.client_id == shop.client_id and info.expires_at > time.time() + 3600
         assert await inspect(client, tokens["refresh_token"], "access") is None
-        assert await inspect(client, tokens["refresh_token"][:-1] + "A") is None
+        last = tokens["refresh_token"][-1]
+        assert await inspect(client, tokens["refresh_token"][:-1] + ("B" if last == "A" else "A")) is None
         async with transaction(client.app[PG_POOL]) as conn:
             await revoke_token(conn, client.app[REVOCATIONS], uuid.UUID(info.token_id))
         assert await inspect(client, tokens["refresh_token"]) is None
