@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results"), help="where the files go (default %(default)s)"
     )
+    parser.add_argument(
+        "--profile-seconds",
+        type=int,
+        default=2,
+        help="a scenario that missed a target is profiled with py-spy for this long after its window (0: never)",
+    )
     args = parser.parse_args(argv)
     if unknown := [name for name in args.groups if name not in GROUPS]:
         parser.error(f"unknown group(s): {', '.join(unknown)}")
@@ -55,14 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         warmup=SMOKE_WARMUP if args.smoke else args.warmup,
         connections=tuple(int(c) for c in args.connections.split(",")),
         tokens=args.tokens,
+        profile_seconds=min(args.profile_seconds, SMOKE_SECONDS) if args.smoke else args.profile_seconds,
+        smoke=args.smoke,
     )
     started = datetime.now(UTC)
+    stem = started.strftime("%Y%m%dT%H%M%SZ")
+    ctx.results_dir, ctx.profile_dir = args.out, args.out / stem
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             run = runner.run(_run(ctx, groups, started, smoke=args.smoke))
     finally:
         ctx.close()
-    stem = started.strftime("%Y%m%dT%H%M%SZ")
     json_path = results.write(run, args.out, stem)
     json_path.with_suffix(".md").write_text(report.markdown(run, json_path.with_suffix(".png").name))
     plot.draw(run, json_path.with_suffix(".png"))
@@ -77,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(ctx: BenchContext, groups: list[str], started: datetime, *, smoke: bool) -> results.Results:
-    scenarios = [await unit_scenario(ctx)]
+    scenarios = ctx.measured
+    scenarios.append(await unit_scenario(ctx))
     if "peer" in groups:
         scenarios += await peer_scenarios(ctx)
     stack_cpu = None

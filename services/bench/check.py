@@ -16,6 +16,7 @@ from services.bench.results import (
     OK,
     SCHEMA,
     STACK_TYPES,
+    Profile,
     Results,
     Scenario,
     expected_keys,
@@ -34,6 +35,7 @@ def check_run(json_path: Path) -> list[str]:
     except (OSError, msgspec.DecodeError) as exc:
         return [f"{json_path}: {exc}"]
     problems = list(_results(results))
+    problems += _profiles(results, json_path.parent)
     problems += _markdown(json_path.with_suffix(".md"), results)
     problems += _png(json_path.with_suffix(".png"))
     return problems
@@ -63,6 +65,42 @@ def _results(results: Results) -> Iterator[str]:
             yield f"target {t.name!r} names an unknown scenario {t.scenario}"
         if (t.figure is None) != (t.met is None) or not t.verdict:
             yield f"target {t.name!r} on {t.scenario}: figure, met and verdict disagree"
+
+
+def _profiles(results: Results, directory: Path) -> Iterator[str]:
+    """Every miss a profile explains names where the time goes: its scenario has profiles whose files exist and
+    whose digests list frames, or (a smoke run) says why not while another scenario of its kind has them."""
+    profiled_kinds = {s.kind for s in results.scenarios if s.profiles}
+    for t in results.targets:
+        if t.met is not False:
+            continue
+        if not t.explanation.startswith("missed"):
+            yield f"target {t.name!r} on {t.scenario}: missed, but no explanation"
+        s = results.scenario(t.scenario)
+        if not t.profiled or s is None:
+            continue
+        if not s.profiles:
+            if not (results.settings.smoke and s.unprofiled and s.kind in profiled_kinds):
+                yield f"{s.key}: missed {t.name!r} and has no profile"
+            continue
+        for p in s.profiles:
+            yield from (f"{s.key}: {problem}" for problem in _profile(p, directory))
+            if not p.error and p.svg not in t.explanation:
+                yield f"target {t.name!r} on {s.key}: the explanation does not name {p.svg}"
+
+
+def _profile(p: Profile, directory: Path) -> Iterator[str]:
+    if p.error:
+        yield f"no profile of {p.process}: {p.error}"
+        return
+    if not p.frames or p.samples <= 0 or not 0 < p.frames[0].self_percent <= 100:
+        yield f"the profile of {p.process} has no digest"
+    for name in (p.svg, p.stacks):
+        if not (directory / name).is_file() or not (directory / name).stat().st_size:
+            yield f"{name} is missing or empty"
+            return
+    if not (directory / p.svg).read_text().startswith("<svg"):
+        yield f"{p.svg} is not an SVG"
 
 
 def _scenario(s: Scenario) -> Iterator[str]:
@@ -113,6 +151,9 @@ def _markdown(path: Path, results: Results) -> Iterator[str]:
     for heading in ("## Targets", "## Scenarios"):
         if heading not in text:
             yield f"{path.name}: no {heading!r}"
+    for t in results.targets:
+        if t.explanation and t.explanation not in text:
+            yield f"{path.name}: the miss of {t.name!r} on {t.scenario} is not explained"
     for t in results.targets:
         if f"| {t.name} | `{t.scenario}` |" not in text:
             yield f"{path.name}: target {t.name!r} on {t.scenario} is not listed"

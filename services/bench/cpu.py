@@ -107,6 +107,19 @@ class StackCpu:
                     continue
         return peaks
 
+    def busiest(self, types: list[str]) -> dict[str, int]:
+        """The pid of each type's process that has used the most CPU (the one a profile samples)."""
+        found: dict[str, tuple[float, int]] = {}
+        for process, name in self._processes():
+            if name in types:
+                try:
+                    used = _own(process)
+                except psutil.NoSuchProcess:
+                    continue
+                if used >= found.get(name, (-1.0, 0))[0]:
+                    found[name] = (used, process.pid)
+        return {name: found[name][1] for name in types if name in found}
+
     def executables(self) -> dict[str, str]:
         """The embedded PostgreSQL's and Redis's server binaries, for their versions."""
         found: dict[str, str] = {}

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from services.bench import profiles
 from services.bench.cpu import LOAD_TOOL, Meter
 from services.bench.results import APART_TYPES, CONNECTIONS, Scenario
 from services.bench.stack import BenchStack
+from services.bench.targets import scenario_targets
 from services.bench.wrk import Load, WrkReport, run_wrk
 
 AUTH_WORKERS = 2
@@ -38,6 +40,16 @@ class BenchContext:
     tokens: int = 1000
     #: CPU milliseconds of one request to the unit; 0 until the unit is measured.
     unit_ms: float = 0.0
+    #: Seconds of the second window that profiles a scenario that missed a target; 0: no profiles.
+    profile_seconds: int = 2
+    #: Where the results go, and the run's own directory under it, where profiles land.
+    results_dir: Path = Path("bench/results")
+    profile_dir: Path = Path("bench/results/profiles")
+    #: Profile only the first miss of each kind (``--smoke``: fast).
+    smoke: bool = False
+    #: Every scenario measured so far, that the targets of the next one are judged against (the peer's).
+    measured: list[Scenario] = field(default_factory=list)
+    _profiled_kinds: set[str] = field(default_factory=set, repr=False)
     _stack: BenchStack | None = field(default=None, repr=False)
     _scratch: tempfile.TemporaryDirectory[str] = field(
         default_factory=lambda: tempfile.TemporaryDirectory(prefix="minidoor-bench-files-"), repr=False
@@ -56,6 +68,20 @@ class BenchContext:
         if self._stack is None:
             self._stack = await asyncio.to_thread(BenchStack(AUTH_WORKERS=str(AUTH_WORKERS)).start)
         return self._stack
+
+    async def explain(
+        self, s: Scenario, pids: Callable[[list[str]], dict[str, int]], window: Callable[[], Awaitable[object]]
+    ) -> Scenario:
+        """If ``s`` missed a target, profile the processes that dominate it (``pids`` finds the busiest of each type)
+        while ``window`` runs the same load again."""
+        if not any(t.met is False for t in scenario_targets(s, self.measured)) or not self.profile_seconds:
+            return s
+        if self.smoke and s.kind in self._profiled_kinds:
+            s.unprofiled = "a smoke run profiles only the first miss of each kind"
+            return s
+        self._profiled_kinds.add(s.kind)
+        s.profiles = await profiles.record(s, pids(profiles.dominant(s)), self.profile_dir, self.results_dir, window)
+        return s
 
     def close(self) -> None:
         if self._stack is not None:

@@ -23,7 +23,7 @@ from services.bench.cpu import StackCpu
 from services.bench.harness import AUTH_WORKERS, BenchContext, measure, scenario, warm_up
 from services.bench.results import ALGORITHMS, NEW_USER_SHARES, NOT_SUPPORTED, Scenario, key
 from services.bench.stack import BenchStack, signing_alg_option
-from services.bench.wrk import Load, threads_for, write_bodies
+from services.bench.wrk import Load, run_wrk, threads_for, write_bodies
 from shared import jwtcheck
 
 TOKEN_PATH = "/api/login/oauth/access_token"
@@ -146,7 +146,18 @@ async def _login_window(
         notes.append("not counted: " + ", ".join(meter.unseen))
     if window.report.dry_threads:
         notes.append("the code pool ran dry before the window ended: the rate is a lower bound")
-    return scenario(window, ctx.unit_ms, new_users=round(sum(sent_new) / len(sent_new), 3), notes=notes, **fields)
+    measured = scenario(window, ctx.unit_ms, new_users=round(sum(sent_new) / len(sent_new), 3), notes=notes, **fields)
+    # The window's new users are the profile window's returning ones: the warm-up's have had their share of logins.
+    sent = _answered(list(zip(openids, new, strict=True)), window.report.sent_by_thread, connections)
+    again = [openid for openid, is_new in sent if is_new] or returning
+
+    async def profile_window() -> None:
+        size = math.ceil(max(measured.rate, guess) * ctx.profile_seconds * HEADROOM) + 2 * connections
+        codes = await mint_codes(stack, app, _mix(again, size, new_share)[0])
+        write_bodies(bodies, [login_body(app, code) for code in codes])
+        await asyncio.to_thread(run_wrk, replace(load, seconds=ctx.profile_seconds))
+
+    return await ctx.explain(measured, meter.busiest, profile_window)
 
 
 def _answered(lines: list[T], sent_by_thread: list[int], connections: int) -> list[T]:

@@ -29,6 +29,8 @@ def console(results: Results) -> str:
         lines.append(
             f"  {'ok ' if t.met else '-- ' if t.met is None else 'NO '} {t.name} [{t.scenario}]: {figure} ({t.verdict})"
         )
+        if t.explanation:
+            lines.append(f"       {t.explanation}")
     return "\n".join(lines)
 
 
@@ -60,6 +62,18 @@ def markdown(results: Results, png_name: str) -> str:
         figure = "" if t.figure is None else f"{t.figure:g}"
         verdict = f"**{t.verdict}**" if t.met is False else t.verdict
         lines.append(f"| {t.name} | `{t.scenario}` | {figure} | {t.goal} | {verdict} |")
+    misses = [t for t in results.targets if t.explanation]
+    if misses:
+        lines += [
+            "",
+            "## Misses",
+            "",
+            "Each miss: by how much, where the CPU goes (units by process type; for the Python processes that dominate "
+            "it, the frames with the most self time in a py-spy profile of a second window of the same load), and the "
+            "flame graphs (beside each, `.txt`: the collapsed stacks, for speedscope or flamegraph.pl).",
+            "",
+            *(f"- {t.name} (`{t.scenario}`): {t.explanation}" for t in misses),
+        ]
     lines += [
         "",
         "## Scenarios",

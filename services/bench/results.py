@@ -61,6 +61,31 @@ class Revocation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     inactive_answers: int
 
 
+class Frame(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    #: "name (file:line of its def)", as py-spy names it.
+    function: str
+    #: Share of the process's samples in this frame itself (not its callees).
+    self_percent: float
+
+
+class Profile(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A CPU profile of one process of a scenario that missed a target, from a second window after the measured one."""
+
+    process: str
+    pid: int
+    #: The process type's units in the measured window.
+    units: float
+    #: Paths relative to the directory of the JSON: the flame graph and py-spy's collapsed stacks.
+    svg: str
+    stacks: str
+    seconds: float
+    samples: int = 0
+    #: The frames with the most self time, most first.
+    frames: list[Frame] = []
+    #: Why there is no profile ("" when there is).
+    error: str = ""
+
+
 class Scenario(msgspec.Struct, kw_only=True, rename="camel"):
     key: str
     system: str  # "minidoor", "peer", or "unit"
@@ -92,6 +117,10 @@ class Scenario(msgspec.Struct, kw_only=True, rename="camel"):
     #: A once-only pool (login codes) ran out before the window ended: the rate is a lower bound.
     ran_dry: bool = False
     notes: list[str] = []
+    #: CPU profiles of the processes that dominate it, when it missed a target (``profiles.py``).
+    profiles: list[Profile] = []
+    #: Why a scenario that missed a target has no profiles ("" otherwise).
+    unprofiled: str = ""
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,6 +132,10 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     met: bool | None
     #: "met by 12%", "missed by 30%", "not supported yet", "not measured".
     verdict: str
+    #: Whether a CPU profile explains a miss (every target but memory).
+    profiled: bool = False
+    #: For a miss: by how much, where the time goes, and the profiles' paths.
+    explanation: str = ""
 
 
 class Machine(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -5,7 +5,9 @@ verification with ``shared.verifier`` beside bare PyJWT on the same token and ke
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -16,7 +18,7 @@ from services.bench.harness import BenchContext, cpu_rates, measure, scenario
 from services.bench.logins import LoginApp, live_tokens
 from services.bench.results import ALGORITHMS, NOT_SUPPORTED, Revocation, Scenario, key
 from services.bench.stack import BenchStack
-from services.bench.wrk import Load, write_bodies
+from services.bench.wrk import Load, run_wrk, write_bodies
 from shared.jwtcheck import REQUIRED_CLAIMS
 from shared.verifier import ALLOWED_ALGORITHMS, Verifier, http_jwks
 
@@ -52,19 +54,23 @@ async def introspection_scenarios(ctx: BenchContext, app: LoginApp) -> list[Scen
         revocation = Revocation(
             answered_ms=answered, inactive_after_ms=inactive_after, inactive_answers=window.report.also
         )
-        results.append(
-            scenario(
-                window,
-                ctx.unit_ms,
-                key=key("minidoor", "introspection", connections=connections),
-                system="minidoor",
-                kind="introspection",
-                label=f"minidoor: introspection over {ctx.tokens:,} live tokens",
-                connections=connections,
-                revocation=revocation,
-                notes=["not counted: " + ", ".join(meter.unseen)] if meter.unseen else [],
-            )
+        measured = scenario(
+            window,
+            ctx.unit_ms,
+            key=key("minidoor", "introspection", connections=connections),
+            system="minidoor",
+            kind="introspection",
+            label=f"minidoor: introspection over {ctx.tokens:,} live tokens",
+            connections=connections,
+            revocation=revocation,
+            notes=["not counted: " + ", ".join(meter.unseen)] if meter.unseen else [],
         )
+        profile_load = replace(load, seconds=ctx.profile_seconds)
+
+        async def profile_window(profile_load: Load = profile_load) -> None:
+            await asyncio.to_thread(run_wrk, profile_load)
+
+        results.append(await ctx.explain(measured, meter.busiest, profile_window))
     return results
 
 
@@ -110,7 +116,7 @@ async def verification_scenarios(ctx: BenchContext, apps: dict[str, LoginApp | N
         if app is None or alg not in ALLOWED_ALGORITHMS:
             results.append(Scenario(**fields, status=NOT_SUPPORTED))
             continue
-        rate, bare = await _verification_rates(ctx, stack, app)
+        rate, bare = await _verification_rates(stack, app, ctx.duration, ctx.warmup)
         per_call = 1000 / rate
         units = round(per_call / ctx.unit_ms, 2) if ctx.unit_ms else 0.0
         results.append(
@@ -124,10 +130,16 @@ async def verification_scenarios(ctx: BenchContext, apps: dict[str, LoginApp | N
                 baseline_rate=round(bare, 1),
             )
         )
+
+        async def profile_window(app: LoginApp = app) -> None:
+            # The same turns, bare PyJWT's included: the profile shows both side by side.
+            await _verification_rates(stack, app, ctx.profile_seconds, 0)
+
+        results[-1] = await ctx.explain(results[-1], lambda _: {"verifier": os.getpid()}, profile_window)
     return results
 
 
-async def _verification_rates(ctx: BenchContext, stack: BenchStack, app: LoginApp) -> tuple[float, float]:
+async def _verification_rates(stack: BenchStack, app: LoginApp, seconds: float, warmup: float) -> tuple[float, float]:
     """``Verifier.verify`` and ``jwt.decode`` of one token of ``app`` (whatever its algorithm), with the key the
     token's ``kid`` names in the JWKS, measured in turns."""
     token = (await live_tokens(stack, app, 1))[0]
@@ -151,5 +163,5 @@ async def _verification_rates(ctx: BenchContext, stack: BenchStack, app: LoginAp
         async with verifier:
             await verifier.verify(token)
             await bare()
-            rate, bare_rate = await cpu_rates([lambda: verifier.verify(token), bare], ctx.duration, ctx.warmup)
+            rate, bare_rate = await cpu_rates([lambda: verifier.verify(token), bare], seconds, warmup)
     return rate, bare_rate
