@@ -40,7 +40,15 @@ from shared.errors import BadRequest, InvalidToken, Unauthorized
 from shared.messages import RevokedToken
 from user_store.db import Conn
 from user_store.queries.applications import application_credentials
-from user_store.queries.tokens import RevokeBy, TokenColumn, insert_token, revoke_rows, token_by_hash, token_row
+from user_store.queries.tokens import (
+    RevokeBy,
+    TokenColumn,
+    TokenRow,
+    insert_tokens,
+    revoke_rows,
+    token_by_hash,
+    token_row,
+)
 from user_store.revocations import Revocations
 from user_store.signing_keys.signer import MintedTokens, Signer, Subject, is_opaque_refresh_token, token_hash
 
@@ -253,6 +261,35 @@ async def revoke_user_tokens(conn: Conn, revocations: Revocations, user_id: uuid
     return await _revoke(conn, revocations, "user_id", user_id)
 
 
+def mint_row(
+    signer: Signer,
+    subject: Subject,
+    *,
+    application_id: uuid.UUID,
+    user_id: uuid.UUID,
+    family_id: uuid.UUID,
+    session_key: str,
+    session_key_sealed: bytes | None = None,
+) -> tuple[MintedTokens, TokenRow]:
+    """An access/refresh pair for ``subject`` in ``family_id``, and the row that stores it (hashes only)."""
+    token_id = uuid.uuid4()
+    minted = signer.mint(subject, token_id=str(token_id), now=int(time.time()))
+    row = TokenRow(
+        id=token_id,
+        family_id=family_id,
+        application_id=application_id,
+        user_id=user_id,
+        access_hash=minted.access_hash,
+        refresh_hash=minted.refresh_hash,
+        scope=minted.response.scope,
+        session_key=session_key,
+        expires_at=datetime.fromtimestamp(minted.expires_at, UTC),
+        refresh_expires_at=datetime.fromtimestamp(minted.refresh_expires_at, UTC),
+        session_key_sealed=session_key_sealed,
+    )
+    return minted, row
+
+
 async def issue_tokens(
     conn: Conn,
     signer: Signer,
@@ -265,20 +302,14 @@ async def issue_tokens(
     session_key_sealed: bytes | None = None,
 ) -> MintedTokens:
     """Mint an access/refresh pair for ``subject`` and store its row (hashes only) in ``family_id``."""
-    token_id = uuid.uuid4()
-    minted = signer.mint(subject, token_id=str(token_id), now=int(time.time()))
-    await insert_token(
-        conn,
-        token_id=token_id,
-        family_id=family_id,
+    minted, row = mint_row(
+        signer,
+        subject,
         application_id=application_id,
         user_id=user_id,
-        access_hash=minted.access_hash,
-        refresh_hash=minted.refresh_hash,
-        scope=minted.response.scope,
+        family_id=family_id,
         session_key=session_key,
         session_key_sealed=session_key_sealed,
-        expires_at=datetime.fromtimestamp(minted.expires_at, UTC),
-        refresh_expires_at=datetime.fromtimestamp(minted.refresh_expires_at, UTC),
     )
+    await insert_tokens(conn, [row])
     return minted

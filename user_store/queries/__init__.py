@@ -2,6 +2,7 @@
 
 - ``applications``: organizations, applications and their mini-program providers.
 - ``users``: users, their WeChat identities and their password-change slots.
+- ``logins``: the WeChat login's reads and writes for a whole batch of logins, a few statements whatever its size.
 - ``tokens``: token rows, and the ``Subject`` of a token pair built from the rows beside them.
 - ``audit``: ``audit_events``.
 - ``signing_keys``: the signing keys' rings, and the advisory lock their writers hold.
@@ -22,8 +23,10 @@ failure into "not ready" itself).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
+from typing import Any
 
 import asyncpg
 
@@ -85,3 +88,12 @@ def translate_connection() -> Iterator[None]:
 
 def _unavailable(exc: BaseException) -> Unavailable:
     return Unavailable("the database is unavailable ({kind})", kind=type(exc).__name__, retry_after=1)
+
+
+def columns(rows: Sequence[Any], width: int) -> list[list[Any]]:
+    """``rows`` (dataclasses or tuples of ``width`` fields) as one list per column: the arrays a multi-row
+    statement unnests."""
+    if not rows:
+        return [[] for _ in range(width)]
+    tuples = [row if isinstance(row, tuple) else tuple(getattr(row, f.name) for f in fields(row)) for row in rows]
+    return [list(column) for column in zip(*tuples, strict=True)]

@@ -3,50 +3,47 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
 import asyncpg
 
 from user_store.db import Conn
-from user_store.queries import translate
+from user_store.queries import columns, translate
 from user_store.queries.applications import PROVIDER_TYPE
 from user_store.signing_keys.signer import Subject
 
 
-async def insert_token(
-    conn: Conn,
-    *,
-    token_id: uuid.UUID,
-    family_id: uuid.UUID,
-    application_id: Any,
-    user_id: Any,
-    access_hash: bytes,
-    refresh_hash: bytes,
-    scope: str,
-    session_key: str,
-    expires_at: datetime,
-    refresh_expires_at: datetime,
-    session_key_sealed: bytes | None = None,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A token row: one access/refresh pair, by their hashes, in a family."""
+
+    id: uuid.UUID
+    family_id: uuid.UUID
+    application_id: Any
+    user_id: Any
+    access_hash: bytes
+    refresh_hash: bytes
+    scope: str
+    session_key: str
+    expires_at: datetime
+    refresh_expires_at: datetime
+    session_key_sealed: bytes | None
+
+
+async def insert_tokens(conn: Conn, tokens: Sequence[TokenRow]) -> None:
+    """Insert ``tokens`` with one statement, however many there are (a batch of logins' rows)."""
     with translate("token"):
         await conn.execute(
             """
             INSERT INTO tokens (id, family_id, application_id, user_id, access_hash, refresh_hash, scope,
                                 session_key, expires_at, refresh_expires_at, session_key_sealed)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bytea[], $6::bytea[], $7::text[],
+                                 $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bytea[])
             """,
-            token_id,
-            family_id,
-            application_id,
-            user_id,
-            access_hash,
-            refresh_hash,
-            scope,
-            session_key,
-            expires_at,
-            refresh_expires_at,
-            session_key_sealed,
+            *columns(tokens, 11),
         )
 
 
@@ -121,12 +118,13 @@ async def refresh_row(conn: Conn, refresh_hash: bytes) -> asyncpg.Record | None:
         )
 
 
-def subject(user: asyncpg.Record, application: asyncpg.Record) -> Subject:
+def subject(user: asyncpg.Record | Mapping[str, Any], application: asyncpg.Record) -> Subject:
     """Whom a token pair is for: ``user_id``, ``user_name``, ``display_name`` and ``avatar`` of ``user``, and
     ``organization``, ``client_id``, ``expire_in_hours``, ``refresh_expire_in_hours`` and ``signing_alg`` of
     ``application``. The
-    login's user and application rows (``queries.users``, ``queries.applications.login_application``) have these
-    columns, and so has ``refresh_row``, which serves as both."""
+    login's user and application rows (``queries.users``, ``queries.logins``, ``queries.applications``) have these
+    columns (``user`` may be such a row with its profile as a batch of logins leaves it), and so has ``refresh_row``,
+    which serves as both."""
     return Subject(
         user_id=str(user["user_id"]),
         user_name=user["user_name"],

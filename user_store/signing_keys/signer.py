@@ -138,6 +138,14 @@ class Signer:
         """``jwk_set()`` as plain JSON types."""
         return dict(msgspec.to_builtins(self._jwk_set))
 
+    def signing_key(self, signing_alg: SigningAlg) -> SigningKey:
+        """The current key of ``signing_alg``; ``Unavailable`` while there is none."""
+        key = self.current.get(signing_alg)
+        if key is None:
+            # Only between an application's first key of a new algorithm and this store's next reload.
+            raise Unavailable("no {signing_alg} signing key is loaded yet", retry_after=2, signing_alg=signing_alg)
+        return key
+
     def mint(self, subject: Subject, *, token_id: str, now: int) -> MintedTokens:
         """An access JWT for ``subject`` and an opaque refresh token; ``token_id`` is the token row's id and the access
         token's ``jti``."""
@@ -157,12 +165,7 @@ class Signer:
             "displayName": subject.display_name,
             "avatar": subject.avatar,
         }
-        key = self.current.get(subject.signing_alg)
-        if key is None:
-            # Only between an application's first key of a new algorithm and this store's next reload.
-            raise Unavailable(
-                "no {signing_alg} signing key is loaded yet", retry_after=2, signing_alg=subject.signing_alg
-            )
+        key = self.signing_key(subject.signing_alg)
         access = _sign(key, {**claims, "exp": now + expires_in, "tokenType": "access-token"})
         refresh = new_refresh_token()
         response = TokenResponse(
