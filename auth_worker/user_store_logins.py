@@ -19,8 +19,8 @@ from shared.errors import NotFound, error_from_wire
 from shared.messages import LoginResult, WechatLogin, WechatLogins
 from shared.user_store_client import UserStoreClient
 
-#: Logins per request: a batch's transactions run at once in the user store, each on a pooled connection.
-MAX_BATCH = 32
+#: Logins per request: the user store runs up to 64 in one transaction (``user_store.logins.MAX_BATCH``).
+MAX_BATCH = 64
 #: How long, after a 404 for the batch, logins go one by one.
 _SINGLE_FOR = 60.0
 

@@ -1,10 +1,11 @@
 """``POST /internal/logins/wechat-miniprogram``: an auth worker hands over a code WeChat accepted; the user is found or
 created and the token pair minted (``user_store/logins.py``). ``.../batch``: the logins a worker's jobs reached at
-once, each on its own (its transaction, its outcome, its log line), in one request."""
+once, in one request: up to ``MAX_BATCH`` of them share one transaction, each keeping its own outcome and log line."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 
 import msgspec
@@ -13,11 +14,11 @@ from aiohttp import web
 
 from shared.errors import MinidoorError
 from shared.guard import log_id
-from shared.messages import ErrorBody, LoginOutcome, LoginOutcomes, PhoneLogin, WechatLogin, WechatLogins
+from shared.messages import ErrorBody, LoginOutcome, LoginOutcomes, LoginResult, PhoneLogin, WechatLogin, WechatLogins
 from shared.middleware import valid_request_id
 from user_store.appkeys import AUDIT, MASTER_KEY, METRICS, PG_POOL, RULES, SIGNER
 from user_store.http import json_response, read_json
-from user_store.logins import login_wechat
+from user_store.logins import MAX_BATCH, login_wechat, login_wechat_batch
 from user_store.middleware import client_ip
 from user_store.phone_logins import login_phone
 
@@ -47,43 +48,60 @@ async def phone_login(request: web.Request) -> web.Response:
 async def wechat_logins(request: web.Request) -> web.Response:
     batch = await read_json(request, _logins_decoder)
     structlog.contextvars.bind_contextvars(logins=len(batch.logins))
-    outcomes = await asyncio.gather(
+    start = time.perf_counter()
+    contexts = [
+        _login_context(login, _nth(batch.request_ids, i), _nth(batch.client_ips, i))
+        for i, login in enumerate(batch.logins)
+    ]
+    app = request.app
+    parts = await asyncio.gather(
         *(
-            _one(request.app, login, _nth(batch.request_ids, i), _nth(batch.client_ips, i))
-            for i, login in enumerate(batch.logins)
+            login_wechat_batch(
+                app[PG_POOL],
+                app[SIGNER],
+                batch.logins[first : first + MAX_BATCH],
+                app[RULES],
+                app[AUDIT],
+                app[MASTER_KEY],
+                contexts=contexts[first : first + MAX_BATCH],
+            )
+            for first in range(0, len(batch.logins), MAX_BATCH)
         )
     )
-    return json_response(LoginOutcomes(outcomes=list(outcomes)))
+    results = [result for part in parts for result in part]
+    outcomes = [ctx.run(_outcome, app, result, start) for ctx, result in zip(contexts, results, strict=True)]
+    return json_response(LoginOutcomes(outcomes=outcomes))
 
 
-async def _one(app: web.Application, login: WechatLogin, request_id: str, client_ip_value: str) -> LoginOutcome:
-    """One login of a batch, as ``wechat_login`` would answer it alone, with the canonical line its request would
-    have had (its own task: what it binds stays its own)."""
-    start = time.perf_counter()
+def _login_context(login: WechatLogin, request_id: str, client_ip_value: str) -> contextvars.Context:
+    """A login's own log context, as its request would have had alone: what it binds stays its own."""
     context = {"client_id": log_id(login.client_id)}
     # The same rules as for one login's headers (shared.middleware, user_store.middleware): a body is no more trusted.
     if valid_request_id(request_id):
         context["request_id"] = request_id
     if address := client_ip(client_ip_value):
         context["client_ip"] = address  # for its audit row, as the middleware binds a request's
-    structlog.contextvars.bind_contextvars(**context)
-    try:
-        result = await login_wechat(app[PG_POOL], app[SIGNER], login, app[RULES], app[AUDIT], app[MASTER_KEY])
-    except MinidoorError as exc:
-        outcome = LoginOutcome(
-            status=exc.status,
+    ctx = contextvars.copy_context()
+    ctx.run(structlog.contextvars.bind_contextvars, **context)
+    return ctx
+
+
+def _outcome(app: web.Application, result: LoginResult | Exception, start: float) -> LoginOutcome:
+    """One login's answer, as ``wechat_login`` would have given it alone, and its canonical line (in its context)."""
+    if isinstance(result, MinidoorError):
+        log.info("login", outcome=result.error, status=result.status, duration_ms=_ms(start))
+        return LoginOutcome(
+            status=result.status,
             error=ErrorBody(
-                error=exc.error,
-                error_description=exc.description,
-                message=exc.message if exc.params else "",
-                params=exc.params,
+                error=result.error,
+                error_description=result.description,
+                message=result.message if result.params else "",
+                params=result.params,
             ),
-            retry_after=exc.retry_after,
+            retry_after=result.retry_after,
         )
-        log.info("login", outcome=exc.error, status=exc.status, duration_ms=_ms(start))
-        return outcome
-    except Exception:
-        log.exception("unhandled_error")
+    if isinstance(result, Exception):
+        log.error("unhandled_error", exc_info=result)
         error = ErrorBody(error="server_error", error_description="internal error; the request id identifies it")
         return LoginOutcome(status=500, error=error)
     app[METRICS].logins.labels("created" if result.created else "returning").inc()
