@@ -256,6 +256,13 @@ class TestBatchTransaction:
         rows = await audited(db_conn, 64)
         assert sorted(str(r["target_user_id"]) for r in rows) == sorted(r["user_id"] for r in answered)
 
+    async def test_a_larger_batch_is_split(self, store, db_conn, statements):
+        """65 logins in one request (more than a transaction takes): two transactions, every login answered in order."""
+        answered = results(await post_batch(store, [shop_login(store, f"o-{i}") for i in range(65)]))
+        assert [r["user_name"] for r in answered] == [f"wechat-o-{i}" for i in range(65)]
+        assert sorted(len(t) for t in await login_transactions(statements)) == [8, 8]
+        assert await db_conn.fetchval("SELECT count(*) FROM users") == 65
+
     async def test_a_bad_login_fails_alone(self, store, db_conn):
         """Among good logins, one malformed, one of an unknown client, one of an appid the application lacks, one
         with a NUL byte, one of a forbidden user and one refused sign-up each get the error they would get alone;
