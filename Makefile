@@ -139,6 +139,10 @@ create-user: install  ## make create-user ORG=acme NAME=alice PHONE=13800138000 
 set-preprovisioned: install  ## make set-preprovisioned APP=shop ON=1: phone sign-in only for users made by create-user
 	$(PY) -m services admin set-preprovisioned --app "$(APP)" --on "$(ON)"
 
+.PHONY: set-content-safety
+set-content-safety: install  ## make set-content-safety APP=shop ON=1: names and avatars pass WeChat's content security; prints the message-push settings
+	$(PY) -m services admin set-content-safety --app "$(APP)" --on "$(ON)"
+
 .PHONY: list
 list: install  ## organizations, applications and providers as JSON
 	$(PY) -m services admin list

@@ -15,6 +15,7 @@ from typing import TypeVar
 import msgspec
 import redis.asyncio as aioredis
 
+from auth_worker.content_safety import ContentChecks
 from auth_worker.exchange import Claim, ExchangeRecords, JobEntry, State
 from auth_worker.phone import PhoneClient
 from auth_worker.user_store_logins import UserStoreLogins
@@ -22,6 +23,7 @@ from auth_worker.wechat import CodeUnspent, WechatClient
 from shared.errors import InvalidGrant, MinidoorError, Unavailable
 from shared.messages import (
     CodeExchangeJob,
+    ContentCheckJob,
     Job,
     LinkWechatJob,
     LoginFailed,
@@ -90,8 +92,10 @@ class JobHandler:
         per_wechat_user: Limit | None = None,
         batcher: RedisBatcher | None = None,
         phone: PhoneClient | None = None,
+        content: ContentChecks | None = None,
     ) -> None:
         self._phone = phone
+        self._content = content
         self.records = ExchangeRecords(redis, seal, batcher=batcher)
         self._seal = seal
         self._limiter = limiter
@@ -112,6 +116,10 @@ class JobHandler:
             elif isinstance(job, LinkWechatJob):
                 key = self._redis_keys.code_exchange(provider.appid, job.client_id, job.code)
                 answer = await self._settle(job, stream_id, provider, key, self._own_link)
+            elif isinstance(job, ContentCheckJob):
+                if self._content is None:
+                    raise Unavailable("content safety is not set up on this worker", retry_after=1)
+                answer = Answer(await self._content.handle(job, provider), "content_check")
             else:
                 key = self._redis_keys.code_exchange(provider.appid, job.client_id, job.code)
                 answer = await self._settle(job, stream_id, provider, key, self._own)
@@ -205,14 +213,21 @@ class JobHandler:
             await storing
         if refusal is not None:
             return self._final_error(job, key, refusal, path)
+        username, avatar = job.username, job.avatar
+        if provider.content_safety:
+            # A nickname becomes the display name only once WeChat passes it; an avatar URL is never taken on trust
+            # (uploaded avatars are screened by upload-avatar).
+            avatar = ""
+            if self._content is None or not await self._content.check_name(provider, session.openid, username):
+                username = ""
         login = WechatLogin(
             client_id=job.client_id,
             appid=provider.appid,
             openid=session.openid,
             unionid=session.unionid,
             session_key=session.session_key,
-            username=job.username,
-            avatar=job.avatar,
+            username=username,
+            avatar=avatar,
         )
         try:
             login_result = await self._login(login, job)

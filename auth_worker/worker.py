@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 
 from auth_worker.access_token import AccessTokens
 from auth_worker.breaker import CircuitBreaker
+from auth_worker.content_safety import ContentChecks, ContentSafetyClient
 from auth_worker.exchange import JobEntry
 from auth_worker.login import Answer, JobHandler
 from auth_worker.metrics import WorkerMetrics
@@ -41,6 +42,7 @@ from shared.config import WorkerConfig
 from shared.guard import log_id
 from shared.messages import (
     STREAM_FIELD,
+    ContentChecked,
     Job,
     LoginFailed,
     LoginSucceeded,
@@ -241,6 +243,10 @@ class Worker:
             per_wechat_user=per_user,
             batcher=batcher,
             phone=phone,
+            content=ContentChecks(
+                ContentSafetyClient(self._session, cfg.wechat_api_base, self.access_tokens, timeout=cfg.wechat_timeout),
+                user_store,
+            ),
         )
         if cfg.worker_http_port and self._status is None:
             self._status = await start_status_server(self, cfg.worker_http_host, cfg.worker_http_port)
@@ -390,6 +396,8 @@ class Worker:
             self._record_outcome("token", start, exchange=replied.path)
         elif isinstance(reply, WechatLinked):
             self._record_outcome("linked", start, exchange=replied.path)
+        elif isinstance(reply, ContentChecked):
+            self._record_outcome("content_checked", start)
         elif reply is not None:
             self._record_outcome(
                 reply.error,
@@ -404,7 +412,7 @@ class Worker:
         seconds = time.perf_counter() - start
         self.metrics.jobs.labels(outcome).inc()
         self.metrics.job_seconds.observe(seconds)
-        emit = log.info if outcome in ("token", "linked", "invalid_grant") else log.warning
+        emit = log.info if outcome in ("token", "linked", "content_checked", "invalid_grant") else log.warning
         emit("job", outcome=outcome, duration_ms=round(seconds * 1000, 2), **fields)
 
     def _expired(self, job: Job, start: float, **fields: object) -> None:

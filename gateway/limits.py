@@ -5,7 +5,8 @@ failures only, and checked (without spending) before the request so an address o
 the user store: failed client authentications per client_id and per IP (unknown client_ids included, so random
 ids do not hammer the user store or churn the application cache), on every route that takes client credentials,
 and rejected bearer tokens per IP, wherever the token was sent. Profile and password changes, avatar uploads and
-encryptedData decryptions are counted per user (the bearer token's verified ``sub``); avatar downloads per IP.
+encryptedData decryptions are counted per user (the bearer token's verified ``sub``); avatar downloads and WeChat's
+message pushes per IP.
 Each trip is audited, once per limit, key and period (``Origin``).
 
 A request's checks before the view are one script call, and so are those after a failure (``check_all``).
@@ -23,7 +24,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import appkeys, params
 from gateway.metrics import LOGIN_PATH
-from gateway.views import account, avatars, rights, wechat_data
+from gateway.views import account, avatars, rights, wechat_data, wechat_push
 from gateway.views.linking import LINK_PATH
 from gateway.views.token import REFRESH_PATH
 from shared.audit import AuditPublisher
@@ -47,6 +48,7 @@ class GatewayLimits:
         self.avatar_uploads = Limit("avatar_uploads", config.rate_limit_avatar_uploads, 60)
         self.wechat_data = Limit("wechat_data", config.rate_limit_wechat_data, 60)
         self.avatars_ip = Limit("avatars_ip", config.rate_limit_avatars_per_ip, 60)
+        self.wechat_push_ip = Limit("wechat_push_ip", config.rate_limit_wechat_push_per_ip, 60)
 
     def per_user(self, path: str) -> Limit | None:
         """The limit a POST to ``path`` spends per user (the bearer's verified ``sub``), if any."""
@@ -101,6 +103,8 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         checks.append(Check(limits.token_ip, ip))
     elif request.path.startswith(avatars.AVATAR_PREFIX):
         checks.append(Check(limits.avatars_ip, ip))
+    elif request.path.startswith(wechat_push.PUSH_PREFIX):
+        checks.append(Check(limits.wechat_push_ip, ip))
     if client_auth:
         checks.append(Check(limits.ip_failures, ip, cost=0))
     # Only the account routes read bearer tokens: one sent elsewhere (the JWKS, the metrics) spends nothing.

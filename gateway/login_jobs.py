@@ -40,6 +40,7 @@ from shared.errors import DeadlineExceeded, MinidoorError, Unavailable
 from shared.messages import (
     STREAM_FIELD,
     CodeExchangeJob,
+    ContentCheckJob,
     Job,
     LinkWechatJob,
     LoginFailed,
@@ -136,6 +137,33 @@ class JobPublisher:
             client_id=client_id,
             user_id=user_id,
             code=code,
+            client_ip=client_ip,
+            reply_to=self._replies.stream,
+            deadline=time.time() + timeout,
+        )
+        return await self._run(job, timeout)
+
+    async def check_content(
+        self,
+        *,
+        request_id: str,
+        client_id: str,
+        user_id: str,
+        kind: str,
+        text: str = "",
+        media_url: str = "",
+        timeout: float,
+        client_ip: str = "",
+    ) -> Reply:
+        """A content check's job (``ContentCheckJob``), as ``exchange`` publishes and awaits a login's."""
+        job = ContentCheckJob(
+            job_id=uuid.uuid4().hex,
+            request_id=request_id,
+            client_id=client_id,
+            user_id=user_id,
+            kind=kind,
+            text=text,
+            media_url=media_url,
             client_ip=client_ip,
             reply_to=self._replies.stream,
             deadline=time.time() + timeout,

@@ -710,6 +710,41 @@ def _wechat_data_operations() -> Doc:
                 },
             }
         },
+        "/api/wechat-push/{appid}": _wechat_push(),
+    }
+
+
+def _wechat_push() -> Doc:
+    """WeChat's message push: its URL check (GET) and its events (POST), signed with the mini program's Token."""
+    params = [
+        {"name": "appid", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}},
+        _query("signature", "sha1 of the sorted Token, timestamp and nonce (hex)."),
+        _query("timestamp", "Unix seconds; refused when more than 5 minutes off."),
+        _query("nonce", "WeChat's random number."),
+    ]
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    errors = _errors("/api/wechat-push/{appid}", (*_GUARD, 403, 404, 429, 503))
+    doc = {
+        "tags": ["content safety"],
+        "description": "The URL make set-content-safety prints for WeChat's console (plain-text mode, JSON). Only "
+        "wxa_media_check events are acted on: an avatar's content-security verdict. Rate limited per IP.",
+        "parameters": params,
+    }
+    return {
+        "get": {
+            **doc,
+            "operationId": "wechatPushCheck",
+            "summary": "WeChat's check of the message-push URL: answers echostr when signed",
+            "parameters": [*params, _query("echostr", "Echoed back when the signature holds.")],
+            "responses": {"200": {"description": "The echostr.", "content": text}, **errors},
+        },
+        "post": {
+            **doc,
+            "operationId": "wechatPush",
+            "summary": "An event WeChat pushes (an avatar's content-security verdict)",
+            "requestBody": {"required": True, "content": _json_content({"type": "object"})},
+            "responses": {"200": {"description": "success", "content": text}, **errors},
+        },
     }
 
 

@@ -16,14 +16,16 @@ Either parse is done once per request and cached on it, so the rate-limit middle
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import msgspec
 from aiohttp import web
 
 from gateway import appkeys
-from shared.errors import PLEASE_LOGIN, BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from shared.errors import PLEASE_LOGIN, BadRequest, InvalidToken, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from shared.forms import FORM, basic_credentials, basic_pair, form_fields
 from shared.guard import check_field, valid_client_id
-from shared.messages import Credentials
+from shared.messages import ApplicationInfo, Credentials
 
 #: The fields Casdoor takes from a JSON body.
 JSON_FIELDS = (
@@ -89,6 +91,26 @@ def caller_credentials(request: web.Request, params: dict[str, str], *, required
         raise Unauthorized(PLEASE_LOGIN)
     checked({"client_id": client_id, "client_secret": client_secret})
     return Credentials(client_id=client_id, client_secret=client_secret)
+
+
+class Bearer(NamedTuple):
+    """A verified bearer token's user (``sub``) and application (``aud``), and what the gateway knows of it."""
+
+    client_id: str
+    user_id: str
+    app: ApplicationInfo
+
+
+async def verified_bearer(request: web.Request, access_token: str) -> Bearer:
+    """The bearer behind ``access_token``, its signature and state checked here (a forged token costs no job)."""
+    claims = await request.app[appkeys.VERIFIER].verify(access_token)
+    audience = claims.get("aud")
+    client_id = audience[0] if isinstance(audience, list) and audience else audience
+    user_id = claims.get("sub")
+    if not isinstance(client_id, str) or not isinstance(user_id, str) or not client_id or not user_id:
+        raise InvalidToken("the access token names no user or application")
+    app = await request.app[appkeys.APPLICATIONS].get(client_id, request_id=request[appkeys.REQUEST_ID])
+    return Bearer(client_id, user_id, app)
 
 
 def checked(params: dict[str, str]) -> dict[str, str]:

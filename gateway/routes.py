@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway import openapi
 from gateway.metrics import metrics_view
-from gateway.views import account, avatars, discovery, health, introspection, token, wechat_data
+from gateway.views import account, avatars, discovery, health, introspection, token, wechat_data, wechat_push
 
 
 def setup_routes(app: web.Application) -> None:
@@ -14,7 +14,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/login/oauth/introspect", introspection.introspect)
     app.router.add_post("/api/login/oauth/revoke", introspection.revoke)
     app.router.add_post(token.REFRESH_PATH, token.refresh_token)
-    for method, path, handler in (*account.ROUTES, *avatars.ROUTES, *wechat_data.ROUTES):
+    for method, path, handler in (*account.ROUTES, *avatars.ROUTES, *wechat_data.ROUTES, *wechat_push.ROUTES):
         app.router.add_route(method, path, handler)
     app.router.add_get("/.well-known/jwks", discovery.jwks)
     app.router.add_get("/.well-known/openid-configuration", discovery.openid_configuration)

@@ -95,6 +95,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--on", choices=("1", "0"), required=True)
     p.set_defaults(admin_fn=_set_preprovisioned)
 
+    p = cmds.add_parser(
+        "set-content-safety",
+        help="display names and avatars of the application's users pass WeChat's content security first, or not",
+    )
+    p.add_argument("--app", required=True)
+    p.add_argument("--on", choices=("1", "0"), required=True)
+    p.set_defaults(admin_fn=_set_content_safety)
+
     p = cmds.add_parser("rotate-secret", help="issue a new client secret for an application")
     p.add_argument("--app", required=True)
     p.set_defaults(admin_fn=_rotate_secret)
@@ -194,6 +202,22 @@ async def _set_preprovisioned(conn: asyncpg.Connection, args: argparse.Namespace
         details={"preprovisioned_only": app.preprovisioned_only},
     )
     return app
+
+
+async def _set_content_safety(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
+    master = await asyncio.to_thread(_master_key)  # the push Token derives from the (sealed) AppSecret
+    issuer = os.environ.get("ISSUER", "http://127.0.0.1:8000")
+    result = await admin.set_content_safety(conn, args.app, args.on == "1", issuer=issuer, master=master)
+    app = result.application
+    await _record(
+        conn,
+        "admin.set_content_safety",
+        organization=app.organization,
+        application=app.name,
+        client_id=app.client_id,
+        details={"content_safety": app.content_safety},
+    )
+    return result
 
 
 async def _create_app(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:

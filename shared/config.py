@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -120,6 +120,7 @@ class GatewayConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     rate_limit_avatar_uploads: RateCount = 10  # avatar uploads of one user per minute
     rate_limit_wechat_data: RateCount = 30  # encryptedData decryptions of one user per minute
     rate_limit_avatars_per_ip: RateCount = 1200  # avatar downloads (GET /avatars/...) per IP per minute
+    rate_limit_wechat_push_per_ip: RateCount = 3000  # WeChat's message pushes (/api/wechat-push/...) per IP per minute
 
     #: Shared with the workers: opens the tokens they seal into Redis (``shared/streamseal.py``); empty: clear.
     stream_seal_key: Secret = Secret("")
@@ -222,6 +223,10 @@ class UserStoreConfig(_Common, frozen=True, kw_only=True, rename="upper"):
     #: Legacy encryptedData is refused when its watermark timestamp is further than this from now (seconds);
     #: 0 turns the check off (``user_store/wechat_data.py``).
     wechat_data_max_age: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    #: An avatar WeChat's content security has given no verdict on within this many seconds is dropped
+    #: (AVATAR_REVIEW_ON_TIMEOUT=hold) or shown, to be taken back if a risky verdict comes later (show).
+    avatar_review_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    avatar_review_on_timeout: Literal["hold", "show"] = "hold"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -127,8 +127,37 @@ class WechatLinked(msgspec.Struct, frozen=True, kw_only=True, tag="wechat_linked
     record: str = ""
 
 
-Job = CodeExchangeJob | PhoneLoginJob | LinkWechatJob
-Reply = LoginSucceeded | LoginFailed | LoginSucceededSealed | WechatLinked
+class ContentCheckJob(msgspec.Struct, frozen=True, kw_only=True, tag="content_check.v1"):
+    """Have WeChat's content security screen what ``user_id`` (of ``client_id``'s mini program) submits, and reply on
+    ``reply_to`` with ``ContentChecked``: a display name (``kind`` "name", ``text``) through ``wxa/msg_sec_check``,
+    whose verdict comes back at once, or an uploaded avatar (``kind`` "avatar", ``media_url``) through
+    ``wxa/media_check_async``, whose verdict WeChat pushes later (``trace_id`` names it)."""
+
+    job_id: str
+    request_id: str
+    client_id: str
+    user_id: str
+    kind: str
+    reply_to: str
+    deadline: float
+    text: str = ""
+    media_url: str = ""
+    client_ip: str = ""
+
+
+class ContentChecked(msgspec.Struct, frozen=True, kw_only=True, tag="content_checked.v1"):
+    """A ``ContentCheckJob``'s answer: WeChat's ``suggest`` ("pass", "risky", "review") and ``label`` for a name;
+    "submitted" and the ``trace_id`` its pushed verdict will carry for an avatar."""
+
+    job_id: str
+    verdict: str
+    label: int = 0
+    trace_id: str = ""
+    record: str = ""
+
+
+Job = CodeExchangeJob | PhoneLoginJob | LinkWechatJob | ContentCheckJob
+Reply = LoginSucceeded | LoginFailed | LoginSucceededSealed | WechatLinked | ContentChecked
 
 #: The one field of a stream entry that holds the msgpack-encoded message.
 STREAM_FIELD = b"m"
@@ -179,6 +208,8 @@ class ApplicationInfo(msgspec.Struct, frozen=True, kw_only=True):
     enable_sign_up: bool
     #: AppID of the application's first WeChat mini-program provider, "" when it has none.
     miniprogram_appid: str = ""
+    #: Display names and avatars its users submit pass WeChat's content security first (``make set-content-safety``).
+    content_safety: bool = False
 
 
 class MiniProgramProvider(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,6 +219,8 @@ class MiniProgramProvider(msgspec.Struct, frozen=True, kw_only=True):
     provider: str
     appid: str
     secret: str
+    #: As ``ApplicationInfo.content_safety``.
+    content_safety: bool = False
 
 
 class WechatLogin(msgspec.Struct, frozen=True, kw_only=True):
@@ -602,13 +635,56 @@ class AvatarUpload(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AvatarResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The stored avatar: its public URL (now the user's ``avatar``) and what it became."""
+    """The stored avatar: its public URL (now the user's ``avatar``, unless ``pending``) and what it became."""
 
     url: str
     content_type: str
     width: int
     height: int
     size: int
+    #: The application screens avatars: this one becomes the user's once WeChat passes it (``review_id``).
+    pending: bool = False
+    review_id: str = ""
+
+
+class ContentSubject(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/content-safety/subject`` -> ``ContentSubjectResult``: whose WeChat identity submits content
+    in ``client_id``'s mini program (WeChat's content security needs the submitter's openid)."""
+
+    client_id: str
+    user_id: str
+
+
+class ContentSubjectResult(msgspec.Struct, frozen=True, kw_only=True):
+    appid: str
+    openid: str
+
+
+class AvatarReviewUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/avatar-reviews/trace`` (the check was submitted: WeChat's ``trace_id``) or ``.../discard``
+    (it could not be: the pending avatar is dropped)."""
+
+    review_id: str
+    trace_id: str = ""
+
+
+class WechatPush(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/wechat-push`` -> ``WechatPushAnswer``: a request WeChat's message push made to the gateway's
+    ``/api/wechat-push/{appid}``, as it came (``body`` is base64 on the JSON wire)."""
+
+    appid: str
+    method: str
+    signature: str = ""
+    timestamp: str = ""
+    nonce: str = ""
+    echostr: str = ""
+    body: bytes = b""
+
+
+class WechatPushAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The text the gateway answers WeChat with: ``echostr`` for the URL check, "success" for an event."""
+
+    text: str
 
 
 class WechatDataRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -54,8 +54,11 @@ from shared.messages import (
     AccountExport,
     ApplicationInfo,
     AvatarResult,
+    AvatarReviewUpdate,
     AvatarUpload,
     CasdoorUser,
+    ContentSubject,
+    ContentSubjectResult,
     DecryptedData,
     DeleteAccountRequest,
     DeleteUserRequest,
@@ -84,6 +87,8 @@ from shared.messages import (
     WechatLink,
     WechatLogin,
     WechatLogins,
+    WechatPush,
+    WechatPushAnswer,
 )
 from shared.middleware import REQUEST_ID_HEADER
 
@@ -110,6 +115,8 @@ _export_decoder = msgspec.json.Decoder(AccountExport)
 _avatar_decoder = msgspec.json.Decoder(AvatarResult)
 _decrypted_decoder = msgspec.json.Decoder(DecryptedData)
 _link_decoder = msgspec.json.Decoder(LinkResult)
+_subject_decoder = msgspec.json.Decoder(ContentSubjectResult)
+_push_decoder = msgspec.json.Decoder(WechatPushAnswer)
 _encoder = msgspec.json.Encoder()
 
 #: The end user's IP as the gateway saw it, for the user store's audit log; sent on the calls that are audited.
@@ -283,6 +290,21 @@ class UserStoreClient:
     async def unlink_wechat(self, req: UnlinkWechat, *, request_id: str = "", client_ip: str = "") -> LinkResult:
         path = "/internal/account/unlink-wechat"
         return await self._call("POST", path, _link_decoder, body=req, request_id=request_id, client_ip=client_ip)
+
+    async def content_subject(self, req: ContentSubject, *, request_id: str = "") -> ContentSubjectResult:
+        path = "/internal/content-safety/subject"
+        return await self._call("POST", path, _subject_decoder, body=req, request_id=request_id)
+
+    async def record_avatar_trace(self, req: AvatarReviewUpdate, *, request_id: str = "") -> None:
+        await self._call("POST", "/internal/avatar-reviews/trace", _any_decoder, body=req, request_id=request_id)
+
+    async def discard_avatar_review(self, req: AvatarReviewUpdate, *, request_id: str = "") -> None:
+        await self._call("POST", "/internal/avatar-reviews/discard", _any_decoder, body=req, request_id=request_id)
+
+    async def wechat_push(self, push: WechatPush, *, request_id: str = "", client_ip: str = "") -> WechatPushAnswer:
+        return await self._call(
+            "POST", "/internal/wechat-push", _push_decoder, body=push, request_id=request_id, client_ip=client_ip
+        )
 
     async def _call(
         self,

@@ -16,9 +16,10 @@ import msgspec
 
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.jwtcheck import SIGNING_ALGORITHMS, SigningAlg
+from user_store.content_safety import push_token
 from user_store.db import Conn
 from user_store.master_key import MasterKey
-from user_store.provider_secrets import check_master_key, secret_columns
+from user_store.provider_secrets import check_master_key, open_secret, secret_columns
 from user_store.queries.applications import (
     application_by_name,
     insert_application,
@@ -28,10 +29,12 @@ from user_store.queries.applications import (
     listing,
     lock_application,
     lock_provider,
+    miniprogram_provider,
     organization_by_name,
     set_client_secret_hash,
     set_provider_secret,
 )
+from user_store.queries.applications import set_content_safety as set_application_content_safety
 from user_store.queries.applications import (
     set_preprovisioned_only as set_application_preprovisioned_only,
 )
@@ -62,6 +65,8 @@ class Application(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     signing_alg: SigningAlg = msgspec.field(name="tokenSigningMethod")
     #: Phone sign-in only for users an admin created beforehand (``create_user``), whatever ``enable_sign_up`` says.
     preprovisioned_only: bool = False
+    #: Display names and avatars are screened by WeChat's content security (``set_content_safety``).
+    content_safety: bool = False
     #: Provider names, in the order the login looks at them.
     providers: list[str]
     created_time: datetime
@@ -201,6 +206,7 @@ def _application(row: asyncpg.Record) -> Application:
         refresh_expire_in_hours=row["refresh_expire_in_hours"],
         signing_alg=row["signing_alg"],
         preprovisioned_only=row["preprovisioned_only"],
+        content_safety=row["content_safety"],
         providers=list(row["providers"]),
         created_time=row["created_at"],
     )
@@ -276,6 +282,37 @@ async def create_user(conn: Conn, organization: str, name: str, phone: str, coun
         raise NotFound("organization {organization!r} does not exist", organization=organization)
     user_id = await insert_phone_user(conn, org["id"], name, phone, country_code)
     return NewUser(owner=organization, name=name, id=str(user_id))
+
+
+class MessagePush(msgspec.Struct, frozen=True, kw_only=True):
+    """What to enter in WeChat's console (Development > Development settings > Message push) for avatar verdicts."""
+
+    url: str
+    token: str
+    encoding: str = "plain text (明文模式)"
+    data_format: str = "JSON"
+
+
+class ContentSafety(msgspec.Struct, frozen=True, kw_only=True):
+    application: Application
+    #: Absent when content safety is off or the application has no mini program.
+    message_push: MessagePush | None = None
+
+
+async def set_content_safety(
+    conn: Conn, application: str, value: bool, *, issuer: str, master: MasterKey | None = None
+) -> ContentSafety:
+    """Whether ``application``'s users' display names and avatars pass WeChat's content security first; with it on,
+    the message-push settings WeChat needs to deliver avatar verdicts (``user_store/content_safety.py``)."""
+    if not await set_application_content_safety(conn, application, value):
+        raise NotFound("application {application!r} does not exist", application=application)
+    app = await get_application(conn, application)
+    row = await miniprogram_provider(conn, app.client_id)
+    if not value or row is None or row["provider"] is None:
+        return ContentSafety(application=app)
+    secret = open_secret(master, row["provider_id"], row["provider"], row["app_secret"], row["app_secret_sealed"])
+    url = f"{issuer.rstrip('/')}/api/wechat-push/{row['appid']}"
+    return ContentSafety(application=app, message_push=MessagePush(url=url, token=push_token(secret)))
 
 
 async def set_preprovisioned_only(conn: Conn, application: str, value: bool) -> Application:

@@ -17,6 +17,7 @@ from shared.config import UserStoreConfig
 from shared.guard import harden, input_guard
 from shared.middleware import request_log
 from shared.redis_keys import RedisKeys
+from user_store import content_safety
 from user_store.appkeys import (
     AUDIT,
     AVATARS,
@@ -168,6 +169,22 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
                 every=config.prune_interval,
             ),
             name="token-prune",
+        ),
+        asyncio.create_task(
+            prune_forever(
+                pool,
+                "avatar_reviews",
+                lambda conn, limit: content_safety.sweep(
+                    conn,
+                    min(limit, 100),
+                    timeout=config.avatar_review_timeout,
+                    policy=config.avatar_review_on_timeout,
+                    audit=writer,
+                ),
+                # Often enough that an avatar is settled soon after its timeout.
+                every=min(config.prune_interval, max(0.5, config.avatar_review_timeout / 4)),
+            ),
+            name="avatar-review-sweep",
         ),
     ]
     client = None

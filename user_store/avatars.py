@@ -30,6 +30,7 @@ from user_store.audit import AuditWriter
 from user_store.callers import authenticate, require_user
 from user_store.db import Conn, Pool, connection, transaction
 from user_store.queries import avatars as queries
+from user_store.queries.content_safety import content_safety_of, insert_review
 from user_store.queries.users import write_user
 from user_store.signing_keys.signer import Signer
 
@@ -215,11 +216,18 @@ async def upload_avatar(
         user_id = require_user(caller, "upload-avatar")
     image = await asyncio.to_thread(clean_image, upload.content)
     avatar_id = new_avatar_id()
-    await store.put(user_id, avatar_id, image)
     url = avatar_url(issuer, avatar_id, image.extension)
-    async with transaction(pool) as conn:
-        await write_user(conn, user_id, {"avatar": url})
-    structlog.contextvars.bind_contextvars(user_id=user_id, avatar_bytes=len(image.content))
+    async with connection(pool) as conn:
+        pending = await content_safety_of(conn, caller.client_id)
+    if pending:
+        # Nobody's avatar until WeChat's content security passes it (``user_store/content_safety.py``).
+        async with transaction(pool) as conn:
+            await insert_review(conn, avatar_id, user_id, caller.client_id, image, url)
+    else:
+        await store.put(user_id, avatar_id, image)
+        async with transaction(pool) as conn:
+            await write_user(conn, user_id, {"avatar": url})
+    structlog.contextvars.bind_contextvars(user_id=user_id, avatar_bytes=len(image.content), avatar_pending=pending)
     if audit is not None:
         audit.record(
             "avatar_uploaded",
@@ -232,8 +240,15 @@ async def upload_avatar(
                 "content_type": image.content_type,
                 "bytes": len(image.content),
                 "uploaded_bytes": len(upload.content),
+                "pending": pending,
             },
         )
     return AvatarResult(
-        url=url, content_type=image.content_type, width=image.width, height=image.height, size=len(image.content)
+        url=url,
+        content_type=image.content_type,
+        width=image.width,
+        height=image.height,
+        size=len(image.content),
+        pending=pending,
+        review_id=avatar_id if pending else "",
     )

@@ -18,6 +18,7 @@ from user_store import users
 from user_store.db import Conn
 from user_store.queries import erasure as queries
 from user_store.queries.avatars import delete_avatar
+from user_store.queries.content_safety import delete_user_reviews
 from user_store.revocations import Revocations
 from user_store.tokens import revoke_user_tokens
 
@@ -40,6 +41,7 @@ async def erase_user_data(conn: Conn, user_id: uuid.UUID) -> int:
     await queries.blank_token_session_keys(conn, user_id)
     await queries.delete_password_slots(conn, user_id)
     await delete_avatar(conn, str(user_id))
+    await delete_user_reviews(conn, user_id)
     await queries.forget_event_addresses(conn, user_id)
     await queries.tombstone_user(conn, user_id)
     return identities

@@ -9,6 +9,7 @@ from user_store.views import (
     account,
     applications,
     avatars,
+    content_safety,
     discovery,
     health,
     introspection,
@@ -52,3 +53,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/internal/wechat-data/decrypt", wechat_data.decrypt, name="decrypt_wechat_data")
     app.router.add_post("/internal/account/link-wechat", linking.link, name="link_wechat")
     app.router.add_post("/internal/account/unlink-wechat", linking.unlink, name="unlink_wechat")
+    app.router.add_post("/internal/content-safety/subject", content_safety.subject, name="content_subject")
+    app.router.add_post("/internal/avatar-reviews/trace", content_safety.record_trace, name="avatar_review_trace")
+    app.router.add_post("/internal/avatar-reviews/discard", content_safety.discard, name="avatar_review_discard")
+    app.router.add_post("/internal/wechat-push", content_safety.wechat_push, name="wechat_push")

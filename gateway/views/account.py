@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import appkeys
+from gateway.content_safety import screen_display_name
 from gateway.params import caller_credentials, read_account_params, read_body
 from gateway.responses import envelope_ok, private_json
 from gateway.views import avatars, linking, rights, wechat_data
@@ -83,9 +84,11 @@ async def update_user(request: web.Request) -> web.Response:
     body, and its SDKs send none); ``data`` is "Affected" or "Unaffected"."""
     params = dict(request.query)
     caller = caller_credentials(request, params)
+    user = _user_object(await read_body(request))
+    await screen_display_name(request, caller, user, params.get("columns", ""))
     update = UserUpdate(
         credentials=caller,
-        user=_user_object(await read_body(request)),
+        user=user,
         id=params.get("id", ""),
         owner=params.get("owner", ""),
         user_id=params.get("userId", ""),

@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
 from gateway import appkeys
+from gateway.content_safety import submit_avatar
 from gateway.params import caller_credentials
 from gateway.responses import envelope_ok
 from shared.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType
@@ -47,7 +48,8 @@ _IMAGE_HEADERS = {
 async def upload_avatar(request: web.Request) -> web.Response:
     """``POST /api/upload-avatar``: ``multipart/form-data`` with the image in field ``avatar`` (or ``file``), the
     bearer's token in ``Authorization`` or ``access_token``. ``data``: the avatar's URL, now the user's avatar;
-    ``data2``: its type, size and pixels."""
+    ``data2``: its type, size and pixels, and ``pending`` when the application screens avatars: it becomes the
+    user's once WeChat's content security passes it."""
     caller = caller_credentials(request, dict(request.query))
     if not caller.access_token:
         raise Unauthorized("upload-avatar needs the user's access token (Authorization: Bearer ...)")
@@ -57,6 +59,8 @@ async def upload_avatar(request: web.Request) -> web.Response:
         request_id=request[appkeys.REQUEST_ID],
         client_ip=request[appkeys.CLIENT_IP],
     )
+    if result.pending:
+        await submit_avatar(request, caller, result)
     return envelope_ok(result.url, data2=result)
 
 

@@ -10,9 +10,9 @@ import re
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.params import caller_credentials, read_account_params
+from gateway.params import caller_credentials, read_account_params, verified_bearer
 from gateway.responses import envelope_ok
-from shared.errors import BadRequest, InvalidToken, Unauthorized, error_from_wire
+from shared.errors import BadRequest, Unauthorized, error_from_wire
 from shared.messages import LoginFailed, UnlinkWechat, WechatLinked
 
 LINK_PATH = "/api/link-wechat"
@@ -32,13 +32,7 @@ async def link_wechat(request: web.Request) -> web.Response:
         raise BadRequest("code is missing; send a fresh code from wx.login()")
     if not _CODE.match(code):
         raise BadRequest("code is malformed; send the code from wx.login() unchanged")
-    claims = await request.app[appkeys.VERIFIER].verify(credentials.access_token)
-    audience = claims.get("aud")
-    client_id = audience[0] if isinstance(audience, list) and audience else audience
-    user_id = claims.get("sub")
-    if not isinstance(client_id, str) or not isinstance(user_id, str) or not client_id or not user_id:
-        raise InvalidToken("the access token names no user or application")
-    app = await request.app[appkeys.APPLICATIONS].get(client_id, request_id=request[appkeys.REQUEST_ID])
+    client_id, user_id, app = await verified_bearer(request, credentials.access_token)
     if not app.miniprogram_appid:
         raise BadRequest("the token's application has no WeChat mini program")
     reply = await request.app[appkeys.PUBLISHER].exchange_link(

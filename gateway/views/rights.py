@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import appkeys
-from gateway.params import caller_credentials, read_account_params, read_body
+from gateway.params import caller_credentials, read_account_params, read_body, verified_bearer
 from gateway.responses import envelope_ok
 from shared.errors import BadRequest, Unauthorized, error_from_wire
 from shared.messages import DeleteAccountRequest, DeleteUserRequest, LoginFailed, LoginSucceeded, UserQuery
@@ -59,12 +59,7 @@ async def delete_account(request: web.Request) -> web.Response:
 async def _proof_login(request: web.Request, access_token: str, code: str) -> str:
     """The access token of a login with ``code`` in the bearer's application: the job stream, the worker and WeChat,
     as on the token endpoint. The bearer is verified here first, so a forged token spends no code."""
-    claims = await request.app[appkeys.VERIFIER].verify(access_token)
-    audience = claims.get("aud")
-    client_id = audience[0] if isinstance(audience, list) and audience else audience
-    if not isinstance(client_id, str) or not client_id:
-        raise Unauthorized("the access token names no application")
-    app = await request.app[appkeys.APPLICATIONS].get(client_id, request_id=request[appkeys.REQUEST_ID])
+    client_id, _user_id, app = await verified_bearer(request, access_token)
     if not app.miniprogram_appid:
         raise BadRequest("the application has no WeChat mini-program provider: prove the deletion with the password")
     reply = await request.app[appkeys.PUBLISHER].exchange(

@@ -17,7 +17,7 @@ async def application_info(conn: Conn, client_id: str) -> asyncpg.Record | None:
     with translate("application"):
         return await conn.fetchrow(
             """
-            SELECT a.client_id, a.name, o.name AS organization, a.enable_sign_up,
+            SELECT a.client_id, a.name, o.name AS organization, a.enable_sign_up, a.content_safety,
                    coalesce((SELECT p.appid FROM application_providers ap JOIN providers p ON p.id = ap.provider_id
                              WHERE ap.application_id = a.id AND p.type = $2
                              ORDER BY ap.position LIMIT 1), '') AS miniprogram_appid
@@ -35,7 +35,8 @@ async def miniprogram_provider(conn: Conn, client_id: str) -> asyncpg.Record | N
     with translate("provider"):
         return await conn.fetchrow(
             """
-            SELECT a.client_id, p.id AS provider_id, p.name AS provider, p.appid, p.app_secret, p.app_secret_sealed
+            SELECT a.client_id, a.content_safety, p.id AS provider_id, p.name AS provider, p.appid, p.app_secret,
+                   p.app_secret_sealed
             FROM applications a
             LEFT JOIN LATERAL (
                 SELECT p.id, p.name, p.appid, p.app_secret, p.app_secret_sealed
@@ -46,6 +47,19 @@ async def miniprogram_provider(conn: Conn, client_id: str) -> asyncpg.Record | N
             WHERE a.client_id = $1
             """,
             client_id,
+            PROVIDER_TYPE,
+        )
+
+
+async def provider_by_appid(conn: Conn, appid: str) -> asyncpg.Record | None:
+    """A mini-program provider with ``appid`` (its secret in one of its two columns, as ``miniprogram_provider``)."""
+    with translate("provider"):
+        return await conn.fetchrow(
+            """
+            SELECT id, name, app_secret, app_secret_sealed FROM providers
+            WHERE appid = $1 AND type = $2 ORDER BY created_at LIMIT 1
+            """,
+            appid,
             PROVIDER_TYPE,
         )
 
@@ -95,7 +109,7 @@ async def organization_by_name(conn: Conn, name: str) -> asyncpg.Record | None:
 
 _APPLICATIONS = """
     SELECT a.name, o.name AS organization, a.client_id, a.enable_sign_up, a.expire_in_hours,
-           a.refresh_expire_in_hours, a.signing_alg, a.preprovisioned_only, a.created_at,
+           a.refresh_expire_in_hours, a.signing_alg, a.preprovisioned_only, a.content_safety, a.created_at,
            coalesce(array_agg(p.name ORDER BY ap.position) FILTER (WHERE p.name IS NOT NULL), '{}') AS providers
     FROM applications a
     JOIN organizations o ON o.id = a.organization_id
@@ -256,3 +270,13 @@ async def set_preprovisioned_only(conn: Conn, application: str, value: bool) -> 
             "UPDATE applications SET preprovisioned_only = $2 WHERE name = $1", application, value
         )
     return bool(status.endswith(" 1"))
+
+
+async def set_content_safety(conn: Conn, application: str, value: bool) -> bool:
+    with translate("application"):
+        return (
+            await conn.fetchval(
+                "UPDATE applications SET content_safety = $2 WHERE name = $1 RETURNING true", application, value
+            )
+            is not None
+        )

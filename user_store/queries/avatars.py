@@ -37,7 +37,16 @@ async def upsert_avatar(conn: Conn, user_id: str, avatar_id: str, image: CleanIm
 
 async def avatar_by_id(conn: Conn, avatar_id: str) -> asyncpg.Record | None:
     with translate("avatar"):
-        return await conn.fetchrow("SELECT content, content_type, etag FROM avatars WHERE id = $1", avatar_id)
+        # An avatar waiting for content safety's verdict is served too: WeChat downloads it from its URL.
+        return await conn.fetchrow(
+            """
+            SELECT content, content_type, etag FROM avatars WHERE id = $1
+            UNION ALL
+            SELECT content, content_type, etag FROM avatar_reviews WHERE id = $1 AND NOT shown
+            LIMIT 1
+            """,
+            avatar_id,
+        )
 
 
 async def delete_avatar(conn: Conn, user_id: str) -> bool:

@@ -42,6 +42,7 @@ async def application_info(request: web.Request) -> web.Response:
             organization=row["organization"],
             enable_sign_up=row["enable_sign_up"],
             miniprogram_appid=row["miniprogram_appid"],
+            content_safety=row["content_safety"],
         )
     )
 
@@ -61,5 +62,11 @@ async def miniprogram_provider(request: web.Request) -> web.Response:
             "the application's WeChat provider cannot be used: its secret is unreadable on this server", retry_after=30
         ) from None
     return json_response(
-        MiniProgramProvider(client_id=row["client_id"], provider=row["provider"], appid=row["appid"], secret=secret)
+        MiniProgramProvider(
+            client_id=row["client_id"],
+            provider=row["provider"],
+            appid=row["appid"],
+            secret=secret,
+            content_safety=row["content_safety"],
+        )
     )
