@@ -185,27 +185,11 @@ class JobHandler:
         path = "session_reused"
         storing: asyncio.Future[None] | None = None
         if session is None:
-            if claim.interrupted:
-                return self._final_error(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
             path = "exchanged"
-            try:
-                if not claim.calling:  # the breaker was open at the claim: it decides now
-                    self._wechat.check_breaker()
-                    if not await _redis(job, lambda: self.records.mark_calling(key, job.job_id)):
-                        return Answer(None, "lost")  # our client gave up and another job took the code over
-                remaining = job.deadline - time.time()
-                result = await self._wechat.jscode2session(
-                    provider.appid,
-                    provider.secret,
-                    job.code,
-                    deadline=job.deadline - min(_USER_STORE_RESERVE, remaining / 4),
-                )
-            except MinidoorError as exc:
-                if isinstance(exc, CodeUnspent):
-                    await self._release(key, job)
-                    return Answer(_failed(job, exc), "released")
-                return self._final_error(job, key, exc, path)
-            session = WechatSession(openid=result.openid, session_key=result.session_key, unionid=result.unionid)
+            exchanged = await self._exchange(job, provider, key, claim)
+            if isinstance(exchanged, Answer):
+                return exchanged
+            session = exchanged
             # Kept while the user's budget is checked: both go to Redis in one round trip.
             storing = asyncio.ensure_future(self._store_session(job, key, session))
         refusal = await self._check_user(job, provider, session)
@@ -240,33 +224,43 @@ class JobHandler:
         succeeded = seal_reply(self._seal, LoginSucceeded(job_id=job.job_id, token=login_result.token))
         return self._final(key, succeeded, path)
 
+    async def _exchange(
+        self, job: CodeExchangeJob | LinkWechatJob, provider: MiniProgramProvider, key: str, claim: Claim
+    ) -> WechatSession | Answer:
+        """The code's jscode2session result, for a record that has none yet (the caller stores it); or the answer
+        that ends the job: the code given back when WeChat surely did not use it, else its final error."""
+        if claim.interrupted:
+            return self._final_error(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
+        try:
+            if not claim.calling:  # the breaker was open at the claim: it decides now
+                self._wechat.check_breaker()
+                if not await _redis(job, lambda: self.records.mark_calling(key, job.job_id)):
+                    return Answer(None, "lost")  # our client gave up and another job took the code over
+            remaining = job.deadline - time.time()
+            result = await self._wechat.jscode2session(
+                provider.appid,
+                provider.secret,
+                job.code,
+                deadline=job.deadline - min(_USER_STORE_RESERVE, remaining / 4),
+            )
+        except MinidoorError as exc:
+            if isinstance(exc, CodeUnspent):
+                await self._release(key, job)
+                return Answer(_failed(job, exc), "released")
+            return self._final_error(job, key, exc, "exchanged")
+        return WechatSession(openid=result.openid, session_key=result.session_key, unionid=result.unionid)
+
     async def _own_link(self, job: LinkWechatJob, provider: MiniProgramProvider, key: str, claim: Claim) -> Answer:
         """The login code's record is this job's: exchange the code (or reuse the session an earlier attempt stored)
         and link the identity to the bearer's user; the answer is the code's final one, as a login's is."""
         session = claim.session
         path = "session_reused"
         if session is None:
-            if claim.interrupted:
-                return self._final_error(job, key, Unavailable(INTERRUPTED, retry_after=1), "interrupted")
             path = "exchanged"
-            try:
-                if not claim.calling:
-                    self._wechat.check_breaker()
-                    if not await _redis(job, lambda: self.records.mark_calling(key, job.job_id)):
-                        return Answer(None, "lost")
-                remaining = job.deadline - time.time()
-                result = await self._wechat.jscode2session(
-                    provider.appid,
-                    provider.secret,
-                    job.code,
-                    deadline=job.deadline - min(_USER_STORE_RESERVE, remaining / 4),
-                )
-            except MinidoorError as exc:
-                if isinstance(exc, CodeUnspent):
-                    await self._release(key, job)
-                    return Answer(_failed(job, exc), "released")
-                return self._final_error(job, key, exc, path)
-            session = WechatSession(openid=result.openid, session_key=result.session_key, unionid=result.unionid)
+            exchanged = await self._exchange(job, provider, key, claim)
+            if isinstance(exchanged, Answer):
+                return exchanged
+            session = exchanged
             await self._store_session(job, key, session)
         link = WechatLink(
             client_id=job.client_id,

@@ -209,6 +209,7 @@ class TestShowPolicy:
         await eventually(lambda: is_avatar(second), TIMEOUT + 5, "the unchecked avatar being shown")
         await eventually(lambda: is_avatar(first), 15, "the late risky verdict restoring the first avatar")
         assert await status_of(session, second) == 404
+        assert await status_of(session, first) == 200  # the first avatar's bytes are back too
         actions = await audit_actions(db, user["id"])
         assert actions == [
             "content_safety.avatar_passed",

@@ -159,8 +159,7 @@ async def sweep(conn: Conn, limit: int, *, timeout: float, policy: Policy, audit
         due = await queries.due_reviews(conn, timeout, limit)
         for review in due:
             if policy == "show":
-                previous = await queries.show_review(conn, review)
-                await queries.mark_shown(conn, review["id"], previous)
+                await queries.show_unchecked(conn, review)
                 _audit(audit, "content_safety.avatar_shown_unchecked", review)
             else:
                 await queries.delete_review(conn, review["id"])

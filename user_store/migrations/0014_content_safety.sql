@@ -4,7 +4,8 @@ ALTER TABLE applications ADD COLUMN content_safety boolean NOT NULL DEFAULT fals
 
 -- An uploaded avatar waiting for WeChat's verdict (media_check_async answers later, by message push). It is served
 -- at its unguessable URL (WeChat downloads it from there) but is nobody's avatar until it passes; ``shown`` marks one
--- the timeout policy showed before any verdict came, which a late risky verdict still reverts to ``previous_avatar``.
+-- the timeout policy showed before any verdict came, which a late risky verdict still reverts to ``previous_avatar``:
+-- its row then holds the user's previous uploaded avatar (``previous_id`` and its bytes), to be put back.
 CREATE TABLE avatar_reviews (
     id              text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{32}$'),
     user_id         uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -18,6 +19,7 @@ CREATE TABLE avatar_reviews (
     trace_id        text UNIQUE,
     shown           boolean NOT NULL DEFAULT false,
     previous_avatar text NOT NULL DEFAULT '',
+    previous_id     text,
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX avatar_reviews_user_id ON avatar_reviews (user_id);

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from user_store.avatars import CleanImage
 
 #: A review's columns a verdict works with (not its bytes).
-_REVIEW = "id, user_id, client_id, url, trace_id, shown, previous_avatar"
+_REVIEW = "id, user_id, client_id, url, trace_id, shown, previous_avatar, previous_id"
 
 
 async def subject(conn: Conn, client_id: str, user_id: str) -> asyncpg.Record | None:
@@ -128,19 +128,54 @@ async def show_review(conn: Conn, review: asyncpg.Record) -> str:
         return str(previous)
 
 
-async def mark_shown(conn: Conn, review_id: str, previous_avatar: str) -> None:
-    with translate("avatar review"):
+async def show_unchecked(conn: Conn, review: asyncpg.Record) -> None:
+    """The timeout policy ``show``: the avatar becomes the user's before any verdict, and its review keeps the user's
+    previous avatar (URL, and the uploaded one's bytes) for a late risky verdict to put back."""
+    with translate("avatar"):
+        previous = await conn.fetchrow(
+            "SELECT id, content_type, content, etag, width, height FROM avatars WHERE user_id = $1", review["user_id"]
+        )
+        previous_avatar = await show_review(conn, review)
+        if previous is None:
+            await conn.execute(
+                "UPDATE avatar_reviews SET shown = true, previous_avatar = $2, content = '' WHERE id = $1",
+                review["id"],
+                previous_avatar,
+            )
+            return
         await conn.execute(
-            "UPDATE avatar_reviews SET shown = true, previous_avatar = $2, content = '' WHERE id = $1",
-            review_id,
+            """
+            UPDATE avatar_reviews
+            SET shown = true, previous_avatar = $2, previous_id = $3, content_type = $4, content = $5, etag = $6,
+                width = $7, height = $8
+            WHERE id = $1
+            """,
+            review["id"],
             previous_avatar,
+            previous["id"],
+            previous["content_type"],
+            previous["content"],
+            previous["etag"],
+            previous["width"],
+            previous["height"],
         )
 
 
 async def revert_shown(conn: Conn, review: asyncpg.Record) -> None:
-    """Take back an avatar the timeout policy showed: the user's avatar is what it was, if still this one."""
+    """Take back an avatar the timeout policy showed: the user's avatar is what it was (its bytes too), if the shown
+    one is still theirs."""
     with translate("avatar"):
-        await conn.execute("DELETE FROM avatars WHERE id = $1", review["id"])
+        current = await conn.fetchval("DELETE FROM avatars WHERE id = $1 RETURNING true", review["id"])
+        if current and review["previous_id"] is not None:
+            await conn.execute(
+                """
+                INSERT INTO avatars (user_id, id, content_type, content, etag, width, height)
+                SELECT user_id, previous_id, content_type, content, etag, width, height FROM avatar_reviews
+                WHERE id = $1
+                ON CONFLICT (user_id) DO NOTHING
+                """,
+                review["id"],
+            )
         await conn.execute(
             "UPDATE users SET avatar = $3, updated_at = now() WHERE id = $1 AND avatar = $2",
             review["user_id"],
