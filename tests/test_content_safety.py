@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.account_helpers import account, update
@@ -70,13 +71,24 @@ async def status_of(session: aiohttp.ClientSession, url: str) -> int:
         return resp.status
 
 
-async def audit_actions(db: Any, user_id: str) -> list[str]:
-    rows = await db.fetch(
-        "SELECT action FROM audit_events WHERE target_user_id = $1::uuid AND action LIKE 'content_safety.%' "
-        "ORDER BY at",
-        user_id,
-    )
-    return [row["action"] for row in rows]
+async def audit_actions(db: Any, user_id: str, count: int) -> list[str]:
+    """The user's content-safety audit events, once ``count`` have been written (the writer batches)."""
+    actions: list[str] = []
+
+    async def written() -> bool:
+        rows = await db.fetch(
+            "SELECT action FROM audit_events WHERE target_user_id = $1::uuid AND action LIKE 'content_safety.%' "
+            "ORDER BY at",
+            user_id,
+        )
+        actions[:] = [row["action"] for row in rows]
+        return len(actions) >= count
+
+    try:
+        await eventually(written, 10, f"{count} content-safety audit events")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: only {actions}") from None
+    return actions
 
 
 class TestDisplayNames:
@@ -143,7 +155,7 @@ class TestAvatars:
 
         await eventually(shown, 10, "the passed avatar becoming the user's")
         assert await status_of(session, url) == 200
-        assert await audit_actions(db, user["id"]) == ["content_safety.avatar_passed"]
+        assert await audit_actions(db, user["id"], 1) == ["content_safety.avatar_passed"]
         assert (await sandbox_stats(session, stack))["media_pushes_sent"] >= 1
 
     async def test_a_risky_avatar_is_dropped(self, session, stack, db):
@@ -158,7 +170,7 @@ class TestAvatars:
 
         await eventually(dropped, 10, "the risky avatar being dropped")
         assert (await account(session, stack, user["access_token"]))["avatar"] == ""
-        assert await audit_actions(db, user["id"]) == ["content_safety.avatar_refused"]
+        assert await audit_actions(db, user["id"], 1) == ["content_safety.avatar_refused"]
 
     async def test_no_verdict_in_time_holds_the_avatar_back(self, session, stack, db):
         """AVATAR_REVIEW_ON_TIMEOUT=hold (the default): an avatar no verdict reached in time is dropped."""
@@ -174,7 +186,7 @@ class TestAvatars:
 
         await eventually(dropped, TIMEOUT + 10, "the unchecked avatar being dropped")
         assert (await account(session, stack, user["access_token"]))["avatar"] == ""
-        assert await audit_actions(db, user["id"]) == ["content_safety.avatar_unchecked"]
+        assert await audit_actions(db, user["id"], 1) == ["content_safety.avatar_unchecked"]
 
     async def test_a_failed_submission_keeps_nothing(self, session, stack, db):
         """WeChat refuses the check: the upload says why (502) and no avatar waits for a verdict."""
@@ -189,7 +201,7 @@ class TestAvatars:
 
 
 class TestShowPolicy:
-    async def test_shown_after_the_timeout_then_taken_back_by_a_late_risky_verdict(self, session, show_stack, db):
+    async def test_shown_after_the_timeout_then_taken_back_by_a_late_risky_verdict(self, session, show_stack):
         """AVATAR_REVIEW_ON_TIMEOUT=show: no verdict in time shows the avatar; a risky one that comes later takes
         it back, and the user has the avatar they had before."""
         stack = show_stack
@@ -210,7 +222,11 @@ class TestShowPolicy:
         await eventually(lambda: is_avatar(first), 15, "the late risky verdict restoring the first avatar")
         assert await status_of(session, second) == 404
         assert await status_of(session, first) == 200  # the first avatar's bytes are back too
-        actions = await audit_actions(db, user["id"])
+        db = await asyncpg.connect(stack.env["DATABASE_URL"])  # the ``db`` fixture is the other stack's
+        try:
+            actions = await audit_actions(db, user["id"], 3)
+        finally:
+            await db.close()
         assert actions == [
             "content_safety.avatar_passed",
             "content_safety.avatar_shown_unchecked",

@@ -331,6 +331,11 @@ class TestCodesAndStats:
             "getuserphonenumber_calls": 0,
             "phone_codes_issued": 0,
             "phone_codes_exchanged": 0,
+            "msg_sec_check_calls": 0,
+            "media_check_calls": 0,
+            "media_pushes_sent": 0,
+            "media_pushes_failed": 0,
+            "media_downloads_failed": 0,
         }
 
     async def test_code_view(self, client):

@@ -1,11 +1,17 @@
-"""A stand-in for api.weixin.qq.com: ``jscode2session``, ``cgi-bin/stable_token`` and
-``wxa/business/getuserphonenumber`` on WeChat's wire, plus ``/sandbox/*`` controls for tests.
+"""A stand-in for api.weixin.qq.com: ``jscode2session``, ``cgi-bin/stable_token``,
+``wxa/business/getuserphonenumber`` and content security (``wxa/msg_sec_check`` and ``wxa/media_check_async``,
+version 2, whose verdict comes by message push) on WeChat's wire, plus ``/sandbox/*`` controls for tests.
 
 The auth worker knows only a base URL, so it cannot tell this server from WeChat. Tests drive it through
 ``POST /sandbox/login`` (the part of ``wx.login()`` that mints a code), ``POST /sandbox/phone-code`` (what the
 ``getPhoneNumber`` button hands the mini program), queue failures with ``/sandbox/faults`` (or have an access token
 rejected with 40001), move its clock with ``POST /sandbox/clock``, and read ``/sandbox/codes/{code}`` and
 ``/sandbox/stats`` to prove that no code was exchanged twice and how often a token was fetched.
+
+Content security (``sec_check.py``): msg_sec_check judges the text at once (``sandbox-risky`` in it is risky,
+``sandbox-review`` review, anything else pass). media_check_async answers a ``trace_id``, then downloads the media and
+pushes the verdict to the URL ``POST /sandbox/push-config`` gave the AppID (its message push, signed with the Token);
+``POST /sandbox/media-verdicts`` queues the verdicts and their delays (default: pass after 50 ms).
 
 Access tokens follow reference §2b (stable_token): normal mode answers the same token while more than
 ``ROTATE_BEFORE`` seconds remain, then a new one, the old one staying valid until its own expiry (the 5-minute
@@ -23,7 +29,7 @@ import base64
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -31,6 +37,15 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from services.wechat_sandbox.sec_check import (
+    ContentSecurity,
+    MediaVerdictRequest,
+    PushConfigRequest,
+    Refused,
+    Verdict,
+    check_media,
+    check_text,
+)
 from shared.config import ConfigError, SandboxConfig
 from shared.errors import MinidoorError
 from shared.guard import harden, input_guard
@@ -97,7 +112,7 @@ class ClockRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 #: WeChat APIs a queued fault can hit.
-FaultApi = Literal["jscode2session", "getuserphonenumber"]
+FaultApi = Literal["jscode2session", "getuserphonenumber", "msg_sec_check", "media_check_async"]
 #: ``revoke``: the app's current access token answers 40001 and stable_token hands out a new one (as after a leak
 #: was force-refreshed elsewhere). ``stale``: the token answers 40001 yet normal-mode stable_token keeps handing it
 #: out, until a force_refresh.
@@ -253,6 +268,7 @@ class SandboxState:
         self.codes_exchanged = 0
         self.codes_presented_more_than_once = 0
         self.faults_served = 0
+        self.content = ContentSecurity()
 
     def _clock(self) -> float:
         return self._base_clock() + self.clock_offset
@@ -426,6 +442,10 @@ class SandboxState:
         """A queued fault for ``api`` (other than jscode2session), if any."""
         if api == "getuserphonenumber":
             self.getuserphonenumber_calls += 1
+        elif api == "msg_sec_check":
+            self.content.msg_sec_check_calls += 1
+        elif api == "media_check_async":
+            self.content.media_check_calls += 1
         queue = self._api_faults.get(api)
         if not queue:
             return None
@@ -462,6 +482,7 @@ class SandboxState:
             "getuserphonenumber_calls": self.getuserphonenumber_calls,
             "phone_codes_issued": self.phone_codes_issued,
             "phone_codes_exchanged": self.phone_codes_exchanged,
+            **self.content.stats(),
         }
 
     def _purge_tokens(self, now: float) -> None:
@@ -631,6 +652,60 @@ async def _getuserphonenumber(request: web.Request) -> web.StreamResponse:
     return web.json_response(answer)
 
 
+async def _content_check(
+    request: web.Request, api: FaultApi, answer: Callable[[str, dict[str, Any]], dict[str, Any]]
+) -> web.StreamResponse:
+    """A content-security API: its queued fault, then the access token, the body, and ``answer(appid, body)``."""
+    state = request.app[SANDBOX]
+    fault = state.begin_api_call(api)
+    if fault is not None and (response := await _serve_fault(fault)) is not None:
+        return response
+    try:
+        appid = state.check_token(request.query.get("access_token", ""))
+        structlog.contextvars.bind_contextvars(appid=appid)
+        body = await _json_object(request)
+        try:
+            result = answer(appid, body)
+        except Refused as exc:
+            raise WeChatError(exc.errcode, exc.errmsg) from None
+    except WeChatError as exc:
+        structlog.contextvars.bind_contextvars(errcode=exc.errcode)
+        return _errcode_json(exc, rid=True)
+    structlog.contextvars.bind_contextvars(errcode=0)
+    return web.json_response(result)
+
+
+async def _msg_sec_check(request: web.Request) -> web.StreamResponse:
+    return await _content_check(request, "msg_sec_check", lambda appid, body: check_text(body))
+
+
+async def _media_check_async(request: web.Request) -> web.StreamResponse:
+    content = request.app[SANDBOX].content
+
+    def submit(appid: str, body: dict[str, Any]) -> dict[str, Any]:
+        trace_id = content.submit(appid, check_media(body))
+        return {"errcode": 0, "errmsg": "ok", "trace_id": trace_id}
+
+    return await _content_check(request, "media_check_async", submit)
+
+
+async def _push_config(request: web.Request) -> web.StreamResponse:
+    req = await _decode_body(request, PushConfigRequest)
+    state = request.app[SANDBOX]
+    if req.appid not in state.apps:
+        raise WeChatError(40013, status=400)
+    state.content.configure_push(req.appid, req.url, req.token)
+    return web.json_response({"appid": req.appid})
+
+
+async def _media_verdicts(request: web.Request) -> web.StreamResponse:
+    req = await _decode_body(request, MediaVerdictRequest)
+    state = request.app[SANDBOX]
+    if req.appid not in state.apps:
+        raise WeChatError(40013, status=400)
+    return web.json_response({"queued": state.content.queue_verdict(req.appid, Verdict.from_request(req), req.count)})
+
+
 async def _phone_code(request: web.Request) -> web.StreamResponse:
     req = await _decode_body(request, PhoneCodeRequest)
     structlog.contextvars.bind_contextvars(appid=req.appid)
@@ -701,20 +776,31 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
 
+async def _content_security_ctx(app: web.Application) -> AsyncIterator[None]:
+    """media_check_async's deliveries: their HTTP session, and every one in flight cancelled on cleanup."""
+    async with app[SANDBOX].content.running():
+        yield
+
+
 def create_app(config: SandboxConfig) -> web.Application:
     """The sandbox app; raises ``ConfigError`` if ``SANDBOX_APPS`` is malformed. Does no I/O."""
     app = web.Application(middlewares=[_canonical_line, input_guard])
     harden(app)
     app[SANDBOX] = SandboxState(config)
+    app.cleanup_ctx.append(_content_security_ctx)
     app.router.add_get("/sns/jscode2session", _jscode2session)
     app.router.add_route("*", "/cgi-bin/stable_token", _stable_token)
     app.router.add_post("/wxa/business/getuserphonenumber", _getuserphonenumber)
+    app.router.add_post("/wxa/msg_sec_check", _msg_sec_check)
+    app.router.add_post("/wxa/media_check_async", _media_check_async)
     app.router.add_post("/sandbox/login", _login)
     app.router.add_post("/sandbox/phone-code", _phone_code)
     app.router.add_get("/sandbox/phone-codes/{code}", _get_phone_code)
     app.router.add_post("/sandbox/clock", _advance_clock)
     app.router.add_post("/sandbox/apps", _register_app)
     app.router.add_post("/sandbox/faults", _queue_fault)
+    app.router.add_post("/sandbox/push-config", _push_config)
+    app.router.add_post("/sandbox/media-verdicts", _media_verdicts)
     app.router.add_delete("/sandbox/faults", _clear_faults)
     app.router.add_get("/sandbox/codes/{code}", _get_code)
     app.router.add_get("/sandbox/codes/{code}/session_key", _get_session_key)
