@@ -188,6 +188,19 @@ class TestAvatars:
         assert (await account(session, stack, user["access_token"]))["avatar"] == ""
         assert await audit_actions(db, user["id"], 1) == ["content_safety.avatar_unchecked"]
 
+    async def test_a_url_set_by_update_user_is_refused(self, session, stack):
+        """An avatar URL a user sets with update-user would skip the screening: refused, the avatar unchanged; a
+        full user object sent back with its avatar as read still updates."""
+        app = screened_app(stack, "avatar-by-url")
+        user = await user_of(session, stack, app)
+        token = user["access_token"]
+        body = await update(session, stack, {"avatar": "https://cdn.example.com/me.png"}, status=400, token=token)
+        assert "upload-avatar" in body["msg"]
+        me = await account(session, stack, token)
+        assert me["avatar"] == ""
+        change = {**me, "email": f"{user['openid']}@example.com"}
+        assert (await update(session, stack, change, token=token))["data"] == "Affected"
+
     async def test_a_failed_submission_keeps_nothing(self, session, stack, db):
         """WeChat refuses the check: the upload says why (502) and no avatar waits for a verdict."""
         app = screened_app(stack, "avatar-refused-check")

@@ -42,6 +42,7 @@ from user_store.callers import (
 from user_store.db import Conn, connection, transaction
 from user_store.http import json_response, read_json
 from user_store.logout import logout as logout_tokens
+from user_store.queries.content_safety import content_safety_of
 from user_store.queries.users import Lookup, list_users, taken_by, write_user
 from user_store.tokens import revoke_user_tokens
 from user_store.user_updates import parse_columns, plan_changes
@@ -138,6 +139,9 @@ async def update_user(request: web.Request) -> web.Response:
         owner, by, value = _target(caller, update)
         row, admin = await find_target(conn, caller, owner, by, value, "update", lock=True)
         changes = plan_changes(dict(row), update.user, columns, admin=admin, rules=request.app[RULES])
+        if caller.kind == "user" and changes.values.get("avatar") and await content_safety_of(conn, caller.client_id):
+            # Only an upload is screened (``user_store/content_safety.py``): a URL set here would skip it.
+            raise BadRequest("this application screens avatars: upload one with upload-avatar instead of a URL")
         if changes.password is not None and (password_hash is None or password_hash[0] != str(row["id"])):
             # The row changed between the unlocked check and the lock (another user now has that name).
             raise Conflict("the user changed during the update; retry")
