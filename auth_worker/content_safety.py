@@ -18,14 +18,21 @@ import structlog
 
 from auth_worker.access_token import TOKEN_ERRCODES, AccessTokens, TokenRejected
 from shared.errors import BadRequest, MinidoorError, Unavailable, UpstreamError
-from shared.messages import ContentChecked, ContentCheckJob, ContentSubject, LoginFailed, MiniProgramProvider, Reply
+from shared.messages import (
+    PASS,
+    ContentChecked,
+    ContentCheckJob,
+    ContentSubject,
+    LoginFailed,
+    MiniProgramProvider,
+    Reply,
+)
 from shared.user_store_client import UserStoreClient
 
 #: WeChat's scene for profile data (资料).
 SCENE_PROFILE = 1
 #: WeChat's media type for an image.
 MEDIA_IMAGE = 2
-PASS = "pass"
 
 
 class _Result(msgspec.Struct, frozen=True):

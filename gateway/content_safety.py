@@ -15,8 +15,17 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.params import verified_bearer
+from shared.columns import named
 from shared.errors import BadRequest, MinidoorError, error_from_wire
-from shared.messages import AvatarResult, AvatarReviewUpdate, ContentChecked, Credentials, LoginFailed, Reply
+from shared.messages import (
+    PASS,
+    AvatarResult,
+    AvatarReviewUpdate,
+    ContentChecked,
+    Credentials,
+    LoginFailed,
+    Reply,
+)
 
 #: The user object's field Casdoor calls the display name.
 NAME_FIELD = "displayName"
@@ -35,7 +44,7 @@ def _outcome(reply: Reply) -> ContentChecked:
 async def screen_display_name(request: web.Request, caller: Credentials, user: dict[str, Any], columns: str) -> None:
     """Raise 400 unless WeChat passes the display name a bearer's update sets (when its application screens)."""
     name = user.get(NAME_FIELD)
-    wanted = not columns or NAME_FIELD in (c.strip() for c in columns.split(","))
+    wanted = not columns.strip() or NAME_FIELD in named(columns)
     if not caller.access_token or not isinstance(name, str) or not name.strip() or not wanted:
         return
     client_id, user_id, app = await verified_bearer(request, caller.access_token)
@@ -50,7 +59,7 @@ async def screen_display_name(request: web.Request, caller: Credentials, user: d
         timeout=request.app[appkeys.CONFIG].login_timeout,
         client_ip=request[appkeys.CLIENT_IP],
     )
-    if _outcome(reply).verdict != "pass":
+    if _outcome(reply).verdict != PASS:
         raise BadRequest(REFUSED_NAME)
 
 

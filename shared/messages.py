@@ -145,6 +145,11 @@ class ContentCheckJob(msgspec.Struct, frozen=True, kw_only=True, tag="content_ch
     client_ip: str = ""
 
 
+#: WeChat content security's verdicts; only a pass lets content through ("review" means WeChat is unsure).
+PASS = "pass"
+VERDICTS = frozenset({PASS, "risky", "review"})
+
+
 class ContentChecked(msgspec.Struct, frozen=True, kw_only=True, tag="content_checked.v1"):
     """A ``ContentCheckJob``'s answer: WeChat's ``suggest`` ("pass", "risky", "review") and ``label`` for a name;
     "submitted" and the ``trace_id`` its pushed verdict will carry for an avatar."""

@@ -250,7 +250,7 @@ class TestShowPolicy:
 class TestMessagePush:
     async def test_only_wechat_signed_requests_are_heard(self, session, stack):
         """The URL check answers echostr when signed with the Token; a wrong signature, a stale timestamp or an
-        unknown AppID is refused, and a forged verdict changes nothing."""
+        unknown AppID is refused (403 alike), and a forged verdict changes nothing."""
         app = screened_app(stack, "push-signature")
         url = f"{stack.gateway}/api/wechat-push/{app['appid']}"
         now = str(int(time.time()))
@@ -267,7 +267,8 @@ class TestMessagePush:
         async with session.post(url, params={**good, "signature": "f" * 40}, json=event) as resp:
             assert resp.status == 403
         async with session.get(f"{stack.gateway}/api/wechat-push/wxunknown000000", params=good) as resp:
-            assert resp.status == 404
+            assert resp.status == 403  # as a bad signature: which AppIDs exist is not told
+
         async with session.post(url, params=good, json={"Event": "user_enter_tempsession"}) as resp:
             assert resp.status == 200 and await resp.text() == "success"
 

@@ -94,7 +94,13 @@ class TestAtRest:
         status, body = await lookup(client, client_id)
         assert (status, body) == (
             200,
-            {"client_id": client_id, "provider": f"wechat-mp-{APPID}", "appid": APPID, "secret": SECRET},
+            {
+                "client_id": client_id,
+                "provider": f"wechat-mp-{APPID}",
+                "appid": APPID,
+                "secret": SECRET,
+                "content_safety": False,
+            },
         )
 
     async def test_new_secret_is_sealed_again(self, client, conn):

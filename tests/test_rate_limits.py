@@ -459,6 +459,7 @@ def test_every_credential_route_counts_client_failures():
         "/metrics",
         "/api/openapi.json",
         "/avatars/{name}",
+        "/api/wechat-push/{appid}",  # WeChat's signed message push: limited per IP
     }
     assert paths - without_credentials == OAUTH_CLIENT_PATHS | ENVELOPE_PATHS
 

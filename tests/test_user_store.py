@@ -132,6 +132,7 @@ class TestApplications:
             "organization": "acme",
             "enable_sign_up": True,
             "miniprogram_appid": APPID,
+            "content_safety": False,
         }
 
     async def test_application_without_provider(self, client, conn, shop):
@@ -154,6 +155,7 @@ class TestApplications:
             "provider": f"wechat-mp-{APPID}",
             "appid": APPID,
             "secret": "wx-secret",
+            "content_safety": False,
         }
 
 

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
+from shared.columns import camel
 from shared.config import Secret, UserStoreConfig
 from shared.errors import BadRequest, Forbidden
 from user_store.user_rules import UserRules
-from user_store.user_updates import FIELDS, camel, parse_columns, plan_changes
+from user_store.user_updates import FIELDS, parse_columns, plan_changes
 from user_store.users import PasswordHashing, verify_password
 
 STORED: dict[str, Any] = {

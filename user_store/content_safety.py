@@ -29,8 +29,9 @@ import asyncpg
 import msgspec
 import structlog
 
-from shared.errors import BadRequest, Forbidden, NotFound
-from shared.messages import ContentSubject, ContentSubjectResult, WechatPush
+from shared.config import ConfigError
+from shared.errors import BadRequest, Forbidden, NotFound, Unavailable
+from shared.messages import PASS, VERDICTS, ContentSubject, ContentSubjectResult, WechatPush
 from user_store.audit import AuditWriter
 from user_store.db import Conn, Pool, connection, transaction
 from user_store.master_key import MasterKey
@@ -45,9 +46,8 @@ PUSH_MAX_SKEW = 300
 #: Reviews of shown avatars and early verdicts are kept this long for a verdict that comes late.
 KEEP_LATE_FOR = 86400.0
 _PUSH_TOKEN_PURPOSE = b"minidoor wechat message-push token v1"
-#: WeChat's verdicts; any other is treated as "review".
-PASS = "pass"
 Policy = Literal["hold", "show"]
+NOT_SIGNED = "the request is not signed by WeChat's message push for this mini program"
 
 
 class MediaEvent(msgspec.Struct, frozen=True):
@@ -94,6 +94,7 @@ async def subject(pool: Pool, req: ContentSubject) -> ContentSubjectResult:
 async def record_trace(pool: Pool, review_id: str, trace_id: str, audit: AuditWriter | None) -> None:
     """The avatar's check was submitted as ``trace_id``; a verdict pushed before now is applied at once."""
     async with transaction(pool) as conn:
+        await queries.lock_trace(conn, trace_id)  # against a push of this verdict committing meanwhile
         review = await queries.set_trace(conn, review_id, trace_id)
         if review is None:
             return  # superseded by a newer upload, or dropped by the sweep meanwhile
@@ -110,15 +111,21 @@ async def discard(pool: Pool, review_id: str) -> None:
 async def handle_push(pool: Pool, master: MasterKey | None, push: WechatPush, audit: AuditWriter | None) -> str:
     """WeChat's message push for ``push.appid``: the URL check's ``echostr``, or "success" for an event (its
     verdict applied). A request that is not WeChat's gets 403, naming no reason an attacker could use."""
+    fresh = push.timestamp.isdigit() and abs(time.time() - int(push.timestamp)) <= PUSH_MAX_SKEW
+    if not fresh or len(push.signature) != 40:
+        raise Forbidden(NOT_SIGNED)  # before any lookup: an unsigned request costs no database work
     async with connection(pool) as conn:
         row = await provider_by_appid(conn, push.appid)
     if row is None:
-        raise NotFound("no mini program has this AppID")
-    secret = open_secret(master, row["id"], row["name"], row["app_secret"], row["app_secret_sealed"])
+        raise Forbidden(NOT_SIGNED)  # as a bad signature: which AppIDs exist is nobody's business
+    try:
+        secret = open_secret(master, row["id"], row["name"], row["app_secret"], row["app_secret_sealed"])
+    except ConfigError as exc:
+        log.error("provider_secret_unreadable", provider=row["name"], error=exc.description)
+        raise Unavailable("the mini program's secret is unreadable on this server", retry_after=30) from None
     expected = push_signature(push_token(secret), push.timestamp, push.nonce)
-    fresh = push.timestamp.isdigit() and abs(time.time() - int(push.timestamp)) <= PUSH_MAX_SKEW
-    if not fresh or not hmac.compare_digest(expected, push.signature):
-        raise Forbidden("the request is not signed by WeChat's message push for this mini program")
+    if not hmac.compare_digest(expected, push.signature):
+        raise Forbidden(NOT_SIGNED)
     if push.method == "GET":
         return push.echostr
     try:
@@ -126,17 +133,22 @@ async def handle_push(pool: Pool, master: MasterKey | None, push: WechatPush, au
     except msgspec.DecodeError:
         raise BadRequest("the message push body is not WeChat's JSON (set the data format to JSON)") from None
     structlog.contextvars.bind_contextvars(wechat_event=event.Event[:32])
-    if event.Event != "wxa_media_check" or not event.trace_id:
+    if event.Event != "wxa_media_check" or not event.trace_id or len(event.trace_id) > 128:
         return "success"  # another event this mini program subscribed to: not ours to act on
+    if event.appid and event.appid != push.appid:
+        raise Forbidden(NOT_SIGNED)
     if event.errcode != 0:
         log.warning("media_check_failed", errcode=event.errcode)
         return "success"  # no verdict: the timeout policy decides
+    suggest = event.result.suggest if event.result.suggest in VERDICTS else "review"
+    label = max(-(2**31), min(event.result.label, 2**31 - 1))
     async with transaction(pool) as conn:
-        review = await queries.review_by_trace(conn, event.trace_id)
+        await queries.lock_trace(conn, event.trace_id)
+        review = await queries.review_by_trace(conn, event.trace_id, push.appid)
         if review is None:
-            await queries.save_verdict(conn, event.trace_id, event.result.suggest, event.result.label)
+            await queries.save_verdict(conn, event.trace_id, suggest, label)
         else:
-            await _decide(conn, review, event.result.suggest, event.result.label, audit)
+            await _decide(conn, review, suggest, label, audit)
     return "success"
 
 
@@ -145,8 +157,10 @@ async def _decide(conn: Conn, review: asyncpg.Record, suggest: str, label: int, 
     passed = suggest == PASS
     if passed and not review["shown"]:
         await queries.show_review(conn, review)
-    elif not passed and review["shown"]:
-        await queries.revert_shown(conn, review)
+    elif not passed:
+        if review["shown"]:
+            await queries.revert_shown(conn, review)
+        await queries.forget_as_previous(conn, review["id"])  # no later revert brings it back
     await queries.delete_review(conn, review["id"])
     structlog.contextvars.bind_contextvars(avatar_verdict=suggest, avatar_label=label)
     _audit(audit, "content_safety.avatar_passed" if passed else "content_safety.avatar_refused", review, label=label)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shared.columns import camel
 from shared.errors import BadRequest, Forbidden
 from user_store.user_rules import UserRules
 from user_store.users import MASK
@@ -155,12 +156,6 @@ FIELDS: dict[str, Field] = {
         ),
     )
 }
-
-
-def camel(column: str) -> str:
-    """``display_name`` -> ``displayName``; camelCase passes unchanged."""
-    head, *rest = column.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def parse_columns(columns: str) -> list[str] | None:

@@ -1,4 +1,4 @@
--- Content safety (WeChat's content security, ``user_store/avatar_reviews.py``): an application may have the display
+-- Content safety (WeChat's content security, ``user_store/content_safety.py``): an application may have the display
 -- names and avatars its users submit screened first (``make set-content-safety``).
 ALTER TABLE applications ADD COLUMN content_safety boolean NOT NULL DEFAULT false;
 

@@ -76,9 +76,41 @@ async def set_trace(conn: Conn, review_id: str, trace_id: str) -> asyncpg.Record
         )
 
 
-async def review_by_trace(conn: Conn, trace_id: str) -> asyncpg.Record | None:
+async def lock_trace(conn: Conn, trace_id: str) -> None:
+    """Serialize the two writers of a trace's verdict (the push, the trace's recording) until the commit."""
     with translate("avatar review"):
-        return await conn.fetchrow(f"SELECT {_REVIEW} FROM avatar_reviews WHERE trace_id = $1 FOR UPDATE", trace_id)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('avatar-trace:' || $1, 0))", trace_id)
+
+
+async def review_by_trace(conn: Conn, trace_id: str, appid: str) -> asyncpg.Record | None:
+    """The review WeChat's verdict for ``trace_id`` decides, if it is of an application of mini program ``appid``."""
+    with translate("avatar review"):
+        return await conn.fetchrow(
+            f"""
+            SELECT {_REVIEW} FROM avatar_reviews r
+            WHERE trace_id = $1 AND EXISTS (
+                SELECT 1 FROM applications a
+                JOIN application_providers ap ON ap.application_id = a.id
+                JOIN providers p ON p.id = ap.provider_id
+                WHERE a.client_id = r.client_id AND p.appid = $2
+            )
+            FOR UPDATE OF r
+            """,
+            trace_id,
+            appid,
+        )
+
+
+async def forget_as_previous(conn: Conn, review_id: str) -> None:
+    """A refused avatar is nobody's avatar to go back to."""
+    with translate("avatar review"):
+        await conn.execute(
+            """
+            UPDATE avatar_reviews SET previous_id = NULL, previous_avatar = '', content = ''
+            WHERE previous_id = $1
+            """,
+            review_id,
+        )
 
 
 async def delete_review(conn: Conn, review_id: str) -> bool:
